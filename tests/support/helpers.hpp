@@ -46,10 +46,21 @@ inline std::vector<std::string> helper_argv(const std::string& name, std::vector
   return argv;
 }
 
-// Where the project's executables are: $PREFORK_BIN, set by the build's test
-// registration, else the directory of this test executable.
+// Where the project's executables are: the first folder of $PREFORK_BIN (a
+// colon-separated list, set by the build's test registration: CMake puts
+// every executable in one folder, Meson in one per source folder) that holds
+// `program`, else the directory of this test executable.
 inline std::string bin_path(const std::string& program) {
-  if (const char* dir = std::getenv("PREFORK_BIN"); dir && *dir) return std::string(dir) + "/" + program;
+  if (const char* dirs = std::getenv("PREFORK_BIN"); dirs && *dirs) {
+    std::string list = dirs;
+    for (std::size_t start = 0; start <= list.size();) {
+      std::size_t end = list.find(':', start);
+      if (end == std::string::npos) end = list.size();
+      std::string candidate = list.substr(start, end - start) + "/" + program;
+      if (end > start && ::access(candidate.c_str(), X_OK) == 0) return candidate;
+      start = end + 1;
+    }
+  }
   std::string self = self_exe();
   return self.substr(0, self.rfind('/') + 1) + program;
 }
