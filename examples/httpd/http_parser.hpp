@@ -1,0 +1,475 @@
+// examples/httpd/http_parser.hpp: the HTTP/1.1 request parser of prefork-httpd.
+//
+// An incremental, zero-copy parser of request heads (RFC 9112). Including it
+// also brings the chunked body decoder (http_chunked.hpp) and the helpers a
+// server needs around both (http_syntax.hpp: limits, percent decoding, target
+// splitting). No syscalls, no allocation per request: the parser reads the
+// bytes the server has buffered and hands back string_views into them. It is strict where leniency lets two parsers disagree about
+// where a message ends (request smuggling): CRLF line ends only, no obs-fold,
+// no whitespace before the colon, one unambiguous framing per request.
+//
+// Usage, per connection:
+//
+//   httpd::request_parser parser(limits);
+//   // the buffer holds the request from its first byte; feed it as it grows
+//   switch (parser.parse(std::string_view(buf.data(), buf.size()))) {
+//     case parse_result::incomplete: read more, call parse() again with the grown buffer
+//     case parse_result::error: answer parser.error_status() with parser.error_reason()
+//                               as the body, then close the connection
+//     case parse_result::done: parser.get() is the request; the body (if any)
+//                              starts at parser.header_length()
+//   }
+//   // after the response: drop header_length() + body bytes from buf, parser.reset()
+#pragma once
+
+#include "http_chunked.hpp"
+#include "http_syntax.hpp"
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string_view>
+#include <vector>
+
+namespace httpd {
+
+/// The methods the parser knows. Any other well-formed token is answered 501;
+/// which of these the server accepts is the server's business.
+enum class verb : std::uint8_t { get, head, post, put, delete_, options, patch, trace, connect };
+
+/// One header field as received: the name with its original case, the value
+/// without leading and trailing whitespace.
+struct header_field {
+  std::string_view name, value;
+};
+
+/// A parsed request head. Every string_view points into the buffer passed to
+/// the last request_parser::parse() call; it stays valid until that buffer is
+/// modified, moved or freed, or the parser is reset.
+struct request {
+  std::string_view method;     ///< as received, e.g. "GET"
+  verb kind = verb::get;
+  std::string_view target;     ///< the request-target as received
+  std::string_view path;       ///< of the target, still percent-encoded; "/" for "http://h";
+                               ///< "*" for asterisk-form; empty for CONNECT's authority-form
+  std::string_view query;      ///< after '?', without it; empty when there is none
+  int minor_version = 1;       ///< 0 for HTTP/1.0; 1 for 1.1 and later 1.x (answer them as 1.1)
+  std::vector<header_field> fields;  ///< in order received (capacity reserved once: no allocation)
+  std::string_view host;       ///< the authority of an absolute-form target, else the Host field
+  std::optional<std::uint64_t> content_length;  ///< set when Content-Length was sent
+  bool chunked = false;        ///< the body is chunked: decode it with chunked_decoder
+  bool keep_alive = true;      ///< 1.1: unless "Connection: close"; 1.0: only with "keep-alive"
+  bool expect_continue = false;  ///< 1.1 "Expect: 100-continue": send 100 before reading the body
+
+  /// Whether a body follows the head (Content-Length > 0, or chunked).
+  bool has_body() const noexcept { return chunked || (content_length && *content_length != 0); }
+
+  /// The first field with this name (ASCII case-insensitive), or nullptr.
+  const header_field* find(std::string_view name) const noexcept;
+};
+
+enum class parse_result { incomplete, done, error };
+
+/// Parses one request head at a time. Fed the same buffer, grown, on each call:
+/// it remembers how far it scanned, so calling parse() after every read() costs
+/// O(new bytes) however the bytes are split (one at a time works). It keeps
+/// offsets, not pointers, so the server may reallocate the buffer between calls
+/// as long as the bytes already fed stay the same.
+class request_parser {
+ public:
+  explicit request_parser(limits lim = {});
+
+  /// bytes: the request from its first byte (leading empty lines allowed), and
+  /// possibly more after it (a pipelined body or next request, left alone).
+  /// Must start with the bytes given to the previous call. After done or error,
+  /// further calls return the same result (done re-points get() at `bytes`).
+  parse_result parse(std::string_view bytes);
+
+  /// The request; meaningful once parse() returned done.
+  const request& get() const noexcept { return req_; }
+
+  /// Bytes of the head: leading empty lines, request line, fields and the
+  /// final empty line. The body, or the next pipelined request, starts here.
+  std::size_t header_length() const noexcept { return header_length_; }
+
+  /// After error: the status to answer (400, 413, 414, 417, 431, 501, 505) and
+  /// a one-line, human-readable reason for the response body ("Content-Length
+  /// is not a number"). The connection must be closed after answering: once a
+  /// head is rejected, where the next request would start cannot be trusted.
+  int error_status() const noexcept { return status_; }
+  std::string_view error_reason() const noexcept { return reason_; }
+
+  /// Ready for the next request (keeps the capacity it has: no allocation).
+  void reset() noexcept;
+
+  const limits& get_limits() const noexcept { return lim_; }
+
+ private:
+  struct field_offsets {
+    std::uint32_t name, name_len, value, value_len;
+  };
+  enum class stage : std::uint8_t { request_line, fields, done, error };
+
+  parse_result fail(int status, const char* reason) noexcept;
+  parse_result on_request_line(std::string_view bytes, std::size_t begin, std::size_t end) noexcept;
+  parse_result on_field_line(std::string_view bytes, std::size_t begin, std::size_t end) noexcept;
+  parse_result on_head_end(std::string_view bytes) noexcept;
+  void materialise(std::string_view bytes) noexcept;
+
+  limits lim_;
+  request req_;
+  std::vector<field_offsets> offsets_;
+  stage stage_ = stage::request_line;
+  std::size_t line_ = 0;            // where the line being scanned starts
+  std::size_t scanned_ = 0;         // how far the search for its LF got
+  std::size_t fields_begin_ = 0;    // where the field section starts
+  std::size_t header_length_ = 0;
+  int status_ = 0;
+  const char* reason_ = "";
+  // Offsets of the request-line parts and of what the fields told us.
+  std::uint32_t method_[2] = {}, target_[2] = {}, path_[2] = {}, query_[2] = {}, host_[2] = {};
+  const char* path_literal_ = nullptr;  // "/" for an absolute-form target without a path
+  bool host_from_target_ = false;
+  unsigned host_count_ = 0;
+  unsigned te_codings_ = 0, te_chunked_ = 0;  // over all Transfer-Encoding lines
+  bool te_last_chunked_ = false;
+  bool connection_close_ = false, connection_keep_alive_ = false;
+  bool expect_other_ = false;
+  unsigned empty_lines_ = 0;
+};
+
+// Implementation. Each line is found with memchr and then checked once, when
+// its LF has arrived, so re-feeding a growing buffer costs only the new bytes.
+
+inline const header_field* request::find(std::string_view name) const noexcept {
+  for (const header_field& f : fields)
+    if (iequals(f.name, name)) return &f;
+  return nullptr;
+}
+
+namespace detail {
+
+// The most empty lines tolerated before a request line (RFC 9112 2.2 asks for
+// at least one, for clients that end a POST body with an extra CRLF).
+inline constexpr unsigned max_empty_lines = 8;
+
+inline bool parse_verb(std::string_view m, verb& out) noexcept {
+  switch (m.size()) {
+    case 3:
+      if (m == "GET") return out = verb::get, true;
+      if (m == "PUT") return out = verb::put, true;
+      break;
+    case 4:
+      if (m == "HEAD") return out = verb::head, true;
+      if (m == "POST") return out = verb::post, true;
+      break;
+    case 5:
+      if (m == "PATCH") return out = verb::patch, true;
+      if (m == "TRACE") return out = verb::trace, true;
+      break;
+    case 6:
+      if (m == "DELETE") return out = verb::delete_, true;
+      break;
+    case 7:
+      if (m == "OPTIONS") return out = verb::options, true;
+      if (m == "CONNECT") return out = verb::connect, true;
+      break;
+    default:
+      break;
+  }
+  return false;
+}
+
+}  // namespace detail
+
+inline request_parser::request_parser(limits lim) : lim_(lim) {
+  // Offsets are 32-bit to keep the per-field record small; a head this large
+  // would be a denial of service long before it mattered.
+  const std::uint64_t most = std::uint64_t{2} * detail::max_empty_lines + lim.max_request_line +
+                             lim.max_header_bytes + 4;
+  if (lim.max_request_line > 0xffffffffu || lim.max_header_bytes > 0xffffffffu || most > 0x7fffffffu)
+    throw std::invalid_argument("httpd::limits: max_request_line + max_header_bytes must stay under 2 GiB");
+  offsets_.reserve(lim.max_fields);
+  req_.fields.reserve(lim.max_fields);
+}
+
+inline void request_parser::reset() noexcept {
+  offsets_.clear();
+  req_.fields.clear();
+  req_.method = req_.target = req_.path = req_.query = req_.host = {};
+  req_.kind = verb::get;
+  req_.minor_version = 1;
+  req_.content_length.reset();
+  req_.chunked = req_.expect_continue = false;
+  req_.keep_alive = true;
+  stage_ = stage::request_line;
+  line_ = scanned_ = fields_begin_ = header_length_ = 0;
+  status_ = 0;
+  reason_ = "";
+  for (auto* o : {method_, target_, path_, query_, host_}) o[0] = o[1] = 0;
+  path_literal_ = nullptr;
+  host_from_target_ = false;
+  host_count_ = te_codings_ = te_chunked_ = empty_lines_ = 0;
+  te_last_chunked_ = connection_close_ = connection_keep_alive_ = expect_other_ = false;
+}
+
+inline parse_result request_parser::fail(int status, const char* reason) noexcept {
+  stage_ = stage::error;
+  status_ = status;
+  reason_ = reason;
+  return parse_result::error;
+}
+
+inline parse_result request_parser::parse(std::string_view bytes) {
+  if (stage_ == stage::done) {
+    if (bytes.size() < header_length_)
+      throw std::logic_error("httpd::request_parser::parse: the buffer lost bytes already parsed");
+    materialise(bytes);
+    return parse_result::done;
+  }
+  if (stage_ == stage::error) return parse_result::error;
+  if (bytes.size() < scanned_)
+    throw std::logic_error("httpd::request_parser::parse: the buffer lost bytes already parsed");
+  const char* p = bytes.data();
+  const std::size_t n = bytes.size();
+  while (true) {
+    const void* lf = scanned_ < n ? std::memchr(p + scanned_, '\n', n - scanned_) : nullptr;
+    if (lf == nullptr) {
+      scanned_ = n;
+      // Refuse an over-long line as soon as it is certain, not when it ends:
+      // a client could otherwise make us buffer without bound.
+      if (stage_ == stage::request_line) {
+        if (n - line_ > lim_.max_request_line + 1) return fail(414, "request line too long");
+      } else {
+        if (n - fields_begin_ >= lim_.max_header_bytes) return fail(431, "header section too large");
+        if (n - line_ > lim_.max_field_line + 1) return fail(431, "header field line too long");
+      }
+      return parse_result::incomplete;
+    }
+    const std::size_t at = static_cast<std::size_t>(static_cast<const char*>(lf) - p);
+    const bool crlf = at > line_ && p[at - 1] == '\r';
+    const std::size_t end = crlf ? at - 1 : at, next = at + 1;
+    // Limits first, in the order the incomplete case above checks them, so
+    // that the verdict does not depend on how the bytes were split.
+    if (stage_ == stage::request_line) {
+      if (end - line_ > lim_.max_request_line) return fail(414, "request line too long");
+    } else {
+      if (next - fields_begin_ > lim_.max_header_bytes) return fail(431, "header section too large");
+      if (end - line_ > lim_.max_field_line) return fail(431, "header field line too long");
+    }
+    if (!crlf) return fail(400, "line ended by a bare LF (CRLF required)");
+    if (stage_ == stage::request_line) {
+      if (end == line_) {
+        if (++empty_lines_ > detail::max_empty_lines) return fail(400, "too many empty lines before the request line");
+      } else {
+        if (on_request_line(bytes, line_, end) == parse_result::error) return parse_result::error;
+        stage_ = stage::fields;
+        fields_begin_ = next;
+      }
+    } else {
+      if (end == line_) {
+        header_length_ = next;
+        return on_head_end(bytes);
+      }
+      if (on_field_line(bytes, line_, end) == parse_result::error) return parse_result::error;
+    }
+    line_ = scanned_ = next;
+  }
+}
+
+inline parse_result request_parser::on_request_line(std::string_view bytes, std::size_t b,
+                                                    std::size_t e) noexcept {
+  using detail::is;
+  const char* p = bytes.data();
+  std::size_t i = b;
+  while (i < e && is(p[i], detail::c_token)) ++i;
+  if (i == b) return fail(400, p[b] == ' ' || p[b] == '\t' ? "whitespace before the method" : "method is not a token");
+  if (i == e) return fail(400, "request line has no target");
+  if (p[i] != ' ') return fail(400, "method is not a token");
+  const std::size_t t = i + 1;
+  std::size_t j = t;
+  while (j < e && is(p[j], detail::c_target)) ++j;
+  if (j == t) return fail(400, p[t] == ' ' ? "more than one space in the request line" : "invalid request target");
+  if (j == e) return fail(400, "request line has no HTTP version");
+  if (p[j] != ' ') return fail(400, "invalid character in the request target");
+  std::string_view version(p + j + 1, e - j - 1);
+  if (version.size() != 8 || version.substr(0, 5) != "HTTP/" || version[5] < '0' || version[5] > '9' ||
+      version[6] != '.' || version[7] < '0' || version[7] > '9')
+    return fail(400, version.empty()      ? "request line has no HTTP version"
+                     : version[0] == ' ' ? "more than one space in the request line"
+                                         : "malformed HTTP version");
+  if (version[5] != '1') return fail(505, "only HTTP/1.x is supported");
+  req_.minor_version = version[7] == '0' ? 0 : 1;
+  const std::string_view method(p + b, i - b);
+  if (!detail::parse_verb(method, req_.kind)) return fail(501, "unknown method");
+  const auto off = [&](std::size_t x) { return static_cast<std::uint32_t>(x); };
+  method_[0] = off(b), method_[1] = off(i - b);
+  target_[0] = off(t), target_[1] = off(j - t);
+  std::string_view target(p + t, j - t);
+  if (target.find('#') != std::string_view::npos) return fail(400, "fragment in the request target");
+
+  if (req_.kind == verb::connect) {  // authority-form, and only there
+    if (target[0] == '/' || !detail::valid_authority(target) || target.find(':') == std::string_view::npos)
+      return fail(400, "CONNECT needs a host:port target");
+    host_[0] = off(t), host_[1] = off(j - t);
+    host_from_target_ = true;
+    path_[0] = path_[1] = query_[0] = query_[1] = 0;
+    return parse_result::incomplete;
+  }
+  std::size_t path_begin = t;  // origin-form
+  if (target[0] != '/') {
+    if (target == "*") {
+      if (req_.kind != verb::options) return fail(400, "asterisk-form target is only for OPTIONS");
+      path_[0] = off(t), path_[1] = 1;
+      return parse_result::incomplete;
+    }
+    // absolute-form: scheme "://" authority [path-abempty] ["?" query]
+    std::size_t colon = target.find("://");
+    std::string_view scheme = target.substr(0, colon);
+    if (colon == std::string_view::npos || !(iequals(scheme, "http") || iequals(scheme, "https")))
+      return fail(400, "invalid request target");
+    std::size_t a = colon + 3, z = a;
+    while (z < target.size() && target[z] != '/' && target[z] != '?') ++z;
+    std::string_view authority = target.substr(a, z - a);
+    if (authority.empty()) return fail(400, "absolute target without a host");
+    if (authority.find('@') != std::string_view::npos) return fail(400, "user information in the request target");
+    if (!detail::valid_authority(authority)) return fail(400, "invalid host in the request target");
+    host_[0] = off(t + a), host_[1] = off(z - a);
+    host_from_target_ = true;
+    path_begin = t + z;
+  }
+  std::size_t q = path_begin;
+  while (q < j && p[q] != '?') ++q;
+  path_[0] = off(path_begin), path_[1] = off(q - path_begin);
+  if (q == path_begin && (q == j || p[q] == '?')) path_literal_ = "/";
+  if (q < j) query_[0] = off(q + 1), query_[1] = off(j - q - 1);
+  return parse_result::incomplete;
+}
+
+inline parse_result request_parser::on_field_line(std::string_view bytes, std::size_t b,
+                                                  std::size_t e) noexcept {
+  using detail::is;
+  const char* p = bytes.data();
+  if (detail::is_ows_char(p[b])) return fail(400, "obsolete line folding in the header");
+  if (offsets_.size() >= lim_.max_fields) return fail(431, "too many header fields");
+  std::size_t i = b;
+  while (i < e && is(p[i], detail::c_token)) ++i;
+  if (i == e) return fail(400, "header field without a colon");
+  if (p[i] != ':') {
+    if (detail::is_ows_char(p[i])) return fail(400, "whitespace before the colon of a header field");
+    return fail(400, "invalid character in a header field name");
+  }
+  if (i == b) return fail(400, "empty header field name");
+  std::size_t v = i + 1, ve = e;
+  while (v < ve && detail::is_ows_char(p[v])) ++v;
+  while (ve > v && detail::is_ows_char(p[ve - 1])) --ve;
+  const std::size_t bad = v + detail::find_bad_value_char(p + v, ve - v);
+  if (bad != ve) {
+    if (p[bad] == '\0') return fail(400, "NUL in a header field value");
+    if (p[bad] == '\r') return fail(400, "bare CR in a header field value");
+    return fail(400, "control character in a header field value");
+  }
+  const auto off = [](std::size_t x) { return static_cast<std::uint32_t>(x); };
+  // Member by member: building the record whole and copying it in made the
+  // compilers read back four fresh 32-bit stores as one 128-bit load, which
+  // cannot be store-forwarded (a stall worth a quarter of this function).
+  field_offsets& rec = offsets_.emplace_back();
+  rec.name = off(b), rec.name_len = off(i - b), rec.value = off(v), rec.value_len = off(ve - v);
+  const std::string_view name(p + b, i - b), value(p + v, ve - v);
+
+  // Fields that decide framing and connection handling, dispatched on length
+  // so most fields cost one switch.
+  switch (name.size()) {
+    case 4:
+      if (!iequals(name, "host")) break;
+      if (++host_count_ > 1) return fail(400, "more than one Host field");
+      if (!detail::valid_authority(value)) return fail(400, "invalid Host field");
+      if (!host_from_target_) host_[0] = off(v), host_[1] = off(ve - v);
+      break;
+    case 6:
+      if (!iequals(name, "expect")) break;
+      if (iequals(value, "100-continue")) req_.expect_continue = true;
+      else expect_other_ = true;
+      break;
+    case 10:
+      if (!iequals(name, "connection")) break;
+      detail::for_each_element(value, [this](std::string_view token) {
+        if (iequals(token, "close")) connection_close_ = true;
+        else if (iequals(token, "keep-alive")) connection_keep_alive_ = true;
+        return true;
+      });
+      break;
+    case 14: {
+      if (!iequals(name, "content-length")) break;
+      if (value.empty()) return fail(400, "Content-Length is not a number");
+      std::uint64_t len = 0;
+      for (char c : value) {
+        if (c < '0' || c > '9') return fail(400, "Content-Length is not a number");
+        if (len > (UINT64_MAX - 9) / 10) return fail(400, "Content-Length is too large");
+        len = len * 10 + static_cast<std::uint64_t>(c - '0');
+      }
+      if (req_.content_length && *req_.content_length != len)
+        return fail(400, "conflicting Content-Length fields");
+      req_.content_length = len;
+      break;
+    }
+    case 17: {
+      if (!iequals(name, "transfer-encoding")) break;
+      unsigned before = te_codings_;
+      bool ok = detail::for_each_element(value, [this](std::string_view coding) {
+        coding = detail::trim_ows(coding.substr(0, coding.find(';')));
+        if (!is_token(coding)) return false;
+        ++te_codings_;
+        te_last_chunked_ = iequals(coding, "chunked");
+        if (te_last_chunked_) ++te_chunked_;
+        return true;
+      });
+      if (!ok) return fail(400, "invalid Transfer-Encoding");
+      if (te_codings_ == before) return fail(400, "empty Transfer-Encoding");
+      break;
+    }
+    default:
+      break;
+  }
+  return parse_result::incomplete;
+}
+
+inline parse_result request_parser::on_head_end(std::string_view bytes) noexcept {
+  if (req_.minor_version == 1 && host_count_ == 0) return fail(400, "missing Host field (required in HTTP/1.1)");
+  if (te_codings_ != 0) {
+    if (req_.minor_version == 0) return fail(400, "Transfer-Encoding in an HTTP/1.0 request");
+    if (req_.content_length) return fail(400, "both Content-Length and Transfer-Encoding");
+    if (!te_last_chunked_) return fail(400, "final transfer coding is not chunked");
+    if (te_chunked_ > 1) return fail(400, "chunked transfer coding applied more than once");
+    if (te_codings_ > 1) return fail(501, "transfer codings other than chunked are not implemented");
+    req_.chunked = true;
+  }
+  if (req_.content_length && *req_.content_length > lim_.max_body) return fail(413, "request body too large");
+  if (expect_other_) return fail(417, "unsupported expectation (only 100-continue is)");
+  if (req_.minor_version == 0) {
+    // RFC 9110 10.1.1: a 1.0 client cannot have meant it.
+    req_.expect_continue = false;
+    req_.keep_alive = connection_keep_alive_ && !connection_close_;
+  } else {
+    req_.keep_alive = !connection_close_;
+  }
+  stage_ = stage::done;
+  materialise(bytes);
+  return parse_result::done;
+}
+
+inline void request_parser::materialise(std::string_view bytes) noexcept {
+  const char* p = bytes.data();
+  const auto view = [p](const std::uint32_t* o) { return std::string_view(p + o[0], o[1]); };
+  req_.method = view(method_);
+  req_.target = view(target_);
+  req_.path = path_literal_ != nullptr ? std::string_view(path_literal_) : view(path_);
+  req_.query = view(query_);
+  req_.host = view(host_);
+  req_.fields.clear();
+  for (const field_offsets& f : offsets_)
+    req_.fields.push_back({std::string_view(p + f.name, f.name_len), std::string_view(p + f.value, f.value_len)});
+}
+
+}  // namespace httpd
