@@ -6,3 +6,12 @@
 #include <prefork/error.hpp>
 #include <prefork/fd.hpp>
 #include <prefork/pipe.hpp>
+#include <prefork/file_lock.hpp>
+#include <prefork/file.hpp>
+#include <prefork/shm.hpp>
+#include <prefork/socket_address.hpp>
+#include <prefork/fd_passing.hpp>
+#include <prefork/socket.hpp>
+#include <prefork/signal.hpp>
+#include <prefork/exec.hpp>
+#include <prefork/systemd.hpp>
