@@ -6,6 +6,9 @@
 #include <prefork/error.hpp>
 #include <prefork/fd.hpp>
 #include <prefork/pipe.hpp>
+#include <prefork/process.hpp>
+#include <prefork/spawn.hpp>
+#include <prefork/daemon.hpp>
 #include <prefork/file_lock.hpp>
 #include <prefork/file.hpp>
 #include <prefork/shm.hpp>
