@@ -18,3 +18,4 @@
 #include <prefork/signal.hpp>
 #include <prefork/exec.hpp>
 #include <prefork/systemd.hpp>
+#include <prefork/pool.hpp>

@@ -1,0 +1,76 @@
+// prefork-echo: a preforking echo server in one screen.
+//
+//   prefork-echo [--listen ADDR] [--workers N] [--pid FILE]
+//
+// The master binds ADDR (default 127.0.0.1:7007), prints "listening on
+// ADDR", and forks N workers (default 4). Each worker takes one connection at
+// a time and sends back every byte until the client closes. Signals go to the
+// master: QUIT stops gracefully, TERM at once, HUP replaces the workers,
+// TTIN/TTOU add or remove one.
+#include <poll.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include <prefork/pool.hpp>
+#include <prefork/socket.hpp>
+
+namespace {
+
+const char usage[] = "usage: prefork-echo [--listen ADDR] [--workers N] [--pid FILE]\n";
+
+int bad_flag(const std::string& why) {
+  std::fprintf(stderr, "prefork-echo: %s\n%s", why.c_str(), usage);
+  return 2;
+}
+
+// Echoes until the client closes, ticking the heartbeat while it waits, so
+// a quiet client is not mistaken for a stuck worker.
+void echo(prefork::worker& w, int conn) {
+  char buf[16384];
+  pollfd p{conn, POLLIN, 0};
+  while (::poll(&p, 1, 1000) >= 0) {
+    w.tick();
+    if (p.revents == 0) continue;
+    prefork::io_result got = prefork::read_some(conn, buf, sizeof buf);
+    std::error_code ec;
+    if (!got || got.bytes == 0 || prefork::write_all(conn, buf, got.bytes, ec) != got.bytes) return;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string address = "127.0.0.1:7007", pid_file;
+  unsigned long workers = 4;
+  for (int i = 1; i < argc; ++i) {
+    std::string flag = argv[i];
+    if (flag != "--listen" && flag != "--workers" && flag != "--pid") return bad_flag("unknown flag " + flag);
+    if (i + 1 == argc) return bad_flag(flag + " needs a value");
+    std::string value = argv[++i];
+    char* end = nullptr;
+    if (flag == "--listen") address = value;
+    if (flag == "--pid") pid_file = value;
+    if (flag == "--workers" && ((workers = std::strtoul(value.c_str(), &end, 10)) == 0 || *end || workers > 1024))
+      return bad_flag("--workers needs a number from 1 to 1024, not '" + value + "'");
+  }
+  try {
+    prefork::pool_config config;
+    config.workers = static_cast<unsigned>(workers);
+    config.pid_file = pid_file;
+    config.listeners.push_back(prefork::listen(address));
+    std::printf("listening on %s\n", prefork::local_address(config.listeners[0].get()).c_str());
+    std::fflush(stdout);
+    prefork::master master(std::move(config));
+    return master.run([](prefork::worker& w) {
+      while (prefork::fd conn = w.accept()) {
+        echo(w, conn.get());
+        w.request_done();
+      }
+    });
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "prefork-echo: %s\n", e.what());
+    return 1;
+  }
+}

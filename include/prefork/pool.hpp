@@ -1,0 +1,480 @@
+// prefork/pool.hpp: prefork::master, the Unicorn-style preforking pool.
+//
+// master(config).run(work) binds nothing itself: it takes the listening
+// sockets of the config (or inherited_fds()), creates the scoreboard, forks
+// `workers` workers that each run work(worker&) after after_fork, and then
+// supervises them from one single-threaded loop: wait in poll(2) on the
+// signal pipe and the workers' wake-up pipe, with the nearest deadline as
+// timeout (a heartbeat, a back-off, a drain), never on a fixed interval; reap
+// every dead child; handle queued signals in arrival order; kill workers
+// whose heartbeat is older than `timeout`; fork workers until the wanted
+// number run. The signals mean what they mean to Unicorn (docs: DESIGN.md
+// section 5): QUIT graceful stop, TERM/INT quick stop, USR1 reopen logs, HUP
+// reload and replace every worker (new ones first), WINCH stop the workers
+// but keep the master, TTIN/TTOU one worker more/fewer. Everything an
+// in-place upgrade must hand to the new image lives in detail::pool_state.
+// Stands on fork, waitpid, kill, poll, pipe2, and /proc/self/status.
+#pragma once
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <prefork/error.hpp>
+#include <prefork/exec.hpp>
+#include <prefork/fd.hpp>
+#include <prefork/file.hpp>
+#include <prefork/pipe.hpp>
+#include <prefork/pool_config.hpp>
+#include <prefork/pool_detail.hpp>
+#include <prefork/process.hpp>
+#include <prefork/scoreboard.hpp>
+#include <prefork/signal.hpp>
+#include <prefork/socket.hpp>
+#include <prefork/systemd.hpp>
+#include <prefork/worker.hpp>
+
+namespace prefork {
+
+class master {
+ public:
+  // Checks the config and creates the scoreboard; throws
+  // std::invalid_argument naming what is wrong. Forks nothing.
+  explicit master(pool_config config) : config_(std::move(config)) {
+    if (config_.workers == 0) throw std::invalid_argument("pool_config: workers must be at least 1");
+    if (config_.timeout.count() <= 0) throw std::invalid_argument("pool_config: timeout must be positive");
+    if (config_.graceful_timeout.count() < 0) throw std::invalid_argument("pool_config: graceful_timeout is negative");
+    if (config_.max_workers == 0) config_.max_workers = 2 * config_.workers + 8;
+    if (config_.max_workers < config_.workers)
+      throw std::invalid_argument("pool_config: max_workers (" + std::to_string(config_.max_workers) +
+                                  ") is below workers (" + std::to_string(config_.workers) + ")");
+    if (config_.listeners.empty()) config_.listeners = inherited_fds();
+    if (config_.listeners.empty())
+      throw std::invalid_argument("pool_config: no listeners (none given, none inherited through PREFORK_FDS or LISTEN_FDS)");
+    for (const fd& l : config_.listeners) detail::check_listener(l.get());
+    state_.board.emplace(config_.max_workers);
+    state_.wanted = config_.workers;
+  }
+
+  master(const master&) = delete;
+  master& operator=(const master&) = delete;
+
+  // Runs the pool until a stop signal; returns the exit code for main (0).
+  // Throws before forking anything on bad input: a thread besides this one,
+  // an unwritable pid file, a pid file of a live master.
+  int run(std::function<void(worker&)> work) {
+    if (!work) throw std::invalid_argument("master::run: no work function");
+    if (running_) throw std::logic_error("master::run: already ran");
+    detail::refuse_threads("master::run");
+    running_ = true;
+    work_ = std::move(work);
+    detail::occupy_std_fds();
+    if (!config_.pid_file.empty()) pid_file_ = pid_file::create(config_.pid_file);
+    detail::ignored_sigpipe no_sigpipe;  // a dead worker's control pipe must give EPIPE, not kill us
+    signal_pipe sigs{SIGQUIT, SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP, SIGWINCH, SIGTTIN, SIGTTOU, SIGCHLD};
+    sigs_ = &sigs;
+    pipe_ends wake = pipe(O_NONBLOCK);
+    state_.wake_read = std::move(wake.read);
+    state_.wake_write = std::move(wake.write);
+    for (const fd& l : config_.listeners) l.set_nonblocking(true);
+    log("master started: " + std::to_string(config_.workers) + " workers, listening on " +
+        detail::describe_listeners(config_.listeners));
+    state_.generation = 1;
+    for (;;) {
+      next_wake_ = clock::time_point::max();
+      try {
+        // Signals first: a SIGCHLD byte taken here must not stand for a
+        // child that exited after the reaping.
+        while (std::optional<int> sig = sigs.next()) handle_signal(*sig);
+        reap_all_workers();
+        detail::drain(state_.wake_read.get());
+        const clock::time_point now = clock::now();
+        notice_workers();
+        murder_lazy_workers(now);
+        if (stop_ != stop_kind::none) {
+          if (state_.workers.empty()) break;
+          enforce_stop_deadline(now);
+        } else {
+          maintain_worker_count(now);
+        }
+      } catch (const std::exception& e) {
+        // Unicorn's rule: the master never dies from a bug in one round.
+        log(std::string("master loop error: ") + e.what());
+        wake_by(clock::now() + std::chrono::milliseconds(100));
+      }
+      master_sleep(sigs.fd());
+    }
+    log("stop complete");
+    sigs_ = nullptr;
+    state_.wake_read.reset();
+    state_.wake_write.reset();
+    pid_file_ = pid_file();  // removed now, while we still own it
+    return 0;
+  }
+
+  const prefork::scoreboard& scoreboard() const noexcept { return *state_.board; }
+  const pool_config& config() const noexcept { return config_; }
+
+ private:
+  using clock = std::chrono::steady_clock;
+  enum class stop_kind { none, graceful, quick };
+
+  void log(const std::string& event) const noexcept { detail::log_event(config_, event); }
+
+  detail::slot_cells& cells(const detail::worker_record& r) const noexcept { return state_.board->cells(r.slot); }
+
+  std::string name(const detail::worker_record& r) const {
+    return "worker " + std::to_string(r.index) + " (pid " + std::to_string(r.pid) + ", generation " +
+           std::to_string(r.generation) + ")";
+  }
+
+  void wake_by(clock::time_point t) noexcept { next_wake_ = std::min(next_wake_, t); }
+
+  // Sleeps until a signal, a worker's wake-up byte, or the nearest deadline.
+  void master_sleep(int signal_fd) {
+    int wait_ms = -1;
+    if (next_wake_ != clock::time_point::max()) {
+      auto left = std::chrono::ceil<std::chrono::milliseconds>(next_wake_ - clock::now()).count();
+      wait_ms = static_cast<int>(std::clamp<long long>(left, 0, 1 << 30));
+    }
+    pollfd polls[2] = {{signal_fd, POLLIN, 0}, {state_.wake_read.get(), POLLIN, 0}};
+    PREFORK_SYSCALL(poll)(polls, 2, wait_ms);  // EINTR: a signal, which is what we wait for
+  }
+
+  void reap_all_workers() {
+    for (;;) {
+      int status = 0;
+      pid_t pid = detail::retry([&] { return ::waitpid(-1, &status, WNOHANG); });
+      if (pid <= 0) return;  // 0: none exited; ECHILD: no children at all
+      auto it = std::find_if(state_.workers.begin(), state_.workers.end(),
+                             [&](const detail::worker_record& r) { return r.pid == pid; });
+      exit_status how(status);
+      if (it == state_.workers.end()) {
+        log("reaped unknown child pid " + std::to_string(pid) + ": " + how.describe());
+        continue;
+      }
+      const clock::time_point now = clock::now();
+      auto lived = now - it->spawned;
+      std::string line = name(*it) + " " + how.describe() + " after " + detail::seconds(lived);
+      detail::respawn_health& health = state_.health_of(it->index);
+      bool asked_to_go = it->quit_sent || it->term_sent;
+      if (!asked_to_go && lived < std::chrono::seconds(1)) {
+        ++health.fast_deaths;
+        auto delay = detail::crash_backoff(health.fast_deaths);
+        health.not_before = now + delay;
+        if (delay.count() > 0)
+          line += "; died within a second of starting " + std::to_string(health.fast_deaths) +
+                  " times in a row, respawning in " + detail::seconds(delay);
+      } else {
+        health.fast_deaths = 0;
+      }
+      log(line);
+      detail::slot_cells& c = cells(*it);
+      c.pid.store(0, std::memory_order_relaxed);
+      c.state.store(static_cast<std::int32_t>(worker_state::free), std::memory_order_release);
+      state_.workers.erase(it);
+    }
+  }
+
+  void handle_signal(int sig) {
+    if (sig == SIGCHLD) return;  // its job was to wake us up to reap
+    std::string signame(signal_name(sig));
+    switch (sig) {
+      case SIGQUIT: return begin_stop(stop_kind::graceful, signame);
+      case SIGTERM: return begin_stop(config_.graceful_term ? stop_kind::graceful : stop_kind::quick, signame);
+      case SIGINT: return begin_stop(stop_kind::quick, signame);
+      case SIGUSR1: return reopen_logs();
+      case SIGUSR2: return log("received SIGUSR2: upgrades are not enabled in this version; ignored");
+      case SIGHUP: return reload();
+      case SIGWINCH:
+        if (detail::has_controlling_terminal())
+          return log("received SIGWINCH: ignored, the master has a controlling terminal (resizing it sends WINCH)");
+        state_.wanted = 0;
+        return log("received SIGWINCH: stopping all workers gracefully, keeping the master and its sockets");
+      case SIGTTIN:
+        if (state_.wanted >= config_.max_workers)
+          return log("received SIGTTIN: already at max_workers (" + std::to_string(config_.max_workers) + ")");
+        ++state_.wanted;
+        return log("received SIGTTIN: now " + std::to_string(state_.wanted) + " workers");
+      case SIGTTOU:
+        if (state_.wanted > 0) --state_.wanted;
+        return log("received SIGTTOU: now " + std::to_string(state_.wanted) + " workers");
+      default: return log("received " + signame + ": ignored");
+    }
+  }
+
+  void begin_stop(stop_kind kind, const std::string& signame) {
+    if (stop_ == stop_kind::quick || (stop_ == kind)) return log("received " + signame + ": already stopping");
+    stop_ = kind;
+    notify("STOPPING=1");
+    const clock::time_point now = clock::now();
+    if (kind == stop_kind::graceful) {
+      stop_deadline_ = now + config_.graceful_timeout;
+      log("received " + signame + ": graceful stop, " + std::to_string(state_.workers.size()) +
+          " workers finish their requests (up to " + detail::seconds(config_.graceful_timeout) + ")");
+      for (detail::worker_record& r : state_.workers) send_quit(r, now);
+    } else {
+      stop_deadline_ = now + detail::quick_stop_wait;
+      log("received " + signame + ": quick stop, SIGTERM to " + std::to_string(state_.workers.size()) + " workers");
+      for (detail::worker_record& r : state_.workers) {
+        r.term_sent = true;
+        ::kill(r.pid, SIGTERM);
+      }
+    }
+  }
+
+  void enforce_stop_deadline(clock::time_point now) {
+    if (now < stop_deadline_) return wake_by(stop_deadline_);
+    for (detail::worker_record& r : state_.workers) {
+      if (r.killed) continue;
+      log(name(r) + " still running at the end of the stop: SIGKILL");
+      r.killed = true;
+      ::kill(r.pid, SIGKILL);
+    }
+  }
+
+  // The graceful stop message: the QUIT byte, then end of file, so the
+  // worker's stop_fd() stays readable from now on.
+  void send_quit(detail::worker_record& r, clock::time_point now) {
+    if (r.quit_sent) return;
+    r.quit_sent = r.retiring = true;
+    r.drain_deadline = now + config_.graceful_timeout;
+    char b = static_cast<char>(SIGQUIT);
+    [[maybe_unused]] io_result ignored = write_some(r.control.get(), &b, 1);
+    r.control.reset();
+  }
+
+  void reopen_logs() {
+    log("received SIGUSR1: reopening logs in the master and " + std::to_string(state_.workers.size()) + " workers");
+    if (config_.on_reopen_logs) {
+      try {
+        config_.on_reopen_logs();
+      } catch (const std::exception& e) {
+        log(std::string("on_reopen_logs failed in the master: ") + e.what());
+      }
+    }
+    char b = static_cast<char>(SIGUSR1);
+    for (detail::worker_record& r : state_.workers)
+      if (r.control) write_some(r.control.get(), &b, 1);  // full or broken: the worker is busy or gone
+  }
+
+  void reload() {
+    if (stop_ != stop_kind::none) return log("received SIGHUP: ignored while stopping");
+    notify("RELOADING=1");
+    if (config_.on_reload) {
+      try {
+        config_.on_reload();
+      } catch (const std::exception& e) {
+        notify("READY=1");
+        return log(std::string("received SIGHUP: on_reload failed, keeping the current workers: ") + e.what());
+      }
+    }
+    ++state_.generation;
+    state_.wanted = config_.workers;  // a reload re-reads the count, undoing TTIN, TTOU and WINCH
+    announced_generation_ = false;
+    for (detail::worker_record& r : state_.workers) r.retiring = true;
+    log("received SIGHUP: reloaded; replacing " + std::to_string(state_.workers.size()) + " workers with generation " +
+        std::to_string(state_.generation));
+  }
+
+  // Reads the scoreboard: who became ready, who asked to be recycled.
+  void notice_workers() {
+    for (detail::worker_record& r : state_.workers) {
+      detail::slot_cells& c = cells(r);
+      auto s = static_cast<worker_state>(c.state.load(std::memory_order_acquire));
+      if (!r.ready && (s == worker_state::idle || s == worker_state::busy)) {
+        r.ready = true;
+        log(name(r) + " ready");
+      }
+      auto why = static_cast<detail::retire_reason>(c.retire.load(std::memory_order_relaxed));
+      if (why != detail::retire_reason::none && !r.retiring) {
+        r.retiring = true;
+        if (why == detail::retire_reason::max_requests)
+          log(name(r) + " served " + std::to_string(c.requests.load()) + " requests (max_requests " +
+              std::to_string(config_.max_requests) + "): replacing it");
+        else
+          log(name(r) + " is above max_rss (" + std::to_string(config_.max_rss) + " bytes): replacing it");
+      }
+    }
+    if (!announced_generation_ && stop_ == stop_kind::none && current_ready() >= state_.wanted) {
+      announced_generation_ = true;
+      notify("READY=1\nSTATUS=" + std::to_string(current_ready()) + " workers ready");
+    }
+  }
+
+  std::size_t current_ready() const {
+    return static_cast<std::size_t>(std::count_if(state_.workers.begin(), state_.workers.end(),
+        [](const detail::worker_record& r) { return r.ready && !r.retiring; }));
+  }
+
+  void murder_lazy_workers(clock::time_point now) {
+    const std::int64_t now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
+    for (detail::worker_record& r : state_.workers) {
+      if (r.killed) continue;
+      if (r.quit_sent && stop_ == stop_kind::none) {
+        if (now >= r.drain_deadline) {
+          log(name(r) + " did not finish within graceful_timeout: SIGKILL");
+          r.killed = true;
+          ::kill(r.pid, SIGKILL);
+          continue;
+        }
+        wake_by(r.drain_deadline);
+      }
+      detail::slot_cells& c = cells(r);
+      std::int64_t last = c.last_tick_ns.load(std::memory_order_relaxed);
+      auto silent = std::chrono::nanoseconds(now_ns - last);
+      if (silent < config_.timeout) {
+        wake_by(detail::from_ns(last) + config_.timeout);
+        continue;
+      }
+      r.killed = true;
+      ::kill(r.pid, SIGKILL);
+      std::string activity = state_.board->slot(r.slot).activity;
+      log(name(r) + " silent for " + detail::seconds(silent) + " (timeout " + detail::seconds(config_.timeout) +
+          "), last activity \"" + activity + "\": killed with SIGKILL");
+    }
+  }
+
+  void maintain_worker_count(clock::time_point now) {
+    for (unsigned index = 0; index < state_.wanted; ++index) {
+      detail::worker_record* active = nullptr;
+      for (detail::worker_record& r : state_.workers)
+        if (r.index == index && !r.retiring) active = &r;
+      if (active == nullptr) {
+        detail::respawn_health& health = state_.health_of(index);
+        if (now < health.not_before) {
+          wake_by(health.not_before);
+          continue;
+        }
+        std::optional<std::size_t> slot = free_slot();
+        if (!slot) continue;  // a reap frees one, and SIGCHLD wakes us then
+        try {
+          spawn(index, *slot, now);
+        } catch (const std::exception& e) {
+          health.not_before = now + std::chrono::seconds(1);
+          wake_by(health.not_before);
+          log("cannot start worker " + std::to_string(index) + ": " + e.what() + "; retrying in 1s");
+        }
+      } else if (active->ready) {
+        // Its replacement serves now: only then may the old one go.
+        for (detail::worker_record& r : state_.workers)
+          if (r.index == index && r.retiring && !r.quit_sent) {
+            log(name(r) + " replaced by pid " + std::to_string(active->pid) + ": asking it to stop");
+            send_quit(r, now);
+          }
+      }
+    }
+    for (detail::worker_record& r : state_.workers)
+      if (r.index >= state_.wanted && !r.quit_sent) {
+        log(name(r) + " no longer wanted: asking it to stop");
+        send_quit(r, now);
+      }
+  }
+
+  std::optional<std::size_t> free_slot() const {
+    for (std::size_t i = 0; i < state_.board->size(); ++i) {
+      bool taken = std::any_of(state_.workers.begin(), state_.workers.end(),
+                               [&](const detail::worker_record& r) { return r.slot == i; });
+      if (!taken) return i;
+    }
+    return std::nullopt;
+  }
+
+  void spawn(unsigned index, std::size_t slot, clock::time_point now) {
+    detail::refuse_threads("master: respawning a worker");
+    detail::slot_cells& c = state_.board->cells(slot);
+    const std::int64_t now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
+    c.pid.store(0);
+    c.index.store(index);
+    c.generation.store(state_.generation);
+    c.started_ns.store(now_ns);
+    c.last_tick_ns.store(now_ns);
+    c.requests.store(0);
+    c.request_limit.store(detail::jittered(config_.max_requests, jitter_seed_));
+    c.retire.store(0);
+    detail::write_activity(c, "");
+    c.state.store(static_cast<std::int32_t>(worker_state::booting), std::memory_order_release);
+    std::optional<child> forked;
+    pipe_ends control;
+    try {
+      control = pipe(O_NONBLOCK);
+      std::fflush(nullptr);  // or buffered output would be written twice, by both processes
+      blocked_signals blocked;  // no handler of ours may run in the child
+      forked = prefork::fork();
+      if (!forked) become_worker(index, slot, std::move(control));
+    } catch (...) {
+      c.state.store(static_cast<std::int32_t>(worker_state::free));  // no ghost in the scoreboard
+      throw;
+    }
+    detail::worker_record r;
+    r.pid = forked->detach();
+    r.index = index;
+    r.generation = state_.generation;
+    r.slot = slot;
+    r.control = std::move(control.write);
+    r.spawned = now;
+    c.pid.store(r.pid);
+    state_.workers.push_back(std::move(r));
+    wake_by(now + config_.timeout);  // its heartbeat deadline, should after_fork hang before the first tick
+    log(name(state_.workers.back()) + " spawned");
+  }
+
+  // In the child, which never returns into the master's code: _exit runs no
+  // destructor of the master's objects (the pid file would be removed).
+  [[noreturn]] void become_worker(unsigned index, std::size_t slot, pipe_ends control) {
+    sigs_->forget_in_child();
+    detail::worker_signals();  // also unblocks, once dispositions are right
+    for (detail::worker_record& r : state_.workers) r.control.reset();
+    control.write.reset();
+    state_.wake_read.reset();
+    int code = 0;
+    try {
+      state_.board->cells(slot).pid.store(::getpid());
+      worker w(worker::setup{&config_, &config_.listeners, &*state_.board, slot, index, state_.generation,
+                             std::move(control.read), state_.wake_write.get()});
+      if (config_.after_fork) config_.after_fork(w);
+      work_(w);
+    } catch (const std::exception& e) {
+      log("worker " + std::to_string(index) + " (pid " + std::to_string(::getpid()) + "): " + e.what());
+      code = 1;
+    } catch (...) {
+      code = 1;
+    }
+    std::fflush(nullptr);
+    ::_exit(code);
+  }
+
+  static void notify(std::string_view what) noexcept {
+    std::error_code ec;
+    prefork::notify(what, ec);
+  }
+
+  pool_config config_;
+  std::function<void(worker&)> work_;
+  detail::pool_state state_;
+  pid_file pid_file_;
+  signal_pipe* sigs_ = nullptr;
+  bool running_ = false;
+  bool announced_generation_ = false;
+  stop_kind stop_ = stop_kind::none;
+  clock::time_point stop_deadline_{};
+  clock::time_point next_wake_{};
+  std::uint64_t jitter_seed_ = static_cast<std::uint64_t>(::getpid()) * 0x9E3779B97F4A7C15ull ^
+                               static_cast<std::uint64_t>(detail::monotonic_ns());
+};
+
+}  // namespace prefork

@@ -1,0 +1,84 @@
+// prefork/pool_config.hpp: pool_config, everything a prefork pool is told,
+// and the default log line the pool writes for each lifecycle event.
+//
+// The default log writes one line per event to standard error, with a UTC
+// timestamp and the PID, in a single write(2) so lines from the master and
+// its workers never interleave mid-line; a failed write (closed stderr, a
+// reader gone) is ignored, as a logger must never take a server down. Stands
+// on clock_gettime, gmtime_r and write.
+#pragma once
+
+#include <time.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <prefork/fd.hpp>
+
+namespace prefork {
+
+class worker;
+
+enum class upgrade_mode { fork_exec, in_place };
+
+struct pool_config {
+  unsigned workers = 1;
+  std::chrono::milliseconds timeout{60000};           // a worker silent this long is SIGKILLed
+  std::chrono::milliseconds graceful_timeout{30000};  // QUIT: how long workers may finish
+  std::vector<fd> listeners;                          // empty: inherited_fds()
+  std::filesystem::path pid_file;                     // optional
+  upgrade_mode upgrade = upgrade_mode::fork_exec;
+  bool graceful_term = false;                         // TERM stops gracefully, as containers expect
+  unsigned max_requests = 0;                          // replace a worker after this many (with jitter)
+  std::size_t max_rss = 0;                            // replace a worker above this RSS (bytes)
+  // Scoreboard slots: the most workers alive at once, old and new together
+  // while HUP or recycling replaces them. 0: 2 * workers + 8. TTIN stops
+  // at this many; a replacement waits for a free slot.
+  unsigned max_workers = 0;
+  std::function<void(worker&)> after_fork;            // in the worker
+  std::function<void()> on_reload;                    // HUP, in the master
+  std::function<void()> on_reopen_logs;               // USR1, in master and workers
+  std::function<void(std::string_view)> log;          // one line per lifecycle event
+};
+
+namespace detail {
+
+// "2026-11-27T03:20:01.123Z prefork[1234]: <event>\n" to fd 2.
+inline void default_log(std::string_view event) noexcept {
+  timespec now{};
+  ::clock_gettime(CLOCK_REALTIME, &now);
+  tm utc{};
+  ::gmtime_r(&now.tv_sec, &utc);
+  char head[80];
+  int n = std::snprintf(head, sizeof head, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ prefork[%ld]: ", utc.tm_year + 1900,
+                        utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec, now.tv_nsec / 1000000,
+                        static_cast<long>(::getpid()));
+  if (n < 0) return;
+  try {
+    std::string line(head, static_cast<std::size_t>(n));
+    line.append(event).push_back('\n');
+    std::error_code ec;
+    write_all(STDERR_FILENO, line.data(), line.size(), ec);
+  } catch (...) {  // std::bad_alloc: drop the line
+  }
+}
+
+// Sends one event to config.log, or the default log; a throwing user log
+// must not break the pool's loop.
+inline void log_event(const pool_config& config, std::string_view event) noexcept {
+  if (!config.log) return default_log(event);
+  try {
+    config.log(event);
+  } catch (...) {
+    default_log(event);
+  }
+}
+
+}  // namespace detail
+}  // namespace prefork

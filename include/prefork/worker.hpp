@@ -1,0 +1,268 @@
+// prefork/worker.hpp: prefork::worker, what a forked worker process holds.
+//
+// A worker serves connections from the listening sockets it shares with its
+// siblings, keeps its scoreboard slot up to date, and listens to its master
+// on a control pipe, never through signals, so application code never sees
+// EINTR: the master writes a signal number (QUIT: stop after the request in
+// hand; USR1: reopen logs) and the worker reads it between requests, in
+// accept() or stopping(). A graceful stop is the QUIT byte followed by end of
+// file, so stop_fd() stays readable from then on; end of file with no QUIT
+// before it means the master died, and the worker exits at once.
+//
+// accept() waits in poll(2) on every listener and the control pipe at once,
+// waking at least every timeout/4 to tick the heartbeat, so only a worker
+// stuck inside a request is ever killed for silence. The listeners are
+// non-blocking: every idle worker wakes for a connection (poll has no
+// exclusive wake-up), the losers get EAGAIN and go back to poll.
+//
+// PR_SET_PDEATHSIG is deliberately not used: end of file on the control pipe
+// already tells an idle worker at once, and a busy one finishes the request
+// in hand (its client gets an answer) before it notices; the death signal
+// would also fire on the exit of the forking *thread*, not process, and is
+// cleared by a set-user-ID exec. The cost: a worker stuck forever in a
+// request outlives a SIGKILLed master until someone kills it.
+// Stands on poll, accept4, read, write, pread (/proc/self/statm).
+#pragma once
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <prefork/error.hpp>
+#include <prefork/fd.hpp>
+#include <prefork/pool_config.hpp>
+#include <prefork/scoreboard.hpp>
+
+namespace prefork {
+
+class master;
+
+class worker {
+ public:
+  worker(const worker&) = delete;
+  worker& operator=(const worker&) = delete;
+
+  // The worker's number, 0 .. workers-1; a replacement takes the number of
+  // the worker it replaces.
+  unsigned index() const noexcept { return index_; }
+  // 1 for the first workers; each HUP starts a new generation.
+  unsigned generation() const noexcept { return generation_; }
+  // The worker's slot in scoreboard().
+  std::size_t slot() const noexcept { return slot_; }
+  const std::vector<fd>& listeners() const noexcept { return *listeners_; }
+  const prefork::scoreboard& scoreboard() const noexcept { return *board_; }
+
+  // Heartbeat. accept() ticks by itself; call tick() inside long requests.
+  // The first tick (or accept) after after_fork makes the worker ready.
+  void tick() noexcept {
+    cells().last_tick_ns.store(detail::monotonic_ns(), std::memory_order_relaxed);
+    if (state() == worker_state::booting) {
+      set_state(worker_state::idle);
+      wake_master();
+    }
+  }
+
+  // A short text shown in the scoreboard and in the log if the worker is
+  // killed for silence ("GET /x"); longer texts are cut at 63 bytes.
+  void status(std::string_view activity) noexcept { detail::write_activity(cells(), activity); }
+
+  // Counts one served request (scoreboard, max_requests) and checks max_rss.
+  void request_done() noexcept {
+    std::uint64_t served = cells().requests.fetch_add(1, std::memory_order_relaxed) + 1;
+    tick();
+    std::uint64_t limit = cells().request_limit.load(std::memory_order_relaxed);
+    if (limit != 0 && served >= limit) ask_retirement(detail::retire_reason::max_requests);
+    check_rss();
+  }
+
+  // True once a graceful stop was asked for. Reads what the master sent
+  // (running on_reopen_logs for USR1) without blocking.
+  bool stopping() const {
+    read_control();
+    return stopping_;
+  }
+
+  // Readable when the master has something to say, and for good once a
+  // graceful stop was asked for: put it in an epoll loop and call stopping()
+  // when it fires.
+  int stop_fd() const noexcept { return control_.get(); }
+
+  // The next connection from any listener (blocking, CLOEXEC), or an invalid
+  // fd once the worker is stopping. Marks the worker idle while it waits and
+  // busy when it returns a connection.
+  fd accept() {
+    read_control();
+    if (stopping_) return fd();
+    tick();  // the first one makes the worker ready and tells the master
+    set_state(worker_state::idle);
+    const std::size_t n = listeners_->size();
+    for (;;) {
+      int ready = PREFORK_SYSCALL(poll)(polls_.data(), polls_.size(), tick_ms_);
+      if (ready == -1 && errno != EINTR) throw_system_error("poll");
+      tick();
+      check_rss();
+      if (ready <= 0) continue;
+      if (polls_[n].revents != 0) {
+        read_control();
+        if (stopping_) return fd();
+      }
+      // Start after the listener served last, so one busy socket cannot
+      // starve the others.
+      for (std::size_t k = 0; k < n; ++k) {
+        std::size_t i = (next_listener_ + k) % n;
+        if (polls_[i].revents == 0) continue;
+        if (polls_[i].revents & POLLNVAL) throw std::logic_error("worker: listener fd " + std::to_string(polls_[i].fd) + " is not open");
+        int conn = ::accept4(polls_[i].fd, nullptr, nullptr, SOCK_CLOEXEC);
+        if (conn >= 0) {
+          next_listener_ = (i + 1) % n;
+          set_state(worker_state::busy);
+          return fd(conn);
+        }
+        // Another worker won it, or the client gave up already: wait again.
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED || errno == EPROTO ||
+            errno == EPERM)
+          continue;
+        throw_system_error("accept4 fd " + std::to_string(polls_[i].fd));
+      }
+    }
+  }
+
+ private:
+  friend class master;
+
+  struct setup {
+    const pool_config* config;
+    const std::vector<fd>* listeners;
+    const prefork::scoreboard* board;
+    std::size_t slot;
+    unsigned index, generation;
+    fd control;   // read end of the control pipe
+    int wake_fd;  // write end of the master's wake-up pipe (owned by the master's copy)
+  };
+
+  explicit worker(setup s)
+      : config_(s.config),
+        listeners_(s.listeners),
+        board_(s.board),
+        slot_(s.slot),
+        index_(s.index),
+        generation_(s.generation),
+        control_(std::move(s.control)),
+        wake_fd_(s.wake_fd) {
+    // A quarter of the timeout: the master's deadline is never missed even
+    // when a tick comes late, and an idle pool wakes rarely.
+    auto quarter = config_->timeout.count() / 4;
+    tick_ms_ = static_cast<int>(quarter < 10 ? 10 : (quarter > 60000 ? 60000 : quarter));
+    for (const fd& l : *listeners_) polls_.push_back(pollfd{l.get(), POLLIN, 0});
+    polls_.push_back(pollfd{control_.get(), POLLIN, 0});
+    if (config_->max_rss != 0) statm_.reset(::open("/proc/self/statm", O_RDONLY | O_CLOEXEC));
+  }
+
+  detail::slot_cells& cells() const noexcept { return board_->cells(slot_); }
+  worker_state state() const noexcept {
+    return static_cast<worker_state>(cells().state.load(std::memory_order_relaxed));
+  }
+  void set_state(worker_state s) const noexcept {
+    cells().state.store(static_cast<std::int32_t>(s), std::memory_order_release);
+  }
+
+  // One byte is enough: the master only needs to wake up and look at the
+  // scoreboard. A full pipe means it will wake anyway.
+  void wake_master() const noexcept {
+    char b = 'w';
+    [[maybe_unused]] ssize_t r = ::write(wake_fd_, &b, 1);
+  }
+
+  void ask_retirement(detail::retire_reason why) noexcept {
+    std::int32_t none = static_cast<std::int32_t>(detail::retire_reason::none);
+    if (cells().retire.compare_exchange_strong(none, static_cast<std::int32_t>(why))) wake_master();
+  }
+
+  // pread on a kept /proc/self/statm: one system call per check, no open.
+  void check_rss() noexcept {
+    if (!statm_) return;
+    char buf[128];
+    ssize_t r = ::pread(statm_.get(), buf, sizeof buf - 1, 0);
+    if (r <= 0) return;
+    buf[r] = '\0';
+    unsigned long size_pages = 0, rss_pages = 0;
+    if (std::sscanf(buf, "%lu %lu", &size_pages, &rss_pages) != 2) return;
+    if (rss_pages * static_cast<unsigned long>(::sysconf(_SC_PAGESIZE)) > config_->max_rss)
+      ask_retirement(detail::retire_reason::max_rss);
+  }
+
+  void read_control() const {
+    if (control_eof_) return;
+    bool reopen = false;
+    bool waited = false;
+    char buf[64];
+    for (;;) {
+      io_result r = read_some(control_.get(), buf, sizeof buf);
+      if (r.would_block() && stopping_ && !waited) {
+        // The master closes its end right after writing QUIT: wait for
+        // that end of file, which keeps stop_fd() readable from now on.
+        waited = true;
+        pollfd p{control_.get(), POLLIN, 0};
+        PREFORK_SYSCALL(poll)(&p, 1, 1000);
+        continue;
+      }
+      if (r.would_block() || !r) break;
+      if (r.bytes == 0) {
+        control_eof_ = true;
+        if (!stopping_) master_gone();
+        break;
+      }
+      for (std::size_t i = 0; i < r.bytes; ++i) {
+        if (buf[i] == SIGQUIT) stopping_ = true;
+        if (buf[i] == SIGUSR1) reopen = true;
+      }
+    }
+    if (stopping_) set_state(worker_state::stopping);
+    if (reopen && config_->on_reopen_logs) {
+      try {
+        config_->on_reopen_logs();
+      } catch (const std::exception& e) {
+        detail::log_event(*config_, worker_name() + ": on_reopen_logs failed: " + e.what());
+      }
+    }
+  }
+
+  [[noreturn]] void master_gone() const noexcept {
+    try {
+      detail::log_event(*config_, worker_name() + ": end of file on the control pipe, the master is gone; exiting");
+    } catch (...) {
+    }
+    std::fflush(nullptr);
+    ::_exit(0);
+  }
+
+  std::string worker_name() const {
+    return "worker " + std::to_string(index_) + " (pid " + std::to_string(::getpid()) + ")";
+  }
+
+  const pool_config* config_;
+  const std::vector<fd>* listeners_;
+  const prefork::scoreboard* board_;
+  std::size_t slot_;
+  unsigned index_, generation_;
+  fd control_;
+  int wake_fd_;
+  int tick_ms_ = 1000;
+  std::vector<pollfd> polls_;
+  std::size_t next_listener_ = 0;
+  fd statm_;
+  mutable bool stopping_ = false;
+  mutable bool control_eof_ = false;
+};
+
+}  // namespace prefork
