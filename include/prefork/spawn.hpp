@@ -10,8 +10,12 @@
 // other descriptor (close_range, else /proc/self/fd), changes directory and
 // execs. A failure is written as errno through a close-on-exec pipe (a
 // successful exec closes it, so the parent reads end of file), and the parent
-// throws it with the program's name. Stands on clone, pipe2, fcntl, dup2, close_range, getdents64,
-// sigaction, sigprocmask, setsid, setpgid, chdir and execve.
+// throws it with the program's name. Signal state is reset with raw
+// rt_sigaction and rt_sigprocmask: a wrapper that keeps its own table of
+// handlers (ThreadSanitizer's does) would update it in the memory the child
+// shares with the parent, and take the parent's handlers away. Stands on
+// clone, pipe2, fcntl, dup2, close_range, getdents64, rt_sigaction,
+// rt_sigprocmask, setsid, setpgid, chdir, execve and exit_group.
 #pragma once
 
 #include <dirent.h>
@@ -37,6 +41,21 @@
 #include <prefork/fd.hpp>
 #include <prefork/pipe.hpp>
 #include <prefork/process.hpp>
+
+// AddressSanitizer keeps a shadow of every stack frame. The CLONE_VM child
+// poisons the red zones of its own frames inside our stack buffer, in memory
+// it shares with us, and never unpoisons them because it execs instead of
+// returning; the parent must clear that shadow before the buffer is reused.
+#if defined(__SANITIZE_ADDRESS__)
+#define PREFORK_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define PREFORK_ASAN 1
+#endif
+#endif
+#ifdef PREFORK_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
 
 #ifndef CLONE_PIDFD
 #define CLONE_PIDFD 0x00001000
@@ -66,6 +85,10 @@ inline constexpr long sys_close_range = SYS_close_range;
 inline constexpr long sys_close_range = 436;
 #endif
 
+// The kernel's signal set: one bit per signal 1..NSIG-1 (8 bytes on most
+// architectures), not the C library's 128-byte sigset_t.
+inline constexpr std::size_t kernel_sigset_bytes = static_cast<std::size_t>(NSIG - 1) / 8;
+
 // What a failed child reports: errno and where it failed.
 enum class spawn_step : int { none, session, group, fds, close, chdir, exec };
 struct spawn_report {
@@ -90,6 +113,7 @@ struct spawn_plan {
   int report_fd;
   const char* cwd;
   bool new_group, new_session;
+  int rt_min;  // SIGRTMIN: a function call in glibc, so asked before the clone
   sigset_t empty_mask;
 };
 
@@ -137,22 +161,22 @@ inline int close_listed(const spawn_plan& p) noexcept {
 }
 
 // The child. It shares the parent's memory and runs on a borrowed stack, so it
-// allocates nothing, takes no lock and never returns: exec or _exit.
+// allocates nothing, takes no lock and never returns: exec or exit_group.
 inline int spawn_child(void* arg) noexcept {
   spawn_plan& p = *static_cast<spawn_plan*>(arg);
   spawn_report report{0, spawn_step::none, -1};
 
   // Dispositions first, while every signal is still blocked: a parent handler
   // run here would run on the parent's memory. Ignored ones too, since
-  // SIG_IGN survives exec.
-  for (int sig = 1; sig < NSIG; ++sig) {
-    struct sigaction old;
-    if (::sigaction(sig, nullptr, &old) != 0) continue;  // the C library's own signals
-    if (!(old.sa_flags & SA_SIGINFO) && old.sa_handler == SIG_DFL) continue;
-    struct sigaction dfl;
-    std::memset(&dfl, 0, sizeof dfl);
-    dfl.sa_handler = SIG_DFL;
-    ::sigaction(sig, &dfl, nullptr);
+  // SIG_IGN survives exec. An all-zero kernel sigaction is SIG_DFL with no
+  // flags and an empty mask, whatever the architecture's field order; the
+  // kernel refuses KILL and STOP, which is fine.
+  {
+    alignas(8) const unsigned char dfl[64] = {};
+    for (int sig = 1; sig < NSIG; ++sig) {
+      if (sig >= 32 && sig < p.rt_min) continue;  // the C library's own (cancellation, set*id)
+      ::syscall(SYS_rt_sigaction, sig, dfl, nullptr, kernel_sigset_bytes);
+    }
   }
 
   // Raw syscalls: these wrappers are plain today, but set*id-style wrappers
@@ -206,7 +230,7 @@ inline int spawn_child(void* arg) noexcept {
     goto fail;
   }
 
-  ::sigprocmask(SIG_SETMASK, &p.empty_mask, nullptr);
+  ::syscall(SYS_rt_sigprocmask, SIG_SETMASK, &p.empty_mask, nullptr, kernel_sigset_bytes);
 
   // As execvp: try each PATH candidate; EACCES on one is reported only if no
   // later one succeeds; errors other than "not here" stop the search.
@@ -230,7 +254,10 @@ fail:
   report.error = errno;
   // Smaller than PIPE_BUF, so it arrives whole or not at all.
   [[maybe_unused]] ssize_t ignored = ::write(p.report_fd, &report, sizeof report);
-  ::_exit(127);
+  // Not _exit: a sanitizer's _exit wrapper does its end-of-process work,
+  // which here would run on the parent's memory.
+  ::syscall(SYS_exit_group, 127);
+  return 127;  // not reached
 }
 
 inline std::string spawn_failure(const std::string& program, const spawn_report& r, const spawn_options& options) {
@@ -342,6 +369,7 @@ inline child spawn(const std::vector<std::string>& argv, const spawn_options& op
   plan.cwd = cwd.empty() ? nullptr : cwd.c_str();
   plan.new_group = options.new_process_group;
   plan.new_session = options.new_session;
+  plan.rt_min = SIGRTMIN;
   sigemptyset(&plan.empty_mask);
 
   // Every signal blocked across the clone, so no handler runs in the child
@@ -363,6 +391,9 @@ inline child spawn(const std::vector<std::string>& argv, const spawn_options& op
     pid = ::clone(detail::spawn_child, stack + sizeof stack, CLONE_VM | CLONE_VFORK | SIGCHLD, &plan, nullptr);
   }
   int clone_error = errno;
+#ifdef PREFORK_ASAN
+  __asan_unpoison_memory_region(stack, sizeof stack);
+#endif
   ::pthread_sigmask(SIG_SETMASK, &saved_mask, nullptr);
   ::pthread_setcancelstate(saved_cancel, nullptr);
   report.write.reset();

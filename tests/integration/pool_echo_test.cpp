@@ -25,22 +25,11 @@ std::string read_line(int fd, std::chrono::milliseconds limit = 20s) {
 }
 
 // Runs prefork-echo with `args`, its stdout and stderr on the given pipes.
-// (fork and exec by hand rather than prefork::spawn: spawn's CLONE_VM child
-// runs on a buffer in our stack, which AddressSanitizer's shadow of our
-// stack does not survive.)
 prefork::child start_echo(std::vector<std::string> args, int out, int err) {
   args.insert(args.begin(), prefork::test::bin_path("prefork-echo"));
-  std::vector<char*> argv;
-  for (std::string& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  std::optional<prefork::child> c = prefork::fork();
-  if (!c) {
-    if (out >= 0) ::dup2(out, 1);
-    ::dup2(err, 2);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  return std::move(*c);
+  prefork::spawn_options options;
+  options.fds = {{0, 0}, {out >= 0 ? out : 1, 1}, {err, 2}};
+  return prefork::spawn(args, options);
 }
 
 }  // namespace
