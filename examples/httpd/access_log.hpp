@@ -1,0 +1,75 @@
+// httpd/access_log.hpp: the access log and the error log, reopened on USR1.
+//
+// Each access line is formatted into a reused buffer and written with one
+// write(2) to an O_APPEND descriptor, so lines from many workers interleave
+// whole and none is torn. Reopening (after logrotate renamed the file) opens
+// the path anew and dup3()s it over the old number: a line is written either
+// to the old file or to the new one, never lost. The error log is fd 2
+// itself, so everything a process writes to stderr lands in it.
+#pragma once
+
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#include <chrono>
+#include <ctime>
+#include <string>
+#include <string_view>
+
+#include <prefork/fd.hpp>
+
+namespace httpd {
+
+class log_file {
+ public:
+  log_file() = default;
+  // path: a file (created 0644, appended to), or "-" for standard output.
+  // onto >= 0: the descriptor to occupy (2 for the error log).
+  void open(const std::string& path, int onto = -1);
+  bool enabled() const { return fd_ >= 0; }
+  int get() const { return fd_; }
+  // Opens the path again; on failure keeps the old file and says why.
+  bool reopen(std::string& why);
+  // Files opened from now on are given to this owner (the --user of the
+  // workers, so they can reopen the file the master created). Root only.
+  void set_owner(uid_t uid, gid_t gid) {
+    owner_uid_ = uid;
+    owner_gid_ = gid;
+    chown_ = true;
+  }
+  void write(std::string_view line) const;
+
+ private:
+  void give_away(int fd) const;
+
+  std::string path_;
+  bool chown_ = false;
+  uid_t owner_uid_ = 0;
+  gid_t owner_gid_ = 0;
+  prefork::fd own_;  // when not occupying a chosen number
+  int fd_ = -1;
+};
+
+// One access line in common log format plus the duration in seconds:
+// 127.0.0.1 - - [27/Nov/2026:03:13:14 +0000] "GET / HTTP/1.1" 200 1234 0.000187
+class access_log {
+ public:
+  log_file& file() { return file_; }
+  bool enabled() const { return file_.enabled(); }
+
+  // peer: the client's address (from getpeername); request_line: as
+  // received; bytes: body bytes sent.
+  void record(const sockaddr_storage& peer, std::string_view method, std::string_view target, int minor,
+              int status, unsigned long long bytes, std::chrono::steady_clock::duration took);
+
+ private:
+  log_file file_;
+  std::string line_;
+  std::time_t second_ = -1;
+  char stamp_[32] = {};
+};
+
+// Writes "prefork-httpd[PID]: text\n" to stderr with one write.
+void error_line(std::string_view text);
+
+}  // namespace httpd

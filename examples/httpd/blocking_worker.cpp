@@ -1,0 +1,315 @@
+// httpd/blocking_worker.cpp: one connection, one request (see blocking_worker.hpp).
+#include "blocking_worker.hpp"
+
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+
+#include <chrono>
+#include <cstring>
+
+#include <prefork/error.hpp>
+#include <prefork/worker.hpp>
+
+#include "buffer.hpp"
+
+namespace httpd {
+namespace {
+
+using steady = std::chrono::steady_clock;
+
+constexpr std::string_view continue_100 = "HTTP/1.1 100 Continue\r\n\r\n";
+
+int ms_until(steady::time_point deadline) {
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - steady::now()).count();
+  if (left <= 0) return 0;
+  return left > 1 << 30 ? 1 << 30 : static_cast<int>(left) + 1;
+}
+
+// Waits until fd is ready for `events` or the deadline passes (false).
+bool wait_for(int fd, short events, steady::time_point deadline) {
+  for (;;) {
+    int ms = ms_until(deadline);
+    if (ms == 0) return false;
+    pollfd p{fd, events, 0};
+    int r = ::poll(&p, 1, ms);
+    if (r > 0) return true;
+    if (r == -1 && errno != EINTR) return false;
+  }
+}
+
+// Sends all of `data`, waiting at most until `deadline` in total. MSG_NOSIGNAL:
+// a client that went away is an error here, not a SIGPIPE.
+bool send_all(int fd, std::string_view data, steady::time_point deadline, bool more) {
+  while (!data.empty()) {
+    ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL | (more ? MSG_MORE : 0));
+    if (n > 0) {
+      data.remove_prefix(static_cast<std::size_t>(n));
+      continue;
+    }
+    if (n == -1 && errno == EINTR) continue;
+    // EAGAIN: SO_SNDTIMEO ran out; go on only while the deadline allows.
+    if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK) && wait_for(fd, POLLOUT, deadline)) continue;
+    return false;
+  }
+  return true;
+}
+
+bool sendfile_all(int sock, int file, off_t offset, std::size_t length, steady::time_point deadline,
+                  prefork::worker& w) {
+  while (length > 0) {
+    ssize_t n = ::sendfile(sock, file, &offset, length);
+    if (n > 0) {
+      length -= static_cast<std::size_t>(n);
+      w.tick();  // a large file to a slow client is progress, not a hang
+      continue;
+    }
+    if (n == 0) return false;  // the file shrank under us
+    if (errno == EINTR) continue;
+    if ((errno == EAGAIN || errno == EWOULDBLOCK) && wait_for(sock, POLLOUT, deadline)) continue;
+    return false;
+  }
+  return true;
+}
+
+// Closing with unread input makes the kernel send RST, which can destroy the
+// response before the client reads it. So: end our side, then read and
+// discard for a short while until the client closes too.
+void lingering_close(int fd) {
+  ::shutdown(fd, SHUT_WR);
+  auto deadline = steady::now() + std::chrono::milliseconds(500);
+  char sink[16384];
+  std::size_t total = 0;
+  while (total < (1u << 20) && wait_for(fd, POLLIN, deadline)) {
+    ssize_t n = ::recv(fd, sink, sizeof sink, MSG_DONTWAIT);
+    if (n == -1 && errno == EINTR) continue;
+    if (n <= 0) break;
+    total += static_cast<std::size_t>(n);
+  }
+}
+
+// The activity text "GET /path" without allocating.
+void set_activity(prefork::worker& w, const request& req) {
+  char text[64];
+  std::size_t n = 0;
+  auto put = [&](std::string_view s) {
+    std::size_t k = s.size() < sizeof text - n ? s.size() : sizeof text - n;
+    std::memcpy(text + n, s.data(), k);
+    n += k;
+  };
+  put(req.method);
+  put(" ");
+  put(req.target);
+  w.status(std::string_view(text, n));
+}
+
+class blocking_connection {
+ public:
+  blocking_connection(server& srv, prefork::worker& w)
+      : srv_(srv), w_(w), parser_(make_limits(srv.opts)), chunks_(srv.opts.max_body, make_limits(srv.opts)) {
+    out_.reserve(4096);
+  }
+
+  void serve(int fd) {
+    steady::time_point start = steady::now();
+    in_.clear();
+    parser_.reset();
+    reply_.clear();
+    bool linger = false;
+    int status = 0;
+    std::size_t sent = 0;
+    std::string_view method = "-", target = "-";
+    int minor = 1;
+
+    // The head. The first read waits by SO_RCVTIMEO (the header timeout);
+    // later ones wait in poll for what is left of it.
+    steady::time_point deadline = start + srv_.opts.header_timeout;
+    parse_result pr = parse_result::incomplete;
+    for (bool first = true;; first = false) {
+      if (!first && !wait_for(fd, POLLIN, deadline)) break;
+      char* to = in_.space(4096);
+      ssize_t n = ::recv(fd, to, in_.room(), 0);
+      if (n == -1 && errno == EINTR) continue;
+      if (n <= 0) {
+        if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) return;  // gone
+        break;                                                               // SO_RCVTIMEO ran out
+      }
+      in_.commit(static_cast<std::size_t>(n));
+      pr = parser_.parse(in_.view());
+      if (pr != parse_result::incomplete) break;
+      if (steady::now() >= deadline) break;
+    }
+    if (pr == parse_result::incomplete) {
+      if (in_.empty()) return;  // a silent client gets no answer, only the close
+      reply_.error(408, "the request head did not arrive within the header timeout", true);
+      linger = true;
+    } else if (pr == parse_result::error) {
+      reply_.error(parser_.error_status(), parser_.error_reason(), true);
+      linger = true;
+    } else {
+      const request& req = parser_.get();
+      method = req.method;
+      target = req.target;
+      minor = req.minor_version;
+      set_activity(w_, req);
+      std::string_view body;
+      used_ = parser_.header_length();
+      if (accepts_body(req) && req.has_body() && !read_body(fd, body)) linger = true;
+      // read_body may have moved the buffer; the parser re-pointed req at it.
+      method = req.method;
+      target = req.target;
+      if (!linger) {
+        route(srv_, req, body, reply_);
+        if (req.kind == verb::head) reply_.no_body = true;
+        // Pipelined bytes after the request are not read either: closing
+        // over them would reset the connection under the answer.
+        linger = reply_.close || in_.size() > used_;
+      }
+    }
+
+    status = reply_.status;
+    out_.clear();
+    append_response(out_, reply_, srv_.clock.now(), false, minor);
+    steady::time_point send_deadline = steady::now() + srv_.opts.timeout;
+    bool with_file = reply_.file && !reply_.no_body;
+    if (send_all(fd, out_, send_deadline, with_file)) {
+      sent = reply_.no_body ? 0 : (with_file ? 0 : reply_.body_bytes().size());
+      if (with_file && sendfile_all(fd, reply_.file.get(), reply_.file_offset, reply_.file_length, send_deadline, w_))
+        sent = reply_.file_length;
+    }
+    if (srv_.log.enabled()) {
+      sockaddr_storage peer{};
+      socklen_t len = sizeof peer;
+      if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) == -1) peer.ss_family = AF_UNSPEC;
+      srv_.log.record(peer, method, target, minor, status, sent, steady::now() - start);
+    }
+    reply_.file.reset();
+    if (linger) lingering_close(fd);
+    w_.request_done();
+  }
+
+ private:
+  static limits make_limits(const options& o) {
+    limits l;
+    l.max_body = o.max_body;
+    return l;
+  }
+
+  // Reads the body of the parsed request; on failure reply_ holds the error.
+  bool read_body(int fd, std::string_view& body) {
+    const std::size_t head = parser_.header_length();
+    const request& req = parser_.get();
+    bool sent_continue = false;
+    auto more = [&]() -> bool {
+      if (req.expect_continue && !sent_continue) {
+        sent_continue = true;
+        if (!send_all(fd, continue_100, steady::now() + srv_.opts.timeout, false)) return false;
+      }
+      // Between body reads the header timeout applies again: a client that
+      // stalls mid-body is as stuck as one that stalls mid-head.
+      if (!wait_for(fd, POLLIN, steady::now() + srv_.opts.header_timeout)) {
+        reply_.error(408, "the request body stalled for longer than the header timeout", true);
+        return false;
+      }
+      char* to = in_.space(16384);
+      ssize_t n = ::recv(fd, to, in_.room(), 0);
+      if (n <= 0) {
+        reply_.error(400, "the connection ended inside the request body", true);
+        return false;
+      }
+      in_.commit(static_cast<std::size_t>(n));
+      parser_.parse(in_.view());  // re-points the request at the grown buffer
+      return true;
+    };
+    if (req.chunked) {
+      chunks_.reset();
+      body_.clear();
+      std::size_t fed = head;
+      for (;;) {
+        chunk_progress p = chunks_.feed(in_.view().substr(fed), body_);
+        fed += p.consumed;
+        if (p.result == chunk_progress::done) break;
+        if (p.result == chunk_progress::error) {
+          reply_.error(chunks_.error_status(), chunks_.error_reason(), true);
+          return false;
+        }
+        if (!more()) return false;
+      }
+      body = body_;
+      used_ = fed;
+      return true;
+    }
+    const std::size_t length = static_cast<std::size_t>(*req.content_length);
+    while (in_.size() < head + length)
+      if (!more()) return false;
+    body = in_.view().substr(head, length);
+    used_ = head + length;
+    return true;
+  }
+
+  server& srv_;
+  prefork::worker& w_;
+  request_parser parser_;
+  chunked_decoder chunks_;
+  byte_buffer in_;
+  std::string out_, body_;
+  reply reply_;
+  std::size_t used_ = 0;  // bytes of the buffer the request took
+};
+
+}  // namespace
+
+void set_inherited_timeouts(int listener, const options& o) {
+  auto to_tv = [](std::chrono::milliseconds ms) {
+    timeval tv{};
+    tv.tv_sec = static_cast<time_t>(ms.count() / 1000);
+    tv.tv_usec = static_cast<suseconds_t>((ms.count() % 1000) * 1000);
+    return tv;
+  };
+  timeval rcv = to_tv(o.header_timeout);
+  // A send stuck this long means the client stopped reading; well under the
+  // heartbeat timeout, so the worker gives up before the master kills it.
+  timeval snd = to_tv(o.timeout / 2);
+  if (::setsockopt(listener, SOL_SOCKET, SO_RCVTIMEO, &rcv, sizeof rcv) == -1)
+    prefork::throw_system_error("setsockopt SO_RCVTIMEO fd " + std::to_string(listener));
+  if (::setsockopt(listener, SOL_SOCKET, SO_SNDTIMEO, &snd, sizeof snd) == -1)
+    prefork::throw_system_error("setsockopt SO_SNDTIMEO fd " + std::to_string(listener));
+}
+
+void run_blocking(server& srv, prefork::worker& w) {
+  blocking_connection conn(srv, w);
+  w.tick();  // ready: the master counts this worker from now on
+  const std::vector<prefork::fd>& listeners = w.listeners();
+  auto last_control = steady::now();
+  std::size_t next = 0;
+  for (;;) {
+    // The fast path: a connection already queued costs one accept4. The
+    // control pipe is read at most every 100 ms while connections keep
+    // coming, and whenever none is queued (inside w.accept()).
+    prefork::fd conn_fd;
+    auto now = steady::now();
+    if (now - last_control >= std::chrono::milliseconds(100)) {
+      last_control = now;
+      if (w.stopping()) return;
+    }
+    for (std::size_t k = 0; k < listeners.size() && !conn_fd; ++k) {
+      std::size_t i = (next + k) % listeners.size();
+      int raw = ::accept4(listeners[i].get(), nullptr, nullptr, SOCK_CLOEXEC);
+      if (raw >= 0) {
+        conn_fd.reset(raw);
+        next = (i + 1) % listeners.size();
+      }
+    }
+    if (!conn_fd) {
+      conn_fd = w.accept();
+      last_control = steady::now();
+      if (!conn_fd) return;
+    }
+    w.tick();
+    conn.serve(conn_fd.get());
+  }
+}
+
+}  // namespace httpd

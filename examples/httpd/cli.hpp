@@ -1,0 +1,56 @@
+// httpd/cli.hpp: prefork-httpd's command line.
+//
+// parse_command_line() turns argv into options or throws usage_error, whose
+// message names the offending option; main() prints it with the usage line
+// and exits 2. Durations accept fractional seconds ("0.5"), so tests can use
+// short timeouts. Nothing here touches the system beyond sysconf and stat.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace httpd {
+
+enum class worker_mode { evented, blocking };
+enum class upgrade_kind { fork_exec, in_place };
+
+struct options {
+  std::vector<std::string> listen;  // empty: inherited sockets, else 127.0.0.1:8080
+  unsigned workers = 0;             // 0 until parsed: the number of online CPUs
+  worker_mode mode = worker_mode::evented;
+  std::chrono::milliseconds timeout{30000};
+  std::chrono::milliseconds graceful_timeout{30000};
+  std::chrono::milliseconds keepalive_timeout{5000};
+  std::chrono::milliseconds header_timeout{10000};
+  std::size_t max_body = 1048576;
+  unsigned max_requests = 0;
+  std::filesystem::path pid_file;
+  std::string access_log;           // empty: none; "-": stdout
+  std::string error_log;            // empty: stderr
+  bool daemonize = false;
+  std::string user, group;          // from --user USER[:GROUP]
+  upgrade_kind upgrade = upgrade_kind::fork_exec;
+  bool check = false, help = false, version = false;
+  std::filesystem::path root;       // empty until parsed: the bundled demo site
+};
+
+// Bad command line: what() is one line naming the option.
+struct usage_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+options parse_command_line(int argc, char** argv);
+
+// The one-line usage and the full --help text.
+const char* usage_line();
+std::string help_text();
+
+// The bundled demo site: next to the executable (installed layout) or in the
+// source tree (build layout, through a compile definition).
+std::filesystem::path default_root();
+
+}  // namespace httpd

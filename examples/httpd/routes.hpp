@@ -1,0 +1,51 @@
+// httpd/routes.hpp: what prefork-httpd answers, independent of how the bytes
+// travel (the blocking and the evented worker both call route()).
+//
+//   GET  /hello        "Hello, World!" (the benchmark endpoint; allocates nothing)
+//   POST /echo         the request body back, with its Content-Type
+//   GET  /sleep?ms=N   sleeps N ms inside the worker, then 200
+//   GET  /_status      the scoreboard, as HTML or JSON
+//   GET  anything else a static file beneath ROOT (HEAD too; others 405)
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <string>
+#include <string_view>
+
+#include "access_log.hpp"
+#include "cli.hpp"
+#include "http_parser.hpp"
+#include "response.hpp"
+#include "static_files.hpp"
+
+namespace prefork {
+class worker;
+}
+
+namespace httpd {
+
+// Everything a worker's routes share; one per worker process.
+struct server {
+  server(const options& o, const std::filesystem::path& root) : opts(o), docs(root) {}
+
+  const options& opts;
+  document_root docs;
+  access_log log;
+  http_clock clock;
+  prefork::worker* worker = nullptr;  // set in the worker: the scoreboard and the activity text
+  std::string scratch;                // percent-decoded paths, reused
+};
+
+// Whether the route for this request reads its body. A request with a body
+// for any other route is answered without reading it, and closed.
+bool accepts_body(const request& req);
+
+// Answers one complete request. body: the decoded body (empty if none).
+// The reply may point into req's buffer and body: send it before those change.
+void route(server& srv, const request& req, std::string_view body, reply& out);
+
+// The scoreboard page, HTML or JSON (exposed for the tests' sake of shape).
+void render_status(server& srv, bool json, reply& out);
+
+}  // namespace httpd

@@ -1,0 +1,247 @@
+// prefork-httpd's evented mode end to end: keep-alive, pipelining, many
+// connections, its timeouts, and a graceful stop with connections open.
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <cstdlib>
+#include <fstream>
+
+#include "catch.hpp"
+#include "httpd_support.hpp"
+#include "leak_check.hpp"
+
+using namespace httpd_test;
+
+namespace {
+
+const std::string hello_request = "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n";
+
+}  // namespace
+
+TEST_CASE("evented: 1000 requests on one keep-alive connection", "[httpd][evented][keepalive]") {
+  prefork::test::leak_check leaks;
+  {
+    server s({"-m", "evented"});
+    prefork::fd c = connect_to(s.port());
+    std::string pending;
+    int ok = 0;
+    for (int i = 0; i < 1000; ++i) {
+      send_text(c.get(), hello_request);
+      response r = read_response(c.get(), pending);
+      if (r.status == 200 && r.body == "Hello, World!" && !r.has("connection")) ++ok;
+    }
+    CHECK(ok == 1000);
+    CHECK(pending.empty());
+    // "Connection: close" from the client ends it after the answer.
+    send_text(c.get(), "GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    response last = read_response(c.get(), pending);
+    CHECK(last.header("connection") == "close");
+    CHECK(closed_within(c.get(), 10s));
+    check_clean_stop(s);
+  }
+  CHECK(leaks.problems() == "");
+}
+
+TEST_CASE("evented: HTTP/1.0 keep-alive when asked for", "[httpd][evented][keepalive]") {
+  prefork::test::leak_check leaks;
+  {
+    server s({"-m", "evented"});
+    prefork::fd c = connect_to(s.port());
+    std::string pending;
+    for (int i = 0; i < 3; ++i) {
+      send_text(c.get(), "GET /hello HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+      response r = read_response(c.get(), pending);
+      CHECK(r.version == "HTTP/1.0");
+      CHECK(r.header("connection") == "keep-alive");
+      CHECK(r.body == "Hello, World!");
+    }
+    send_text(c.get(), "GET /hello HTTP/1.0\r\n\r\n");  // no keep-alive: the default for 1.0 is close
+    response r = read_response(c.get(), pending);
+    CHECK(r.header("connection") == "close");
+    CHECK(closed_within(c.get(), 10s));
+    check_clean_stop(s);
+  }
+  CHECK(leaks.problems() == "");
+}
+
+TEST_CASE("evented: 20 pipelined requests are answered in order, in one write", "[httpd][evented][pipelining]") {
+  prefork::test::leak_check leaks;
+  {
+    server s({"-m", "evented"});
+    std::string batch;
+    std::vector<std::pair<std::string, bool>> expected;  // body, HEAD
+    for (int i = 0; i < 20; ++i) {
+      std::string n = std::to_string(i);
+      switch (i % 4) {
+        case 0:
+          batch += hello_request;
+          expected.emplace_back("Hello, World!", false);
+          break;
+        case 1:
+          batch += "HEAD /hello HTTP/1.1\r\nHost: t\r\n\r\n";
+          expected.emplace_back("", true);
+          break;
+        case 2:
+          batch += "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: " + std::to_string(5 + n.size()) +
+                   "\r\n\r\nbody-" + n;
+          expected.emplace_back("body-" + n, false);
+          break;
+        case 3:
+          batch += "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nchunk-\r\n" +
+                   std::to_string(n.size()) + "\r\n" + n + "\r\n0\r\n\r\n";
+          expected.emplace_back("chunk-" + n, false);
+          break;
+      }
+    }
+    prefork::fd c = connect_to(s.port());
+    send_text(c.get(), batch);  // one write: the server sees them all at once
+    std::string first;
+    REQUIRE(read_some_until(c.get(), first, steady::now() + patience));
+    // Answered with one write: the first read holds all twenty answers.
+    std::string rest = first;
+    for (std::size_t i = 0; i < expected.size(); ++i) {
+      INFO("answer " << i);
+      auto r = parse_response(rest, expected[i].second);
+      REQUIRE(r);
+      CHECK(r->status == 200);
+      CHECK(r->body == expected[i].first);
+      rest.erase(0, r->size);
+    }
+    CHECK(rest.empty());
+    check_clean_stop(s);
+  }
+  CHECK(leaks.problems() == "");
+}
+
+TEST_CASE("evented: a large file, then pipelined requests behind it", "[httpd][evented][sendfile]") {
+  prefork::test::leak_check leaks;
+  {
+    char tmpl[] = "/tmp/prefork-httpd-big-XXXXXX";
+    std::string root = ::mkdtemp(tmpl);
+    std::string big;
+    for (int i = 0; big.size() < (6u << 20); ++i) big += "line " + std::to_string(i) + "\n";
+    std::ofstream(root + "/big.txt", std::ios::binary) << big;
+    {
+      server s({"-m", "evented", root});
+      prefork::fd c = connect_to(s.port());
+      // The file is far larger than the socket buffer: sendfile stops at
+      // EAGAIN and the loop resumes it on EPOLLOUT while the client reads.
+      send_text(c.get(), "GET /big.txt HTTP/1.1\r\nHost: t\r\n\r\n" + hello_request +
+                             "GET /big.txt HTTP/1.1\r\nHost: t\r\nRange: bytes=-6\r\n\r\n" + hello_request);
+      std::string pending;
+      response first = read_response(c.get(), pending);
+      CHECK(first.status == 200);
+      CHECK(first.body.size() == big.size());
+      CHECK(first.body == big);
+      CHECK(read_response(c.get(), pending).body == "Hello, World!");
+      response tail = read_response(c.get(), pending);
+      CHECK(tail.status == 206);
+      CHECK(tail.body == big.substr(big.size() - 6));
+      CHECK(read_response(c.get(), pending).body == "Hello, World!");
+      check_clean_stop(s);
+    }
+    std::system(("rm -rf '" + root + "'").c_str());
+  }
+  CHECK(leaks.problems() == "");
+}
+
+TEST_CASE("evented: 500 concurrent keep-alive connections are all served", "[httpd][evented][concurrency]") {
+  prefork::test::leak_check leaks;
+  {
+    server s({"-m", "evented"});
+    std::vector<prefork::fd> conns;
+    for (int i = 0; i < 500; ++i) conns.push_back(connect_to(s.port()));
+    int served = 0;
+    for (int round = 0; round < 2; ++round) {
+      for (auto& c : conns) send_text(c.get(), hello_request);
+      for (auto& c : conns) {
+        std::string pending;
+        response r = read_response(c.get(), pending);
+        if (r.status == 200 && r.body == "Hello, World!") ++served;
+      }
+    }
+    CHECK(served == 1000);
+    conns.clear();
+    check_clean_stop(s);
+  }
+  CHECK(leaks.problems() == "");
+}
+
+TEST_CASE("evented: the keep-alive timeout closes an idle connection", "[httpd][evented][timeout]") {
+  prefork::test::leak_check leaks;
+  {
+    server s({"-m", "evented", "--keepalive-timeout", "0.5"});
+    prefork::fd c = connect_to(s.port());
+    std::string pending;
+    send_text(c.get(), hello_request);
+    CHECK(read_response(c.get(), pending).status == 200);
+    auto answered = steady::now();
+    CHECK(closed_within(c.get(), 10s));
+    CHECK(steady::now() - answered >= 400ms);
+    CHECK(steady::now() - answered < 5s);
+    check_clean_stop(s);
+  }
+  CHECK(leaks.problems() == "");
+}
+
+TEST_CASE("evented: a slow header is closed while a fast client is answered", "[httpd][evented][timeout]") {
+  prefork::test::leak_check leaks;
+  {
+    // One worker, so both clients share its loop.
+    server s({"-m", "evented", "-w", "1", "--header-timeout", "1"});
+    prefork::fd slow = connect_to(s.port());
+    send_text(slow.get(), "GET /hello HTTP/1.1\r\nHost: t\r\nX-Slow: ");  // and nothing more
+    auto start = steady::now();
+    prefork::fd fast = connect_to(s.port());
+    std::string pending;
+    for (int i = 0; i < 50; ++i) {
+      send_text(fast.get(), hello_request);
+      CHECK(read_response(fast.get(), pending).body == "Hello, World!");
+    }
+    CHECK(steady::now() - start < 900ms);  // answered while the slow head was still pending
+    std::string got = read_until_close(slow.get(), steady::now() + 10s);
+    CHECK(got.find("HTTP/1.1 408 ") == 0);
+    CHECK(steady::now() - start >= 900ms);
+    // The fast connection lives on.
+    send_text(fast.get(), hello_request);
+    CHECK(read_response(fast.get(), pending).status == 200);
+    check_clean_stop(s);
+  }
+  CHECK(leaks.problems() == "");
+}
+
+TEST_CASE("evented: QUIT closes idle connections and finishes the request in flight", "[httpd][evented][quit]") {
+  prefork::test::leak_check leaks;
+  {
+    server s({"-m", "evented"});
+    std::vector<prefork::fd> idle;
+    for (int i = 0; i < 100; ++i) {
+      idle.push_back(connect_to(s.port()));
+      std::string pending;
+      send_text(idle.back().get(), hello_request);
+      REQUIRE(read_response(idle.back().get(), pending).status == 200);
+    }
+    prefork::fd sleeper = connect_to(s.port());
+    send_text(sleeper.get(), "GET /sleep?ms=800 HTTP/1.1\r\nHost: t\r\n\r\n");
+    // The other worker answers /_status while this one sleeps.
+    auto deadline = steady::now() + patience;
+    while (get(s.port(), "/_status?format=json").body.find("/sleep?ms=800") == std::string::npos)
+      REQUIRE(steady::now() < deadline);
+    s.signal(SIGQUIT);
+    std::string pending;
+    response slept = read_response(sleeper.get(), pending);
+    CHECK(slept.status == 200);
+    CHECK(slept.body == "slept 800 ms\n");
+    CHECK(slept.header("connection") == "close");
+    CHECK(closed_within(sleeper.get(), 10s));
+    int closed = 0;
+    for (auto& c : idle)
+      if (closed_within(c.get(), 10s)) ++closed;
+    CHECK(closed == 100);
+    prefork::exit_status st = s.stop(0);
+    INFO(s.log());
+    CHECK(st.describe() == "exited 0");
+    CHECK(s.log().find("SIGKILL") == std::string::npos);
+  }
+  CHECK(leaks.problems() == "");
+}
