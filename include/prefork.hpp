@@ -19,3 +19,4 @@
 #include <prefork/exec.hpp>
 #include <prefork/systemd.hpp>
 #include <prefork/pool.hpp>
+#include <prefork/upgrade.hpp>

@@ -6,7 +6,7 @@
 // ADDR", and forks N workers (default 4). Each worker takes one connection at
 // a time and sends back every byte until the client closes. Signals go to the
 // master: QUIT stops gracefully, TERM at once, HUP replaces the workers,
-// TTIN/TTOU add or remove one.
+// TTIN/TTOU add or remove one, USR2 upgrades to a newly installed binary.
 #include <poll.h>
 
 #include <cstdio>
@@ -52,14 +52,16 @@ int main(int argc, char** argv) {
     char* end = nullptr;
     if (flag == "--listen") address = value;
     if (flag == "--pid") pid_file = value;
-    if (flag == "--workers" && ((workers = std::strtoul(value.c_str(), &end, 10)) == 0 || *end || workers > 1024))
+    if (flag == "--workers" &&
+        ((workers = std::strtoul(value.c_str(), &end, 10)) == 0 || *end || workers > 1024))
       return bad_flag("--workers needs a number from 1 to 1024, not '" + value + "'");
   }
   try {
     prefork::pool_config config;
     config.workers = static_cast<unsigned>(workers);
     config.pid_file = pid_file;
-    config.listeners.push_back(prefork::listen(address));
+    config.listeners = prefork::inherited_fds();  // after a USR2 upgrade: the same socket
+    if (config.listeners.empty()) config.listeners.push_back(prefork::listen(address));
     std::printf("listening on %s\n", prefork::local_address(config.listeners[0].get()).c_str());
     std::fflush(stdout);
     prefork::master master(std::move(config));

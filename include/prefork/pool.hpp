@@ -11,8 +11,9 @@
 // number run. The signals mean what they mean to Unicorn (docs: DESIGN.md
 // section 5): QUIT graceful stop, TERM/INT quick stop, USR1 reopen logs, HUP
 // reload and replace every worker (new ones first), WINCH stop the workers
-// but keep the master, TTIN/TTOU one worker more/fewer. Everything an
-// in-place upgrade must hand to the new image lives in detail::pool_state.
+// but keep the master, TTIN/TTOU one worker more/fewer, USR2 upgrade the
+// program without closing a socket (upgrade.hpp). Under systemd it reports
+// READY, RELOADING, STOPPING, STATUS, WATCHDOG and EXTEND_TIMEOUT_USEC.
 // Stands on fork, waitpid, kill, poll, pipe2, and /proc/self/status.
 #pragma once
 
@@ -46,6 +47,7 @@
 #include <prefork/signal.hpp>
 #include <prefork/socket.hpp>
 #include <prefork/systemd.hpp>
+#include <prefork/upgrade.hpp>
 #include <prefork/worker.hpp>
 
 namespace prefork {
@@ -57,16 +59,23 @@ class master {
   explicit master(pool_config config) : config_(std::move(config)) {
     if (config_.workers == 0) throw std::invalid_argument("pool_config: workers must be at least 1");
     if (config_.timeout.count() <= 0) throw std::invalid_argument("pool_config: timeout must be positive");
-    if (config_.graceful_timeout.count() < 0) throw std::invalid_argument("pool_config: graceful_timeout is negative");
+    if (config_.graceful_timeout.count() < 0)
+      throw std::invalid_argument("pool_config: graceful_timeout is negative");
+    if (config_.upgrade_timeout.count() <= 0)
+      throw std::invalid_argument("pool_config: upgrade_timeout must be positive");
     if (config_.max_workers == 0) config_.max_workers = 2 * config_.workers + 8;
     if (config_.max_workers < config_.workers)
       throw std::invalid_argument("pool_config: max_workers (" + std::to_string(config_.max_workers) +
                                   ") is below workers (" + std::to_string(config_.workers) + ")");
     if (config_.listeners.empty()) config_.listeners = inherited_fds();
     if (config_.listeners.empty())
-      throw std::invalid_argument("pool_config: no listeners (none given, none inherited through PREFORK_FDS or LISTEN_FDS)");
+      throw std::invalid_argument(
+          "pool_config: no listeners (none given, none inherited through PREFORK_FDS or LISTEN_FDS)");
     for (const fd& l : config_.listeners) detail::check_listener(l.get());
-    state_.board.emplace(config_.max_workers);
+    // A new image of an in-place upgrade takes the old one's scoreboard,
+    // wake-up pipe and workers instead.
+    adopted_ = upgrade_.take_over(state_, config_);
+    if (!adopted_) state_.board.emplace(config_.max_workers);
     state_.wanted = config_.workers;
   }
 
@@ -87,13 +96,22 @@ class master {
     detail::ignored_sigpipe no_sigpipe;  // a dead worker's control pipe must give EPIPE, not kill us
     signal_pipe sigs{SIGQUIT, SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP, SIGWINCH, SIGTTIN, SIGTTOU, SIGCHLD};
     sigs_ = &sigs;
-    pipe_ends wake = pipe(O_NONBLOCK);
-    state_.wake_read = std::move(wake.read);
-    state_.wake_write = std::move(wake.write);
+    if (adopted_) {
+      // The previous image blocked every signal for its exec; our handlers
+      // are in place, so what arrived meanwhile is delivered now.
+      detail::unblock_all_signals();
+    } else {
+      pipe_ends wake = pipe(O_NONBLOCK);
+      state_.wake_read = std::move(wake.read);
+      state_.wake_write = std::move(wake.write);
+      state_.generation = 1;
+    }
     for (const fd& l : config_.listeners) l.set_nonblocking(true);
     log("master started: " + std::to_string(config_.workers) + " workers, listening on " +
-        detail::describe_listeners(config_.listeners));
-    state_.generation = 1;
+        detail::describe_listeners(config_.listeners) +
+        (upgrade_.old_master() ? " (upgrade from pid " + std::to_string(upgrade_.old_master()) + ")" : ""));
+    for (const std::string& line : upgrade_.take_messages()) log(line);
+    if (std::string problem = notifier_.start(); !problem.empty()) log(problem);
     for (;;) {
       next_wake_ = clock::time_point::max();
       try {
@@ -105,6 +123,10 @@ class master {
         const clock::time_point now = clock::now();
         notice_workers();
         murder_lazy_workers(now);
+        wake_by(upgrade_.check(config_, now));
+        wake_by(notifier_.tick(now, state_, stop_ != stop_kind::none));
+        if (stop_ == stop_kind::graceful && !state_.workers.empty())
+          wake_by(notifier_.draining(now, stop_deadline_ + detail::quick_stop_wait));
         if (stop_ != stop_kind::none) {
           if (state_.workers.empty()) break;
           enforce_stop_deadline(now);
@@ -119,6 +141,7 @@ class master {
       master_sleep(sigs.fd());
     }
     log("stop complete");
+    upgrade_.release();
     sigs_ = nullptr;
     state_.wake_read.reset();
     state_.wake_write.reset();
@@ -135,7 +158,9 @@ class master {
 
   void log(const std::string& event) const noexcept { detail::log_event(config_, event); }
 
-  detail::slot_cells& cells(const detail::worker_record& r) const noexcept { return state_.board->cells(r.slot); }
+  detail::slot_cells& cells(const detail::worker_record& r) const noexcept {
+    return state_.board->cells(r.slot);
+  }
 
   std::string name(const detail::worker_record& r) const {
     return "worker " + std::to_string(r.index) + " (pid " + std::to_string(r.pid) + ", generation " +
@@ -163,6 +188,7 @@ class master {
       auto it = std::find_if(state_.workers.begin(), state_.workers.end(),
                              [&](const detail::worker_record& r) { return r.pid == pid; });
       exit_status how(status);
+      if (upgrade_.reaped(pid, how, config_, pid_file_)) continue;
       if (it == state_.workers.end()) {
         log("reaped unknown child pid " + std::to_string(pid) + ": " + how.describe());
         continue;
@@ -194,20 +220,29 @@ class master {
     if (sig == SIGCHLD) return;  // its job was to wake us up to reap
     std::string signame(signal_name(sig));
     switch (sig) {
-      case SIGQUIT: return begin_stop(stop_kind::graceful, signame);
-      case SIGTERM: return begin_stop(config_.graceful_term ? stop_kind::graceful : stop_kind::quick, signame);
+      case SIGQUIT: {
+        auto meaning = upgrade_.on_quit(config_);
+        if (meaning == detail::upgrader::quit_meaning::ignore) return;
+        if (meaning == detail::upgrader::quit_meaning::hand_over)
+          notifier_.mute();  // the new master is the service
+        return begin_stop(stop_kind::graceful, signame);
+      }
+      case SIGTERM:
+        return begin_stop(config_.graceful_term ? stop_kind::graceful : stop_kind::quick, signame);
       case SIGINT: return begin_stop(stop_kind::quick, signame);
-      case SIGUSR1: return reopen_logs();
-      case SIGUSR2: return log("received SIGUSR2: upgrades are not enabled in this version; ignored");
+      case SIGUSR1: return detail::reopen_logs(config_, state_);
+      case SIGUSR2: return upgrade_.on_usr2(config_, state_, pid_file_, stop_ != stop_kind::none);
       case SIGHUP: return reload();
       case SIGWINCH:
         if (detail::has_controlling_terminal())
-          return log("received SIGWINCH: ignored, the master has a controlling terminal (resizing it sends WINCH)");
+          return log(
+              "received SIGWINCH: ignored, the master has a controlling terminal (resizing it sends WINCH)");
         state_.wanted = 0;
         return log("received SIGWINCH: stopping all workers gracefully, keeping the master and its sockets");
       case SIGTTIN:
         if (state_.wanted >= config_.max_workers)
-          return log("received SIGTTIN: already at max_workers (" + std::to_string(config_.max_workers) + ")");
+          return log("received SIGTTIN: already at max_workers (" + std::to_string(config_.max_workers) +
+                     ")");
         ++state_.wanted;
         return log("received SIGTTIN: now " + std::to_string(state_.wanted) + " workers");
       case SIGTTOU:
@@ -218,9 +253,12 @@ class master {
   }
 
   void begin_stop(stop_kind kind, const std::string& signame) {
-    if (stop_ == stop_kind::quick || (stop_ == kind)) return log("received " + signame + ": already stopping");
+    if (stop_ == stop_kind::quick || (stop_ == kind))
+      return log("received " + signame + ": already stopping");
     stop_ = kind;
-    notify("STOPPING=1");
+    // After a hand-over the new master is the service: systemd must not
+    // hear that it stops.
+    if (!upgrade_.handed_over()) notify("STOPPING=1");
     const clock::time_point now = clock::now();
     if (kind == stop_kind::graceful) {
       stop_deadline_ = now + config_.graceful_timeout;
@@ -229,7 +267,8 @@ class master {
       for (detail::worker_record& r : state_.workers) send_quit(r, now);
     } else {
       stop_deadline_ = now + detail::quick_stop_wait;
-      log("received " + signame + ": quick stop, SIGTERM to " + std::to_string(state_.workers.size()) + " workers");
+      log("received " + signame + ": quick stop, SIGTERM to " + std::to_string(state_.workers.size()) +
+          " workers");
       for (detail::worker_record& r : state_.workers) {
         r.term_sent = true;
         ::kill(r.pid, SIGTERM);
@@ -258,20 +297,6 @@ class master {
     r.control.reset();
   }
 
-  void reopen_logs() {
-    log("received SIGUSR1: reopening logs in the master and " + std::to_string(state_.workers.size()) + " workers");
-    if (config_.on_reopen_logs) {
-      try {
-        config_.on_reopen_logs();
-      } catch (const std::exception& e) {
-        log(std::string("on_reopen_logs failed in the master: ") + e.what());
-      }
-    }
-    char b = static_cast<char>(SIGUSR1);
-    for (detail::worker_record& r : state_.workers)
-      if (r.control) write_some(r.control.get(), &b, 1);  // full or broken: the worker is busy or gone
-  }
-
   void reload() {
     if (stop_ != stop_kind::none) return log("received SIGHUP: ignored while stopping");
     notify("RELOADING=1");
@@ -280,15 +305,16 @@ class master {
         config_.on_reload();
       } catch (const std::exception& e) {
         notify("READY=1");
-        return log(std::string("received SIGHUP: on_reload failed, keeping the current workers: ") + e.what());
+        return log(std::string("received SIGHUP: on_reload failed, keeping the current workers: ") +
+                   e.what());
       }
     }
     ++state_.generation;
     state_.wanted = config_.workers;  // a reload re-reads the count, undoing TTIN, TTOU and WINCH
     announced_generation_ = false;
     for (detail::worker_record& r : state_.workers) r.retiring = true;
-    log("received SIGHUP: reloaded; replacing " + std::to_string(state_.workers.size()) + " workers with generation " +
-        std::to_string(state_.generation));
+    log("received SIGHUP: reloaded; replacing " + std::to_string(state_.workers.size()) +
+        " workers with generation " + std::to_string(state_.generation));
   }
 
   // Reads the scoreboard: who became ready, who asked to be recycled.
@@ -310,19 +336,17 @@ class master {
           log(name(r) + " is above max_rss (" + std::to_string(config_.max_rss) + " bytes): replacing it");
       }
     }
-    if (!announced_generation_ && stop_ == stop_kind::none && current_ready() >= state_.wanted) {
+    if (!announced_generation_ && stop_ == stop_kind::none && state_.ready_count() >= state_.wanted) {
       announced_generation_ = true;
-      notify("READY=1\nSTATUS=" + std::to_string(current_ready()) + " workers ready");
+      notify(upgrade_.ready_prefix() + "READY=1\nSTATUS=" + std::to_string(state_.ready_count()) +
+             " workers ready");
+      upgrade_.generation_ready(config_, state_, state_.ready_count());
     }
   }
 
-  std::size_t current_ready() const {
-    return static_cast<std::size_t>(std::count_if(state_.workers.begin(), state_.workers.end(),
-        [](const detail::worker_record& r) { return r.ready && !r.retiring; }));
-  }
-
   void murder_lazy_workers(clock::time_point now) {
-    const std::int64_t now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
+    const std::int64_t now_ns =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
     for (detail::worker_record& r : state_.workers) {
       if (r.killed) continue;
       if (r.quit_sent && stop_ == stop_kind::none) {
@@ -344,8 +368,8 @@ class master {
       r.killed = true;
       ::kill(r.pid, SIGKILL);
       std::string activity = state_.board->slot(r.slot).activity;
-      log(name(r) + " silent for " + detail::seconds(silent) + " (timeout " + detail::seconds(config_.timeout) +
-          "), last activity \"" + activity + "\": killed with SIGKILL");
+      log(name(r) + " silent for " + detail::seconds(silent) + " (timeout " +
+          detail::seconds(config_.timeout) + "), last activity \"" + activity + "\": killed with SIGKILL");
     }
   }
 
@@ -360,7 +384,7 @@ class master {
           wake_by(health.not_before);
           continue;
         }
-        std::optional<std::size_t> slot = free_slot();
+        std::optional<std::size_t> slot = state_.free_slot();
         if (!slot) continue;  // a reap frees one, and SIGCHLD wakes us then
         try {
           spawn(index, *slot, now);
@@ -385,19 +409,11 @@ class master {
       }
   }
 
-  std::optional<std::size_t> free_slot() const {
-    for (std::size_t i = 0; i < state_.board->size(); ++i) {
-      bool taken = std::any_of(state_.workers.begin(), state_.workers.end(),
-                               [&](const detail::worker_record& r) { return r.slot == i; });
-      if (!taken) return i;
-    }
-    return std::nullopt;
-  }
-
   void spawn(unsigned index, std::size_t slot, clock::time_point now) {
     detail::refuse_threads("master: respawning a worker");
     detail::slot_cells& c = state_.board->cells(slot);
-    const std::int64_t now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
+    const std::int64_t now_ns =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
     c.pid.store(0);
     c.index.store(index);
     c.generation.store(state_.generation);
@@ -412,7 +428,7 @@ class master {
     pipe_ends control;
     try {
       control = pipe(O_NONBLOCK);
-      std::fflush(nullptr);  // or buffered output would be written twice, by both processes
+      std::fflush(nullptr);     // or buffered output would be written twice, by both processes
       blocked_signals blocked;  // no handler of ours may run in the child
       forked = prefork::fork();
       if (!forked) become_worker(index, slot, std::move(control));
@@ -420,6 +436,7 @@ class master {
       c.state.store(static_cast<std::int32_t>(worker_state::free));  // no ghost in the scoreboard
       throw;
     }
+    control.read.reset();  // the worker's end, closed before the worker can be seen serving
     detail::worker_record r;
     r.pid = forked->detach();
     r.index = index;
@@ -458,14 +475,17 @@ class master {
     ::_exit(code);
   }
 
+  // READY, RELOADING, STOPPING, MAINPID: worth waiting for, a little.
   static void notify(std::string_view what) noexcept {
-    std::error_code ec;
-    prefork::notify(what, ec);
+    detail::notify_service(what, std::chrono::seconds(2));
   }
 
   pool_config config_;
   std::function<void(worker&)> work_;
   detail::pool_state state_;
+  detail::upgrader upgrade_;
+  detail::service_notifier notifier_;
+  bool adopted_ = false;  // this image took over from an in-place upgrade
   pid_file pid_file_;
   signal_pipe* sigs_ = nullptr;
   bool running_ = false;

@@ -34,17 +34,21 @@ struct pool_config {
   std::vector<fd> listeners;                          // empty: inherited_fds()
   std::filesystem::path pid_file;                     // optional
   upgrade_mode upgrade = upgrade_mode::fork_exec;
-  bool graceful_term = false;                         // TERM stops gracefully, as containers expect
-  unsigned max_requests = 0;                          // replace a worker after this many (with jitter)
-  std::size_t max_rss = 0;                            // replace a worker above this RSS (bytes)
+  // USR2: how long the new workers may take to be ready. fork_exec then
+  // stops the new master and the old one carries on; in_place (whose old
+  // workers serve until replaced) accepts another USR2 from then on.
+  std::chrono::milliseconds upgrade_timeout{60000};
+  bool graceful_term = false;  // TERM stops gracefully, as containers expect
+  unsigned max_requests = 0;   // replace a worker after this many (with jitter)
+  std::size_t max_rss = 0;     // replace a worker above this RSS (bytes)
   // Scoreboard slots: the most workers alive at once, old and new together
   // while HUP or recycling replaces them. 0: 2 * workers + 8. TTIN stops
   // at this many; a replacement waits for a free slot.
   unsigned max_workers = 0;
-  std::function<void(worker&)> after_fork;            // in the worker
-  std::function<void()> on_reload;                    // HUP, in the master
-  std::function<void()> on_reopen_logs;               // USR1, in master and workers
-  std::function<void(std::string_view)> log;          // one line per lifecycle event
+  std::function<void(worker&)> after_fork;    // in the worker
+  std::function<void()> on_reload;            // HUP, in the master
+  std::function<void()> on_reopen_logs;       // USR1, in master and workers
+  std::function<void(std::string_view)> log;  // one line per lifecycle event
 };
 
 namespace detail {
@@ -56,9 +60,10 @@ inline void default_log(std::string_view event) noexcept {
   tm utc{};
   ::gmtime_r(&now.tv_sec, &utc);
   char head[80];
-  int n = std::snprintf(head, sizeof head, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ prefork[%ld]: ", utc.tm_year + 1900,
-                        utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec, now.tv_nsec / 1000000,
-                        static_cast<long>(::getpid()));
+  int n = std::snprintf(head, sizeof head,
+                        "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ prefork[%ld]: ", utc.tm_year + 1900,
+                        utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec,
+                        now.tv_nsec / 1000000, static_cast<long>(::getpid()));
   if (n < 0) return;
   try {
     std::string line(head, static_cast<std::size_t>(n));

@@ -4,32 +4,43 @@
 // pool_state is everything the master knows about its workers: pids,
 // numbers, generations, scoreboard slots, control pipes, crash-loop health,
 // the scoreboard itself and the wake-up pipe. It is one struct on purpose:
-// an in-place upgrade hands exactly this to the new image. The chores: the
+// an in-place upgrade hands exactly this to the new image, as the text of
+// encode_handover(), read back by adopt_handover(). The chores: the
 // single-thread check before fork (/proc/self/status), filling closed
 // standard descriptors with /dev/null, ignoring SIGPIPE while the master
-// runs, the controlling-terminal test for WINCH, and a worker's signal
-// dispositions. Stands on open, fcntl, getsockopt, sigaction, sigprocmask.
+// runs, the controlling-terminal test for WINCH, USR1 in the master, a
+// worker's signal dispositions; and service_notifier, what systemd hears
+// beyond READY.
+// Stands on open, fcntl, getsockopt, sigaction, sigprocmask, sendto.
 #pragma once
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <optional>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include <prefork/error.hpp>
 #include <prefork/fd.hpp>
+#include <prefork/pool_config.hpp>
 #include <prefork/scoreboard.hpp>
 #include <prefork/socket.hpp>
+#include <prefork/systemd.hpp>
 
 namespace prefork::detail {
 
@@ -41,7 +52,7 @@ struct worker_record {
   fd control;  // write end of the worker's control pipe; closed once QUIT is sent
   std::chrono::steady_clock::time_point spawned{};
   std::chrono::steady_clock::time_point drain_deadline{};  // QUIT sent: SIGKILL after this
-  bool ready = false;     // seen idle or busy in the scoreboard
+  bool ready = false;                                      // seen idle or busy in the scoreboard
   bool retiring = false;  // to be replaced (HUP, recycling), or no longer wanted
   bool quit_sent = false;
   bool term_sent = false;
@@ -65,6 +76,25 @@ struct pool_state {
   respawn_health& health_of(unsigned index) {
     if (health.size() <= index) health.resize(index + 1);
     return health[index];
+  }
+
+  // Ready workers of the current generation (not those being replaced).
+  std::size_t ready_count() const {
+    return static_cast<std::size_t>(std::count_if(
+        workers.begin(), workers.end(), [](const worker_record& r) { return r.ready && !r.retiring; }));
+  }
+
+  std::optional<std::size_t> free_slot() const {
+    for (std::size_t i = 0; i < board->size(); ++i)
+      if (std::none_of(workers.begin(), workers.end(), [&](const worker_record& r) { return r.slot == i; }))
+        return i;
+    return std::nullopt;
+  }
+
+  // No worker number is dying at start over and over (its back-off runs).
+  bool healthy() const {
+    return std::none_of(health.begin(), health.end(),
+                        [](const respawn_health& h) { return h.fast_deaths >= 2; });
   }
 };
 
@@ -117,7 +147,8 @@ inline void check_listener(int sock) {
   int listening = 0;
   socklen_t len = sizeof listening;
   if (::getsockopt(sock, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == -1 || !listening)
-    throw std::invalid_argument("pool_config: listener fd " + std::to_string(sock) + " is not a listening socket");
+    throw std::invalid_argument("pool_config: listener fd " + std::to_string(sock) +
+                                " is not a listening socket");
 }
 
 inline std::string describe_listeners(const std::vector<fd>& listeners) {
@@ -196,5 +227,217 @@ inline void worker_signals() noexcept {
   sigemptyset(&none);
   ::sigprocmask(SIG_SETMASK, &none, nullptr);
 }
+
+// The state an in-place upgrade hands over, as text: one line per fact, the
+// numbers of the hidden descriptors included, "end" last (a courier that
+// died half-way leaves no "end").
+inline std::string encode_handover(const pool_state& s, unsigned upgrades,
+                                   std::chrono::steady_clock::time_point now) {
+  std::ostringstream out;
+  out << "prefork-handover 1\n"
+      << "upgrades " << upgrades << "\n"
+      << "generation " << s.generation << "\n"
+      << "board " << s.board->memfd() << "\n"
+      << "wake " << s.wake_read.get() << " " << s.wake_write.get() << "\n";
+  auto ms = [](auto d) {
+    return std::max<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(d).count(), 0);
+  };
+  for (const worker_record& r : s.workers)
+    out << "worker " << r.pid << " " << r.index << " " << r.generation << " " << r.slot << " "
+        << r.control.get() << " " << r.ready << r.retiring << r.quit_sent << r.term_sent << r.killed << " "
+        << ms(now - r.spawned) << " " << (r.quit_sent ? ms(r.drain_deadline - now) : 0) << "\n";
+  out << "end\n";
+  return out.str();
+}
+
+// Numbers from encode_handover, in the new image.
+inline std::vector<int> hidden_fds(const pool_state& s) {
+  std::vector<int> out{s.board->memfd(), s.wake_read.get(), s.wake_write.get()};
+  for (const worker_record& r : s.workers)
+    if (r.control) out.push_back(r.control.get());
+  return out;
+}
+
+// An inherited descriptor number from the state: open, ours, CLOEXEC again.
+inline fd take_fd(int n, const std::string& what) {
+  if (n < 0) return fd();
+  if (::fcntl(n, F_GETFD) == -1)
+    throw std::runtime_error("in-place upgrade: the " + what + " descriptor " + std::to_string(n) +
+                             " is not open");
+  fd owned(n);
+  owned.set_cloexec(true);  // it had to cross one exec, and must not cross another
+  return owned;
+}
+
+// Fills a fresh pool_state from the text; returns the upgrade count.
+inline unsigned adopt_handover(pool_state& s, const std::string& text,
+                               std::chrono::steady_clock::time_point now) {
+  std::istringstream in(text);
+  std::string line;
+  unsigned upgrades = 0;
+  bool complete = false;
+  auto bad = [&](const std::string& why) {
+    throw std::runtime_error("in-place upgrade: malformed state from the previous image (" + why + "): \"" +
+                             line + "\"");
+  };
+  if (!std::getline(in, line) || line != "prefork-handover 1") bad("unknown format");
+  while (std::getline(in, line)) {
+    std::istringstream f(line);
+    std::string key;
+    f >> key;
+    if (key == "end") {
+      complete = true;
+      break;
+    }
+    if (key == "upgrades") {
+      f >> upgrades;
+    } else if (key == "generation") {
+      f >> s.generation;
+    } else if (key == "board") {
+      int n = -1;
+      f >> n;
+      s.board.emplace(scoreboard::from_fd(take_fd(n, "scoreboard").release()));  // from_fd owns it
+    } else if (key == "wake") {
+      int r = -1, w = -1;
+      f >> r >> w;
+      s.wake_read = take_fd(r, "wake-up pipe");
+      s.wake_write = take_fd(w, "wake-up pipe");
+    } else if (key == "worker") {
+      worker_record r;
+      int control = -1;
+      std::string flags;
+      long long age = 0, drain_left = 0;
+      f >> r.pid >> r.index >> r.generation >> r.slot >> control >> flags >> age >> drain_left;
+      if (flags.size() != 5) bad("worker flags");
+      r.control = take_fd(control, "control pipe");
+      r.ready = flags[0] == '1';
+      r.retiring = flags[1] == '1';
+      r.quit_sent = flags[2] == '1';
+      r.term_sent = flags[3] == '1';
+      r.killed = flags[4] == '1';
+      r.spawned = now - std::chrono::milliseconds(age);
+      r.drain_deadline = now + std::chrono::milliseconds(drain_left);
+      s.workers.push_back(std::move(r));
+    } else {
+      bad("unknown line");
+    }
+    if (f.fail()) bad("bad number");
+  }
+  if (!complete) bad("cut short");
+  if (!s.board || !s.wake_read || !s.wake_write) bad("no scoreboard or wake-up pipe");
+  for (const worker_record& r : s.workers)
+    if (r.slot >= s.board->size()) bad("slot out of range");
+  return upgrades;
+}
+
+// USR1 in the master: its own hook, then the USR1 byte to every worker.
+inline void reopen_logs(const pool_config& config, const pool_state& s) {
+  log_event(config, "received SIGUSR1: reopening logs in the master and " + std::to_string(s.workers.size()) +
+                        " workers");
+  if (config.on_reopen_logs) {
+    try {
+      config.on_reopen_logs();
+    } catch (const std::exception& e) {
+      log_event(config, std::string("on_reopen_logs failed in the master: ") + e.what());
+    }
+  }
+  char b = static_cast<char>(SIGUSR1);
+  for (const worker_record& r : s.workers)
+    if (r.control) write_some(r.control.get(), &b, 1);  // full or broken: the worker is busy or gone
+}
+
+// notify() with bounded patience: the master's loop must not stall behind
+// a service manager that does not read (a datagram queue holds only
+// net.unix.max_dgram_qlen messages, 10 on a bare kernel). Connected, the
+// socket polls writable once the receiver has room. False: dropped.
+inline bool notify_service(std::string_view what, std::chrono::milliseconds patience) noexcept {
+  const char* where = std::getenv("NOTIFY_SOCKET");
+  if (!where || (where[0] != '/' && where[0] != '@')) return false;
+  std::string_view name(where);
+  sockaddr_un addr{};
+  if (name.size() >= sizeof addr.sun_path) return false;
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, name.data(), name.size());
+  auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size());
+  if (name[0] == '@')
+    addr.sun_path[0] = '\0';  // abstract: no terminator
+  else
+    len = static_cast<socklen_t>(len + 1);
+  fd sock(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!sock || ::connect(sock.get(), reinterpret_cast<const sockaddr*>(&addr), len) == -1) return false;
+  const auto deadline = std::chrono::steady_clock::now() + patience;
+  for (;;) {
+    if (::send(sock.get(), what.data(), what.size(), MSG_NOSIGNAL) >= 0) return true;
+    if (errno == EINTR) continue;
+    auto left =
+        std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+    if (errno != EAGAIN || left <= 0) return false;
+    pollfd p{sock.get(), POLLOUT, 0};
+    ::poll(&p, 1, static_cast<int>(left));
+  }
+}
+
+// What the master tells systemd besides READY, RELOADING and STOPPING: a
+// STATUS line whenever the worker counts change, WATCHDOG=1 every half
+// WATCHDOG_USEC while the workers are healthy, and EXTEND_TIMEOUT_USEC
+// while a graceful drain may outlast systemd's stop timeout. Without
+// NOTIFY_SOCKET each call costs one getenv.
+class service_notifier {
+ public:
+  using clock = std::chrono::steady_clock;
+
+  // Reads WATCHDOG_USEC; returns what was wrong with it, or "".
+  std::string start() {
+    try {
+      if (std::optional<std::chrono::microseconds> every = watchdog_interval()) watchdog_ = *every / 2;
+    } catch (const std::exception& e) {
+      return std::string(e.what()) + "; no watchdog pings";
+    }
+    return "";
+  }
+
+  // After a fork_exec hand-over the new master speaks for the service; a
+  // STATUS, a watchdog ping or a timeout from the retiring one would lie.
+  void mute() noexcept { muted_ = true; }
+
+  // Each round of the master's loop. Returns when to come back.
+  clock::time_point tick(clock::time_point now, const pool_state& s, bool stopping) {
+    if (muted_) return clock::time_point::max();
+    std::string status = stopping ? "stopping, " + std::to_string(s.workers.size()) + " workers left"
+                                  : std::to_string(s.ready_count()) + " of " + std::to_string(s.wanted) +
+                                        " workers ready, generation " + std::to_string(s.generation);
+    const bool healthy = s.healthy();
+    if (status != status_) {
+      status_ = status;
+      send("STATUS=" + status);
+    }
+    if (watchdog_.count() == 0) return clock::time_point::max();
+    if (healthy && now >= next_ping_) {
+      send("WATCHDOG=1");
+      next_ping_ = now + watchdog_;
+    }
+    return healthy ? next_ping_ : clock::time_point::max();
+  }
+
+  // While a graceful stop drains workers until `until` (then SIGKILL): the
+  // time left, with a margin for the kill and the reaping, renewed every
+  // few seconds so systemd never gives up first.
+  clock::time_point draining(clock::time_point now, clock::time_point until) {
+    if (muted_) return clock::time_point::max();
+    if (now < next_extend_) return next_extend_;
+    auto left = std::chrono::duration_cast<std::chrono::microseconds>(until - now) + std::chrono::seconds(5);
+    send("EXTEND_TIMEOUT_USEC=" + std::to_string(left.count()));
+    next_extend_ = now + std::chrono::seconds(3);
+    return next_extend_;
+  }
+
+  static void send(std::string_view what) noexcept { notify_service(what, std::chrono::milliseconds(0)); }
+
+ private:
+  std::string status_;
+  std::chrono::microseconds watchdog_{0};
+  clock::time_point next_ping_{}, next_extend_{};
+  bool muted_ = false;
+};
 
 }  // namespace prefork::detail

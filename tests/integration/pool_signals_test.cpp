@@ -1,4 +1,5 @@
-// The master's signals: TTIN/TTOU, WINCH, HUP, USR1, USR2.
+// The master's signals: TTIN/TTOU, WINCH, HUP, USR1. USR2, the upgrade, needs a
+// master that can re-execute itself: upgrade_test.cpp.
 // Real processes, signals and 127.0.0.1 sockets; see pool_harness.hpp.
 #include "pool_harness.hpp"
 
@@ -135,19 +136,6 @@ TEST_CASE("USR1 reaches on_reopen_logs in the master and in every worker", "[poo
     // Still serving, nobody replaced.
     CHECK(everyone.count(pid_of(client(p.address).ask("pid"))) == 1);
     CHECK(p.ev.count("spawned") == 3);
-    p.quit();
-  }
-  CHECK(leaks.problems() == "");
-}
-
-TEST_CASE("USR2 says upgrades are not enabled and changes nothing", "[pool][usr2]") {
-  prefork::test::leak_check leaks;
-  {
-    pool p(1);
-    pid_t only = *p.start(1).begin();
-    p.signal(SIGUSR2);
-    p.ev.wait_for("upgrades are not enabled");
-    CHECK(pid_of(client(p.address).ask("pid")) == only);
     p.quit();
   }
   CHECK(leaks.problems() == "");
