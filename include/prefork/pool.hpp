@@ -341,6 +341,11 @@ class master {
       notify(upgrade_.ready_prefix() + "READY=1\nSTATUS=" + std::to_string(state_.ready_count()) +
              " workers ready");
       upgrade_.generation_ready(config_, state_, state_.ready_count());
+      try {
+        if (config_.on_ready) config_.on_ready();
+      } catch (const std::exception& e) {
+        log(std::string("on_ready failed: ") + e.what());
+      }
     }
   }
 

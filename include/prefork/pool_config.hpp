@@ -47,6 +47,9 @@ struct pool_config {
   unsigned max_workers = 0;
   std::function<void(worker&)> after_fork;    // in the worker
   std::function<void()> on_reload;            // HUP, in the master
+  // In the master, each time the wanted workers are all ready: at start
+  // (the moment to tell a launcher or a supervisor), after HUP, after USR2.
+  std::function<void()> on_ready;
   std::function<void()> on_reopen_logs;       // USR1, in master and workers
   std::function<void(std::string_view)> log;  // one line per lifecycle event
 };

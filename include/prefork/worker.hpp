@@ -99,13 +99,23 @@ class worker {
 
   // The next connection from any listener (blocking, CLOEXEC), or an invalid
   // fd once the worker is stopping. Marks the worker idle while it waits and
-  // busy when it returns a connection.
+  // busy when it returns a connection. Under load a connection is already
+  // queued: it is taken with one accept4 and nothing else, and the control
+  // pipe is read at most every 100 ms (the listeners are non-blocking, so a
+  // worker that loses the race for a connection falls through to poll).
   fd accept() {
-    read_control();
+    std::int64_t now = detail::monotonic_ns();
+    if (now - control_checked_ns_ >= 100'000'000) {
+      control_checked_ns_ = now;
+      read_control();
+    }
     if (stopping_) return fd();
     tick();  // the first one makes the worker ready and tells the master
-    set_state(worker_state::idle);
     const std::size_t n = listeners_->size();
+    for (std::size_t k = 0; k < n; ++k) {
+      if (fd conn = take_connection(polls_[(next_listener_ + k) % n].fd, (next_listener_ + k) % n)) return conn;
+    }
+    set_state(worker_state::idle);
     for (;;) {
       int ready = PREFORK_SYSCALL(poll)(polls_.data(), polls_.size(), tick_ms_);
       if (ready == -1 && errno != EINTR) throw_system_error("poll");
@@ -113,6 +123,7 @@ class worker {
       check_rss();
       if (ready <= 0) continue;
       if (polls_[n].revents != 0) {
+        control_checked_ns_ = detail::monotonic_ns();
         read_control();
         if (stopping_) return fd();
       }
@@ -121,20 +132,21 @@ class worker {
       for (std::size_t k = 0; k < n; ++k) {
         std::size_t i = (next_listener_ + k) % n;
         if (polls_[i].revents == 0) continue;
-        if (polls_[i].revents & POLLNVAL) throw std::logic_error("worker: listener fd " + std::to_string(polls_[i].fd) + " is not open");
-        int conn = ::accept4(polls_[i].fd, nullptr, nullptr, SOCK_CLOEXEC);
-        if (conn >= 0) {
-          next_listener_ = (i + 1) % n;
-          set_state(worker_state::busy);
-          return fd(conn);
-        }
-        // Another worker won it, or the client gave up already: wait again.
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED || errno == EPROTO ||
-            errno == EPERM)
-          continue;
-        throw_system_error("accept4 fd " + std::to_string(polls_[i].fd));
+        if (polls_[i].revents & POLLNVAL)
+          throw std::logic_error("worker: listener fd " + std::to_string(polls_[i].fd) + " is not open");
+        if (fd conn = take_connection(polls_[i].fd, i)) return conn;
       }
     }
+  }
+
+  // For workers that run their own event loop over listeners() and
+  // stop_fd() instead of calling accept(): what the scoreboard (and
+  // /_status pages built on it) shows while connections are in hand.
+  void mark_busy() noexcept {
+    if (state() != worker_state::stopping) set_state(worker_state::busy);
+  }
+  void mark_idle() noexcept {
+    if (state() != worker_state::stopping) set_state(worker_state::idle);
   }
 
  private:
@@ -166,6 +178,21 @@ class worker {
     for (const fd& l : *listeners_) polls_.push_back(pollfd{l.get(), POLLIN, 0});
     polls_.push_back(pollfd{control_.get(), POLLIN, 0});
     if (config_->max_rss != 0) statm_.reset(::open("/proc/self/statm", O_RDONLY | O_CLOEXEC));
+  }
+
+  // One non-blocking accept4 on listener number i: a connection, or an
+  // invalid fd when another worker won it or the client gave up already.
+  fd take_connection(int listener, std::size_t i) {
+    int conn = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+    if (conn >= 0) {
+      next_listener_ = (i + 1) % listeners_->size();
+      set_state(worker_state::busy);
+      return fd(conn);
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED || errno == EPROTO ||
+        errno == EPERM)
+      return fd();
+    throw_system_error("accept4 fd " + std::to_string(listener));
   }
 
   detail::slot_cells& cells() const noexcept { return board_->cells(slot_); }
@@ -260,6 +287,7 @@ class worker {
   int tick_ms_ = 1000;
   std::vector<pollfd> polls_;
   std::size_t next_listener_ = 0;
+  std::int64_t control_checked_ns_ = 0;
   fd statm_;
   mutable bool stopping_ = false;
   mutable bool control_eof_ = false;

@@ -1,6 +1,10 @@
 // The master's signals: TTIN/TTOU, WINCH, HUP, USR1. USR2, the upgrade, needs a
 // master that can re-execute itself: upgrade_test.cpp.
 // Real processes, signals and 127.0.0.1 sockets; see pool_harness.hpp.
+#include <atomic>
+#include <memory>
+#include <thread>
+
 #include "pool_harness.hpp"
 
 using namespace pool_test;
@@ -137,6 +141,77 @@ TEST_CASE("USR1 reaches on_reopen_logs in the master and in every worker", "[poo
     CHECK(everyone.count(pid_of(client(p.address).ask("pid"))) == 1);
     CHECK(p.ev.count("spawned") == 3);
     p.quit();
+  }
+  CHECK(leaks.problems() == "");
+}
+
+TEST_CASE("on_ready runs in the master once the workers are all ready: at start and after HUP", "[pool][on_ready]") {
+  prefork::test::leak_check leaks;
+  {
+    pool p(2, [](prefork::pool_config& c) {
+      auto log = c.log;
+      c.on_ready = [log] { log("on_ready in " + std::to_string(::getpid())); };
+    });
+    p.start(2);
+    CHECK(p.ev.wait_for("on_ready in ") == "on_ready in " + std::to_string(p.pid()));
+    p.signal(SIGHUP);
+    for (int i = 0; i < 2; ++i) p.wait_spawn();
+    CHECK(p.ev.wait_for("on_ready in ") == "on_ready in " + std::to_string(p.pid()));
+    CHECK(p.ev.count("on_ready in ") == 2);
+    p.quit();
+  }
+  CHECK(leaks.problems() == "");
+}
+
+TEST_CASE("a worker that never waits for a connection (the accept fast path) still sees QUIT", "[pool][quit]") {
+  prefork::test::leak_check leaks;
+  {
+    pool p(1);
+    p.start(1);
+    // Keep a connection always queued, so accept() never needs to poll.
+    std::atomic<bool> done{false};
+    std::atomic<int> served{0};
+    std::thread load([&] {
+      std::vector<std::unique_ptr<client>> queued;
+      while (!done) {
+        queued.push_back(std::make_unique<client>(p.address));
+        queued.push_back(std::make_unique<client>(p.address));
+        if (queued.front()->ask("pid").empty()) break;  // the pool has stopped serving
+        ++served;
+        queued.erase(queued.begin());
+        if (queued.size() > 8) queued.erase(queued.begin());
+      }
+    });
+    while (served < 50) std::this_thread::yield();
+    p.signal(SIGQUIT);
+    CHECK(p.wait_exit().describe() == "exited 0");
+    done = true;
+    load.join();
+  }
+  CHECK(leaks.problems() == "");
+}
+
+TEST_CASE("mark_busy and mark_idle show in the scoreboard for workers with their own event loop", "[pool][scoreboard]") {
+  prefork::test::leak_check leaks;
+  {
+    auto own_loop = [](prefork::worker& w) {
+      w.tick();  // ready
+      w.mark_busy();
+      bool busy = w.scoreboard().slot(w.slot()).state == prefork::worker_state::busy;
+      w.mark_idle();
+      bool idle = w.scoreboard().slot(w.slot()).state == prefork::worker_state::idle;
+      events::say(event_fd, std::string("states ") + (busy ? "busy" : "?") + " " + (idle ? "idle" : "?"));
+      pollfd p{w.stop_fd(), POLLIN, 0};
+      while (!w.stopping()) ::poll(&p, 1, 100);
+      w.mark_busy();  // a stopping worker stays "stopping"
+      events::say(event_fd, "after stop " + std::string(prefork::to_string(w.scoreboard().slot(w.slot()).state)));
+    };
+    pool p(1, {}, own_loop);
+    p.start(1);
+    CHECK(p.ev.wait_for("states ") == "states busy idle");
+    p.signal(SIGQUIT);
+    CHECK(p.ev.wait_for("after stop ") == "after stop stopping");
+    CHECK(p.wait_exit().describe() == "exited 0");
   }
   CHECK(leaks.problems() == "");
 }
