@@ -17,8 +17,8 @@
 #include <poll.h>
 #include <pwd.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -115,7 +115,8 @@ inline void send_launch_message(int sock, char type, std::string_view payload) n
     if (!daemon_gone && retry([&] { return ::poll(p, daemon_pidfd ? 2 : 1, -1); }) == -1) break;
     if (daemon_pidfd && (p[1].revents & POLLIN)) daemon_gone = true;
     // Once it is gone, read only what it said before dying, then stop.
-    ssize_t n = retry([&] { return ::recv(sock.get(), chunk, sizeof chunk, daemon_gone ? MSG_DONTWAIT : 0); });
+    ssize_t n =
+        retry([&] { return ::recv(sock.get(), chunk, sizeof chunk, daemon_gone ? MSG_DONTWAIT : 0); });
     if (n <= 0) break;
     buf.append(chunk, static_cast<std::size_t>(n));
     handle();
@@ -186,7 +187,7 @@ inline daemon_launch daemonize() {
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == -1) throw_system_error("socketpair");
   fd launcher_end(sv[0]), daemon_end(sv[1]);
-  std::fflush(nullptr);
+  (void)std::fflush(nullptr);  // a stream that fails now fails again at exit; nothing to undo here
   pid_t first = ::fork();
   if (first == -1) throw_system_error("fork");
   if (first > 0) {
@@ -243,7 +244,8 @@ bool lookup_entry(const char* what, Lookup lookup, Use use) {
       continue;
     }
     // Several errno values mean "not found" depending on the NSS module.
-    if (err != 0 && err != ENOENT && err != ESRCH && err != EBADF && err != EPERM) throw_system_error(what, err);
+    if (err != 0 && err != ENOENT && err != ESRCH && err != EBADF && err != EPERM)
+      throw_system_error(what, err);
     if (!found) return false;
     use(*found);
     return true;
@@ -272,32 +274,34 @@ inline void become_user(std::string_view user, std::string_view group_name = {})
     uid = pw.pw_uid;
     gid = pw.pw_gid;
   };
-  bool found = detail::lookup_entry<passwd>(
-      ("getpwnam_r " + user_str).c_str(),
-      [&](passwd* p, char* b, std::size_t n, passwd** r) { return ::getpwnam_r(user_str.c_str(), p, b, n, r); },
-      take_user);
+  bool found = detail::lookup_entry<passwd>(("getpwnam_r " + user_str).c_str(),
+                                            [&](passwd* p, char* b, std::size_t n, passwd** r) {
+                                              return ::getpwnam_r(user_str.c_str(), p, b, n, r);
+                                            },
+                                            take_user);
   if (!found && detail::all_digits(user))
-    found = detail::lookup_entry<passwd>(
-        ("getpwuid_r " + user_str).c_str(),
-        [&](passwd* p, char* b, std::size_t n, passwd** r) {
-          return ::getpwuid_r(static_cast<uid_t>(std::stoul(user_str)), p, b, n, r);
-        },
-        take_user);
+    found = detail::lookup_entry<passwd>(("getpwuid_r " + user_str).c_str(),
+                                         [&](passwd* p, char* b, std::size_t n, passwd** r) {
+                                           return ::getpwuid_r(static_cast<uid_t>(std::stoul(user_str)), p, b,
+                                                               n, r);
+                                         },
+                                         take_user);
   if (!found) throw std::invalid_argument("become_user: no such user '" + user_str + "'");
 
   if (!group_name.empty()) {
     auto take_group = [&](const group& gr) { gid = gr.gr_gid; };
-    bool have = detail::lookup_entry<group>(
-        ("getgrnam_r " + group_str).c_str(),
-        [&](group* g, char* b, std::size_t n, group** r) { return ::getgrnam_r(group_str.c_str(), g, b, n, r); },
-        take_group);
+    bool have = detail::lookup_entry<group>(("getgrnam_r " + group_str).c_str(),
+                                            [&](group* g, char* b, std::size_t n, group** r) {
+                                              return ::getgrnam_r(group_str.c_str(), g, b, n, r);
+                                            },
+                                            take_group);
     if (!have && detail::all_digits(group_name))
-      have = detail::lookup_entry<group>(
-          ("getgrgid_r " + group_str).c_str(),
-          [&](group* g, char* b, std::size_t n, group** r) {
-            return ::getgrgid_r(static_cast<gid_t>(std::stoul(group_str)), g, b, n, r);
-          },
-          take_group);
+      have = detail::lookup_entry<group>(("getgrgid_r " + group_str).c_str(),
+                                         [&](group* g, char* b, std::size_t n, group** r) {
+                                           return ::getgrgid_r(static_cast<gid_t>(std::stoul(group_str)), g,
+                                                               b, n, r);
+                                         },
+                                         take_group);
     if (!have) throw std::invalid_argument("become_user: no such group '" + group_str + "'");
   }
 

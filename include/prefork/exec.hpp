@@ -63,8 +63,8 @@ struct inherited {
 
 namespace detail {
 
-inline constexpr const char* fd_protocol_variables[] = {"PREFORK_FDS", "PREFORK_FDNAMES", "LISTEN_FDS", "LISTEN_PID",
-                                                        "LISTEN_FDNAMES"};
+inline constexpr const char* fd_protocol_variables[] = {"PREFORK_FDS", "PREFORK_FDNAMES", "LISTEN_FDS",
+                                                        "LISTEN_PID", "LISTEN_FDNAMES"};
 
 struct fd_flags {
   int fd;
@@ -132,13 +132,17 @@ inline bool is_protocol_variable(std::string_view entry) {
     throw std::invalid_argument("exec: " + std::to_string(names.size()) + " names for " +
                                 std::to_string(keep.size()) + " kept descriptors");
   for (const std::string& name : names)
-    if (name.empty() || name.find_first_of(":=\n", 0) != std::string::npos || name.find('\0') != std::string::npos)
-      throw std::invalid_argument("exec: descriptor name \"" + name + "\" is empty or holds ':', '=' or a newline");
+    if (name.empty() || name.find_first_of(":=\n", 0) != std::string::npos ||
+        name.find('\0') != std::string::npos)
+      throw std::invalid_argument("exec: descriptor name \"" + name +
+                                  "\" is empty or holds ':', '=' or a newline");
   for (std::size_t i = 0; i < keep.size(); ++i) {
     if (keep[i] < 0) throw std::invalid_argument("exec: cannot keep descriptor " + std::to_string(keep[i]));
     for (std::size_t j = 0; j < i; ++j)
-      if (keep[j] == keep[i]) throw std::invalid_argument("exec: descriptor " + std::to_string(keep[i]) + " kept twice");
-    if (::fcntl(keep[i], F_GETFD) == -1) throw_system_error("exec: kept descriptor " + std::to_string(keep[i]));
+      if (keep[j] == keep[i])
+        throw std::invalid_argument("exec: descriptor " + std::to_string(keep[i]) + " kept twice");
+    if (::fcntl(keep[i], F_GETFD) == -1)
+      throw_system_error("exec: kept descriptor " + std::to_string(keep[i]));
   }
 
   // Everything is built before the first descriptor flag changes.
@@ -190,7 +194,8 @@ inline bool is_protocol_variable(std::string_view entry) {
     ::execve(c.c_str(), argv_ptrs.data(), env_ptrs.data());
     err = errno;
     if (err == EACCES) denied = true;
-    if (err != EACCES && err != ENOENT && err != ENOTDIR && err != ESTALE && err != ELOOP && err != ENAMETOOLONG)
+    if (err != EACCES && err != ENOENT && err != ENOTDIR && err != ESTALE && err != ELOOP &&
+        err != ENAMETOOLONG)
       break;
   }
   if (denied && (err == ENOENT || err == ENOTDIR)) err = EACCES;
@@ -206,8 +211,8 @@ inline bool parse_int(std::string_view text, int& out) {
 }
 
 [[noreturn]] inline void malformed(const char* variable, std::string_view value, const std::string& why) {
-  throw std::runtime_error("inherited descriptors: malformed " + std::string(variable) + "=\"" + std::string(value) +
-                           "\": " + why);
+  throw std::runtime_error("inherited descriptors: malformed " + std::string(variable) + "=\"" +
+                           std::string(value) + "\": " + why);
 }
 
 inline std::vector<std::string> split(std::string_view text, char sep) {
@@ -352,14 +357,15 @@ inline inherited take_inherited_fds() {
     if (const char* text = std::getenv(name_variable); text && !numbers.empty()) {
       names = detail::split(text, ':');
       if (names.size() != numbers.size())
-        detail::malformed(name_variable, text,
-                          std::to_string(names.size()) + " names for " + std::to_string(numbers.size()) + " descriptors");
+        detail::malformed(
+            name_variable, text,
+            std::to_string(names.size()) + " names for " + std::to_string(numbers.size()) + " descriptors");
     }
   }
   for (int n : numbers)
     if (::fcntl(n, F_GETFD) == -1)
-      throw std::runtime_error("inherited descriptors: " + out.source + " lists descriptor " + std::to_string(n) +
-                               ", which is not open");
+      throw std::runtime_error("inherited descriptors: " + out.source + " lists descriptor " +
+                               std::to_string(n) + ", which is not open");
   for (int n : numbers) {
     prefork::fd owned(n);
     owned.set_cloexec(true);

@@ -160,7 +160,9 @@ inline std::size_t write_all(int fd, const void* data, std::size_t n) {
   return done;
 }
 
-inline std::size_t write_all(int fd, std::string_view data) { return write_all(fd, data.data(), data.size()); }
+inline std::size_t write_all(int fd, std::string_view data) {
+  return write_all(fd, data.data(), data.size());
+}
 
 // Reads until end of file.
 inline std::string read_all(int fd, std::error_code& ec) {

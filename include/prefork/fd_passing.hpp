@@ -87,7 +87,8 @@ inline void transfer_exact(bool sending, int sock, char* p, std::size_t n, const
 inline int socket_type(int sock, const std::string& what) {
   int type = 0;
   socklen_t len = sizeof type;
-  if (::getsockopt(sock, SOL_SOCKET, SO_TYPE, &type, &len) == -1) throw_system_error(what + ": getsockopt SO_TYPE");
+  if (::getsockopt(sock, SOL_SOCKET, SO_TYPE, &type, &len) == -1)
+    throw_system_error(what + ": getsockopt SO_TYPE");
   return type;
 }
 
@@ -109,7 +110,8 @@ inline void send_fds(int sock, const std::vector<int>& fds, std::string_view mes
   detail::fd_header header{detail::fd_header_magic, static_cast<std::uint32_t>(fds.size()),
                            static_cast<std::uint32_t>(message.size())};
   iovec iov[2] = {{&header, sizeof header}, {const_cast<char*>(message.data()), message.size()}};
-  std::vector<cmsghdr> control((CMSG_SPACE(sizeof(int) * fds.size()) + sizeof(cmsghdr) - 1) / sizeof(cmsghdr));
+  std::vector<cmsghdr> control((CMSG_SPACE(sizeof(int) * fds.size()) + sizeof(cmsghdr) - 1) /
+                               sizeof(cmsghdr));
   msghdr msg{};
   msg.msg_iov = iov;
   msg.msg_iovlen = message.empty() ? 1 : 2;
@@ -138,8 +140,8 @@ inline void send_fds(int sock, const std::vector<int>& fds, std::string_view mes
     done = sizeof header;
   }
   std::size_t body_done = done - sizeof header;
-  detail::transfer_exact(true, sock, const_cast<char*>(message.data()) + body_done, message.size() - body_done,
-                         what);
+  detail::transfer_exact(true, sock, const_cast<char*>(message.data()) + body_done,
+                         message.size() - body_done, what);
 }
 
 // Receives one send_fds() message: at most `max` descriptors, all CLOEXEC,

@@ -62,8 +62,10 @@ inline std::uint64_t temp_nonce() noexcept {
   ::clock_gettime(CLOCK_MONOTONIC, &ts);
   std::uint64_t x = (static_cast<std::uint64_t>(::getpid()) << 32) ^ static_cast<std::uint64_t>(ts.tv_nsec) ^
                     (static_cast<std::uint64_t>(ts.tv_sec) << 20) ^ (++counter * 0x9e3779b97f4a7c15ULL);
-  x ^= x >> 30; x *= 0xbf58476d1ce4e5b9ULL;  // splitmix64 finaliser
-  x ^= x >> 27; x *= 0x94d049bb133111ebULL;
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;  // splitmix64 finaliser
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
   return x ^ (x >> 31);
 }
 
@@ -99,7 +101,8 @@ inline fd create_locked_temp(int dirfd, const std::filesystem::path& dir, std::s
   for (int attempt = 0;; ++attempt) {
     temp = temp_name(name);
     int raw = retry([&] {
-      return PREFORK_SYSCALL(openat)(dirfd, temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+      return PREFORK_SYSCALL(openat)(dirfd, temp.c_str(),
+                                     O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
     });
     if (raw == -1) {
       if (errno == EEXIST && attempt < 100) continue;
@@ -111,7 +114,7 @@ inline fd create_locked_temp(int dirfd, const std::filesystem::path& dir, std::s
       ::unlinkat(dirfd, temp.c_str(), 0);
       throw_system_error("flock " + (dir / temp).string(), err);
     }
-    struct stat st{};
+    struct stat st {};
     if (::fstat(file.get(), &st) == -1) {
       int err = errno;
       ::unlinkat(dirfd, temp.c_str(), 0);
@@ -165,7 +168,8 @@ class atomic_file {
   // rename, the temp file is removed and the target untouched.
   void commit() {
     if (!file_) throw std::logic_error("atomic_file::commit twice or after move: " + target_.string());
-    if (detail::retry([&] { return PREFORK_SYSCALL(fsync)(file_.get()); }) == -1) fail("fsync " + temp_path().string());
+    if (detail::retry([&] { return PREFORK_SYSCALL(fsync)(file_.get()); }) == -1)
+      fail("fsync " + temp_path().string());
     if (::renameat(dir_.get(), temp_.c_str(), dir_.get(), name_.c_str()) == -1)
       fail("rename " + temp_path().string() + " -> " + target_.string());
     // Renamed: the temp name is gone, so closing drops the lock and nothing is left.
@@ -256,7 +260,8 @@ inline std::size_t remove_stale_temps(const std::filesystem::path& dir) {
     int raw = ::openat(dirfd.get(), e->d_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (raw == -1) continue;  // committed or removed meanwhile
     fd file(raw);
-    struct stat locked{}, named{};
+    struct stat locked {};
+    struct stat named {};
     if (::fstat(file.get(), &locked) == -1 || !S_ISREG(locked.st_mode)) continue;
     if (::flock(file.get(), LOCK_EX | LOCK_NB) == -1) continue;  // a live writer
     // The name may have been committed and reused between our open and lock.
@@ -325,7 +330,8 @@ class pid_file {
   // back if it fails. Whatever is at `to` is replaced.
   void rename_to(const std::filesystem::path& to) {
     if (path_.empty()) throw std::logic_error("pid_file::rename_to on an empty pid_file");
-    if (::rename(path_.c_str(), to.c_str()) == -1) throw_system_error("rename " + path_.string() + " -> " + to.string());
+    if (::rename(path_.c_str(), to.c_str()) == -1)
+      throw_system_error("rename " + path_.string() + " -> " + to.string());
     path_ = to;
   }
 
@@ -373,21 +379,25 @@ class pid_file {
   // Looks at the file that made our link fail. Throws if a live process owns
   // it or it is not a regular file; removes it if it is stale. Returns `gone`
   // when the caller should try to link again.
-  static existing examine_existing(int dirfd, const std::filesystem::path& path, const std::string& name, pid_t self) {
+  static existing examine_existing(int dirfd, const std::filesystem::path& path, const std::string& name,
+                                   pid_t self) {
     int raw = detail::retry([&] {
       return PREFORK_SYSCALL(openat)(dirfd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     });
     if (raw == -1) {
       if (errno == ENOENT) return existing::gone;
       if (errno == ELOOP)
-        throw std::runtime_error("pid file " + path.string() + " is a symlink; refusing to follow or replace it");
+        throw std::runtime_error("pid file " + path.string() +
+                                 " is a symlink; refusing to follow or replace it");
       throw_system_error("open " + path.string());
     }
     fd file(raw);
-    struct stat locked{}, named{};
+    struct stat locked {};
+    struct stat named {};
     if (::fstat(file.get(), &locked) == -1) throw_system_error("fstat " + path.string());
     if (!S_ISREG(locked.st_mode))
-      throw std::runtime_error("pid file " + path.string() + " is not a regular file; refusing to replace it");
+      throw std::runtime_error("pid file " + path.string() +
+                               " is not a regular file; refusing to replace it");
     // Only one replacer at a time looks at this inode; the creator that just
     // linked it holds the lock only until its close.
     if (detail::retry([&] { return PREFORK_SYSCALL(flock)(file.get(), LOCK_EX); }) == -1)
@@ -398,8 +408,10 @@ class pid_file {
     std::optional<pid_t> owner = parse(read_small(file.get()));
     if (owner && *owner == self) return existing::ours;
     if (owner && alive(*owner))
-      throw std::runtime_error("pid file " + path.string() + ": already running as PID " + std::to_string(*owner));
-    if (::unlinkat(dirfd, name.c_str(), 0) == -1 && errno != ENOENT) throw_system_error("unlink stale " + path.string());
+      throw std::runtime_error("pid file " + path.string() + ": already running as PID " +
+                               std::to_string(*owner));
+    if (::unlinkat(dirfd, name.c_str(), 0) == -1 && errno != ENOENT)
+      throw_system_error("unlink stale " + path.string());
     return existing::gone;
   }
 
@@ -412,9 +424,11 @@ class pid_file {
     int raw = ::open(path_.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (raw != -1) {
       fd file(raw);
-      struct stat opened{}, named{};
+      struct stat opened {};
+      struct stat named {};
       if (parse(read_small(file.get())) == ::getpid() && ::fstat(file.get(), &opened) == 0 &&
-          ::lstat(path_.c_str(), &named) == 0 && opened.st_ino == named.st_ino && opened.st_dev == named.st_dev)
+          ::lstat(path_.c_str(), &named) == 0 && opened.st_ino == named.st_ino &&
+          opened.st_dev == named.st_dev)
         ::unlink(path_.c_str());
     }
     path_.clear();

@@ -40,7 +40,8 @@ class file_lock {
   }
 
   // The lock if it is free now, else nullopt.
-  static std::optional<file_lock> try_lock(const std::filesystem::path& path, lock_kind kind = lock_kind::exclusive) {
+  static std::optional<file_lock> try_lock(const std::filesystem::path& path,
+                                           lock_kind kind = lock_kind::exclusive) {
     fd file = open_lockable(path);
     if (!lock_now(file.get(), kind, path)) return std::nullopt;
     return file_lock(std::move(file), kind);
@@ -68,7 +69,9 @@ class file_lock {
       pollfd p{watch.get(), POLLIN, 0};
       ::poll(&p, watch ? 1 : 0, wait_ms);  // EINTR: just try again
       char events[4096];
-      if (watch) while (::read(watch.get(), events, sizeof events) > 0) {}
+      if (watch)
+        while (::read(watch.get(), events, sizeof events) > 0) {
+        }
     }
   }
 
@@ -91,7 +94,8 @@ class file_lock {
   static int operation(lock_kind kind) noexcept { return kind == lock_kind::shared ? LOCK_SH : LOCK_EX; }
 
   static bool lock_now(int file, lock_kind kind, const std::filesystem::path& path) {
-    if (detail::retry([&] { return PREFORK_SYSCALL(flock)(file, operation(kind) | LOCK_NB); }) == 0) return true;
+    if (detail::retry([&] { return PREFORK_SYSCALL(flock)(file, operation(kind) | LOCK_NB); }) == 0)
+      return true;
     if (errno == EWOULDBLOCK) return false;
     throw_system_error("flock " + path.string());
   }
@@ -99,9 +103,11 @@ class file_lock {
   // Read-only is enough for flock, and lets a reader lock a file it may not
   // write. A directory can be locked too.
   static fd open_lockable(const std::filesystem::path& path) {
-    int raw = detail::retry([&] { return PREFORK_SYSCALL(open)(path.c_str(), O_RDONLY | O_CREAT | O_CLOEXEC, 0644); });
+    int raw = detail::retry(
+        [&] { return PREFORK_SYSCALL(open)(path.c_str(), O_RDONLY | O_CREAT | O_CLOEXEC, 0644); });
     if (raw == -1 && errno == EISDIR)
-      raw = detail::retry([&] { return PREFORK_SYSCALL(open)(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); });
+      raw = detail::retry(
+          [&] { return PREFORK_SYSCALL(open)(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); });
     if (raw == -1) throw_system_error("open " + path.string());
     return fd(raw);
   }

@@ -124,7 +124,8 @@ inline std::string_view signal_name(int sig) noexcept {
     default: break;
   }
   // SIGRTMIN is a function call in glibc (it keeps the first two for threads).
-  if (sig >= SIGRTMIN && sig <= SIGRTMAX && sig - SIGRTMIN < 128) return detail::realtime_signal_names[sig - SIGRTMIN];
+  if (sig >= SIGRTMIN && sig <= SIGRTMAX && sig - SIGRTMIN < 128)
+    return detail::realtime_signal_names[sig - SIGRTMIN];
   if (sig >= 0 && sig < 128) return detail::plain_signal_names[sig];
   return "invalid signal number";
 }
@@ -233,7 +234,9 @@ class child {
   }
 
   child(child&& other) noexcept
-      : pid_(std::exchange(other.pid_, 0)), pidfd_(std::move(other.pidfd_)), status_(std::exchange(other.status_, {})) {}
+      : pid_(std::exchange(other.pid_, 0)),
+        pidfd_(std::move(other.pidfd_)),
+        status_(std::exchange(other.status_, {})) {}
 
   // Kills and reaps the child owned before, as the destructor would.
   child& operator=(child&& other) noexcept {
@@ -366,7 +369,8 @@ class child {
     info->si_pid = 0;
     int r = -1;
     if (pidfd_) {
-      r = detail::retry([&] { return ::waitid(detail::p_pidfd, static_cast<id_t>(pidfd_.get()), info, options); });
+      r = detail::retry(
+          [&] { return ::waitid(detail::p_pidfd, static_cast<id_t>(pidfd_.get()), info, options); });
       if (r != -1 || errno != EINVAL) return r;
     }
     return detail::retry([&] { return ::waitid(P_PID, static_cast<id_t>(pid_), info, options); });
@@ -423,5 +427,5 @@ inline std::optional<child> fork() {
 }  // namespace prefork
 
 // The rest of the process layer; each includes this header first.
-#include <prefork/spawn.hpp>
 #include <prefork/daemon.hpp>
+#include <prefork/spawn.hpp>

@@ -17,9 +17,9 @@
 // Stands on memfd_create, ftruncate, fcntl (F_ADD_SEALS), fstat, mmap, munmap.
 #pragma once
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -55,8 +55,9 @@ template <class T>
 constexpr void check_shareable() {
   static_assert(std::is_trivially_copyable_v<T>,
                 "shared memory holds only plain data and atomics (T must be trivially copyable)");
-  static_assert(std::is_trivially_destructible_v<T>,
-                "no process owns shared memory, so no destructor would run (T must be trivially destructible)");
+  static_assert(
+      std::is_trivially_destructible_v<T>,
+      "no process owns shared memory, so no destructor would run (T must be trivially destructible)");
   static_assert(lock_free_if_atomic<T>(),
                 "a std::atomic that is not lock-free uses a per-process lock and breaks across processes");
   static_assert(alignof(T) <= 4096, "shared memory is page-aligned; T needs more");
@@ -84,22 +85,24 @@ class shared_mapping {
   // must be a positive multiple of `unit` and, if `exact` is non-zero, equal
   // to it. Returns the mapping; the caller derives the element count.
   static shared_mapping open(fd memfd, std::size_t unit, std::size_t exact, const char* who) {
-    struct stat st{};
-    if (::fstat(memfd.get(), &st) == -1) throw_system_error(std::string(who) + "::from_fd fstat " + std::to_string(memfd.get()));
+    struct stat st {};
+    if (::fstat(memfd.get(), &st) == -1)
+      throw_system_error(std::string(who) + "::from_fd fstat " + std::to_string(memfd.get()));
     if (!S_ISREG(st.st_mode))
       throw std::invalid_argument(std::string(who) + "::from_fd: fd " + std::to_string(memfd.get()) +
                                   " is not a memfd or regular file");
     auto bytes = static_cast<std::size_t>(st.st_size);
     if (bytes == 0 || bytes % unit != 0 || (exact != 0 && bytes != exact))
-      throw std::invalid_argument(std::string(who) + "::from_fd: fd " + std::to_string(memfd.get()) + " holds " +
-                                  std::to_string(bytes) + " bytes, expected " +
+      throw std::invalid_argument(std::string(who) + "::from_fd: fd " + std::to_string(memfd.get()) +
+                                  " holds " + std::to_string(bytes) + " bytes, expected " +
                                   (exact ? std::to_string(exact) : "a multiple of " + std::to_string(unit)) +
                                   " (another type, or another build of the program?)");
     return shared_mapping(std::move(memfd), bytes);
   }
 
   shared_mapping(shared_mapping&& other) noexcept
-      : memfd_(std::move(other.memfd_)), addr_(std::exchange(other.addr_, nullptr)),
+      : memfd_(std::move(other.memfd_)),
+        addr_(std::exchange(other.addr_, nullptr)),
         bytes_(std::exchange(other.bytes_, 0)) {}
   shared_mapping& operator=(shared_mapping&& other) noexcept {
     if (this != &other) {
@@ -121,7 +124,8 @@ class shared_mapping {
  private:
   shared_mapping(fd memfd, std::size_t bytes) : memfd_(std::move(memfd)), bytes_(bytes) {
     void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, memfd_.get(), 0);
-    if (p == MAP_FAILED) throw_system_error("mmap " + std::to_string(bytes) + " bytes of fd " + std::to_string(memfd_.get()));
+    if (p == MAP_FAILED)
+      throw_system_error("mmap " + std::to_string(bytes) + " bytes of fd " + std::to_string(memfd_.get()));
     addr_ = p;
   }
   void unmap() noexcept {
@@ -194,7 +198,8 @@ class shared_array {
     detail::check_shareable<T>();
     if (n == 0) throw std::invalid_argument("shared_array: size must be at least 1");
     if (n > std::numeric_limits<std::size_t>::max() / sizeof(T))
-      throw std::invalid_argument("shared_array: " + std::to_string(n) + " elements overflow the address space");
+      throw std::invalid_argument("shared_array: " + std::to_string(n) +
+                                  " elements overflow the address space");
     map_ = detail::shared_mapping::create(n * sizeof(T), "prefork-shared-array");
     T* first = static_cast<T*>(map_.addr());
     for (std::size_t i = 0; i < n; ++i) ::new (first + i) T();
@@ -221,7 +226,9 @@ class shared_array {
   }
 
   shared_array(shared_array&& other) noexcept
-      : map_(std::move(other.map_)), data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+      : map_(std::move(other.map_)),
+        data_(std::exchange(other.data_, nullptr)),
+        size_(std::exchange(other.size_, 0)) {}
   shared_array& operator=(shared_array&& other) noexcept {
     if (this != &other) {
       map_ = std::move(other.map_);
@@ -238,7 +245,8 @@ class shared_array {
   T& operator[](std::size_t i) const noexcept { return data_[i]; }
   T& at(std::size_t i) const {
     if (i >= size_)
-      throw std::out_of_range("shared_array: index " + std::to_string(i) + " >= size " + std::to_string(size_));
+      throw std::out_of_range("shared_array: index " + std::to_string(i) + " >= size " +
+                              std::to_string(size_));
     return data_[i];
   }
   T* data() const noexcept { return data_; }
@@ -249,7 +257,9 @@ class shared_array {
 
  private:
   explicit shared_array(detail::shared_mapping map)
-      : map_(std::move(map)), data_(std::launder(static_cast<T*>(map_.addr()))), size_(map_.bytes() / sizeof(T)) {}
+      : map_(std::move(map)),
+        data_(std::launder(static_cast<T*>(map_.addr()))),
+        size_(map_.bytes() / sizeof(T)) {}
   detail::shared_mapping map_;
   T* data_ = nullptr;
   std::size_t size_ = 0;

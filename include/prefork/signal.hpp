@@ -103,8 +103,9 @@ class signal_pipe {
         throw std::invalid_argument("signal_pipe: " + detail::signal_label(sig) + " cannot be caught");
     }
     if (detail::signal_pipe_live.exchange(true))
-      throw std::logic_error("signal_pipe: another signal_pipe is already live in this process "
-                             "(a handler has one global pipe to write to); destroy it first");
+      throw std::logic_error(
+          "signal_pipe: another signal_pipe is already live in this process "
+          "(a handler has one global pipe to write to); destroy it first");
     owner_ = true;
     try {
       pipe_ends ends = pipe(O_NONBLOCK);
@@ -126,7 +127,8 @@ class signal_pipe {
         // never restarts them), which is harmless: the pipe is readable.
         action.sa_flags = SA_RESTART | (sig == SIGCHLD ? SA_NOCLDSTOP : 0);
         struct sigaction old {};
-        if (::sigaction(sig, &action, &old) == -1) throw_system_error("sigaction " + detail::signal_label(sig));
+        if (::sigaction(sig, &action, &old) == -1)
+          throw_system_error("sigaction " + detail::signal_label(sig));
         saved_.emplace_back(sig, old);
       }
     } catch (...) {

@@ -39,16 +39,18 @@ namespace prefork {
 // (and unix_mode on a TCP one) are refused rather than ignored; nodelay,
 // on by default, simply does not apply to unix sockets.
 struct listen_options {
-  int backlog = 1024;       // the kernel caps it at net.core.somaxconn
-  bool reuseport = false;   // SO_REUSEPORT: several listeners share the port, the kernel spreads connections
-  bool nodelay = true;      // TCP_NODELAY, inherited by accepted sockets
-  int defer_accept_s = 0;   // TCP_DEFER_ACCEPT: accept() wakes only once data arrived (or this many seconds passed)
-  mode_t unix_mode = 0;     // permissions of a unix socket file; 0: as the umask gives
+  int backlog = 1024;      // the kernel caps it at net.core.somaxconn
+  bool reuseport = false;  // SO_REUSEPORT: several listeners share the port, the kernel spreads connections
+  bool nodelay = true;     // TCP_NODELAY, inherited by accepted sockets
+  int defer_accept_s =
+      0;  // TCP_DEFER_ACCEPT: accept() wakes only once data arrived (or this many seconds passed)
+  mode_t unix_mode = 0;  // permissions of a unix socket file; 0: as the umask gives
 };
 
 namespace detail {
 
-inline void set_int_option(int sock, int level, int name, int value, const std::string& what, const char* option) {
+inline void set_int_option(int sock, int level, int name, int value, const std::string& what,
+                           const char* option) {
   if (::setsockopt(sock, level, name, &value, sizeof value) == -1)
     throw_system_error(what + ": setsockopt " + option);
 }
@@ -62,7 +64,8 @@ inline void set_int_option(int sock, int level, int name, int value, const std::
 // listen(); the dev/ino check narrows the window to the connect attempt.
 inline bool remove_stale_unix_socket(const socket_address& addr) {
   auto* un = reinterpret_cast<const sockaddr_un*>(addr.get());
-  struct stat before{}, after{};
+  struct stat before {};
+  struct stat after {};
   if (::lstat(un->sun_path, &before) == -1) return errno == ENOENT;  // gone meanwhile: just retry
   if (!S_ISSOCK(before.st_mode)) return false;
   fd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
@@ -87,10 +90,11 @@ inline fd listen_unix(const socket_address& addr, const listen_options& opts, co
   // The mode goes on before bind: bind(2) creates the file with the
   // socket's mode less the umask, so it is never born more open than asked.
   // chmod after bind would leave a window in which it is.
-  if (opts.unix_mode != 0 && ::fchmod(sock.get(), opts.unix_mode) == -1) throw_system_error(what + ": fchmod");
+  if (opts.unix_mode != 0 && ::fchmod(sock.get(), opts.unix_mode) == -1)
+    throw_system_error(what + ": fchmod");
   if (PREFORK_SYSCALL(bind)(sock.get(), addr.get(), addr.size()) == -1) {
     if (errno != EADDRINUSE || abstract) throw_system_error(what);
-    struct stat st{};
+    struct stat st {};
     if (::lstat(un->sun_path, &st) == 0 && !S_ISSOCK(st.st_mode))
       throw_system_error(what + " (a file that is not a socket is in the way)", EADDRINUSE);
     if (!remove_stale_unix_socket(addr)) throw_system_error(what, EADDRINUSE);
@@ -105,7 +109,7 @@ inline fd listen_unix(const socket_address& addr, const listen_options& opts, co
     // The umask may have taken bits the caller asked for; give them back.
     // Only ever widens towards unix_mode, before listen() (nobody can
     // connect yet), and never through a symlink someone swapped in.
-    struct stat st{};
+    struct stat st {};
     if (::lstat(un->sun_path, &st) == -1) unlink_and_throw(what + ": lstat");
     if ((st.st_mode & 07777) != opts.unix_mode &&
         ::fchmodat(AT_FDCWD, un->sun_path, opts.unix_mode, AT_SYMLINK_NOFOLLOW) == -1)
@@ -134,7 +138,8 @@ inline fd listen_inet(const socket_address& addr, const listen_options& opts, co
   // IPV6_V6ONLY on: "[::]:N" means IPv6 only, whatever the
   // net.ipv6.bindv6only sysctl says, so "0.0.0.0:N" can be listened on
   // beside it and peers never show up as "::ffff:1.2.3.4".
-  if (addr.family() == AF_INET6) set_int_option(sock.get(), IPPROTO_IPV6, IPV6_V6ONLY, 1, what, "IPV6_V6ONLY");
+  if (addr.family() == AF_INET6)
+    set_int_option(sock.get(), IPPROTO_IPV6, IPV6_V6ONLY, 1, what, "IPV6_V6ONLY");
   if (opts.nodelay) set_int_option(sock.get(), IPPROTO_TCP, TCP_NODELAY, 1, what, "TCP_NODELAY");
   if (opts.defer_accept_s > 0)
     set_int_option(sock.get(), IPPROTO_TCP, TCP_DEFER_ACCEPT, opts.defer_accept_s, what, "TCP_DEFER_ACCEPT");
@@ -211,24 +216,29 @@ inline fd accept(int listener, int flags, std::error_code& ec, socket_address* p
       return fd(raw);
     }
     switch (errno) {
-      case EINTR: case ECONNABORTED: case EPROTO: case ENETDOWN: case ENETUNREACH:
-      case EHOSTDOWN: case EHOSTUNREACH: case ENONET: case EPERM:
-        continue;
+      case EINTR:
+      case ECONNABORTED:
+      case EPROTO:
+      case ENETDOWN:
+      case ENETUNREACH:
+      case EHOSTDOWN:
+      case EHOSTUNREACH:
+      case ENONET:
+      case EPERM: continue;
       case EAGAIN:
 #if EWOULDBLOCK != EAGAIN
       case EWOULDBLOCK:
 #endif
         return fd();
-      default:
-        detail::fail(ec);
-        return fd();
+      default: detail::fail(ec); return fd();
     }
   }
 }
 
 inline fd accept(int listener, int flags = 0, socket_address* peer = nullptr) {
   if ((flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC)) != 0)
-    throw std::invalid_argument("accept: unsupported flags " + std::to_string(flags) + " (only SOCK_NONBLOCK)");
+    throw std::invalid_argument("accept: unsupported flags " + std::to_string(flags) +
+                                " (only SOCK_NONBLOCK)");
   std::error_code ec;
   fd conn = accept(listener, flags, ec, peer);
   if (ec) throw std::system_error(ec, detail::fd_what("accept", listener));
@@ -242,22 +252,26 @@ inline fd connect(std::string_view address) {
   std::error_code error;
   for (const socket_address& addr : detail::resolve("connect", address)) {
     fd sock(::socket(addr.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
-    int rc = sock ? PREFORK_SYSCALL(connect)(sock.get(), addr.get(), addr.size()) : -1;  // socket failed: errno says why
+    int rc = sock ? PREFORK_SYSCALL(connect)(sock.get(), addr.get(), addr.size())
+                  : -1;  // socket failed: errno says why
     if (rc == -1 && errno == EINTR && addr.family() != AF_UNIX) {
       // An interrupted TCP connect goes on in the background; calling
       // connect again would only say EALREADY. Wait for the outcome.
       std::error_code wait_ec;
       int err = 0;
       socklen_t len = sizeof err;
-      if (!detail::wait_ready(sock.get(), POLLOUT, wait_ec)) throw std::system_error(wait_ec, what + ": poll");
-      if (::getsockopt(sock.get(), SOL_SOCKET, SO_ERROR, &err, &len) == -1) throw_system_error(what + ": getsockopt");
+      if (!detail::wait_ready(sock.get(), POLLOUT, wait_ec))
+        throw std::system_error(wait_ec, what + ": poll");
+      if (::getsockopt(sock.get(), SOL_SOCKET, SO_ERROR, &err, &len) == -1)
+        throw_system_error(what + ": getsockopt");
       rc = err == 0 ? 0 : -1;
       errno = err;
     } else if (rc == -1 && errno == EINTR) {
       rc = detail::retry([&] { return PREFORK_SYSCALL(connect)(sock.get(), addr.get(), addr.size()); });
     }
     if (rc == 0) return sock;
-    if (!error || error == std::errc::address_not_available || error == std::errc::address_family_not_supported)
+    if (!error || error == std::errc::address_not_available ||
+        error == std::errc::address_family_not_supported)
       error.assign(errno, std::generic_category());
   }
   throw std::system_error(error, what);

@@ -176,13 +176,16 @@ inline std::string parse_address(std::string_view text, parsed_address& out) {
   return {};
 }
 
-[[noreturn]] inline void throw_bad_address(std::string_view call, std::string_view text, const std::string& why) {
-  throw std::invalid_argument(std::string(call) + ": cannot parse address '" + std::string(text) + "': " + why);
+[[noreturn]] inline void throw_bad_address(std::string_view call, std::string_view text,
+                                           const std::string& why) {
+  throw std::invalid_argument(std::string(call) + ": cannot parse address '" + std::string(text) +
+                              "': " + why);
 }
 
 // Every address `text` stands for; errors start with `call`. `is_name`
 // tells whether a host name had to be resolved.
-inline std::vector<socket_address> resolve(std::string_view call, std::string_view text, bool* is_name = nullptr) {
+inline std::vector<socket_address> resolve(std::string_view call, std::string_view text,
+                                           bool* is_name = nullptr) {
   parsed_address parsed;
   if (std::string why = parse_address(text, parsed); !why.empty()) throw_bad_address(call, text, why);
   if (is_name) *is_name = !parsed.host.empty();
@@ -208,7 +211,9 @@ inline std::vector<socket_address> resolve(std::string_view call, std::string_vi
   return out;
 }
 
-inline std::string fd_what(const char* call, int sock) { return std::string(call) + " fd " + std::to_string(sock); }
+inline std::string fd_what(const char* call, int sock) {
+  return std::string(call) + " fd " + std::to_string(sock);
+}
 
 }  // namespace detail
 
@@ -266,10 +271,8 @@ inline std::string socket_address::to_string() const {
       if (un->sun_path[0] == '\0') return "unix:@" + std::string(un->sun_path + 1, n - 1);
       return "unix:" + std::string(un->sun_path, ::strnlen(un->sun_path, n));
     }
-    case AF_UNSPEC:
-      return "";
-    default:
-      return "address family " + std::to_string(family());
+    case AF_UNSPEC: return "";
+    default: return "address family " + std::to_string(family());
   }
 }
 

@@ -11,11 +11,11 @@
 // execs. A failure is written as errno through a close-on-exec pipe (a
 // successful exec closes it, so the parent reads end of file), and the parent
 // throws it with the program's name. Signal state is reset with raw
-// rt_sigaction and rt_sigprocmask: a wrapper that keeps its own table of
-// handlers (ThreadSanitizer's does) would update it in the memory the child
-// shares with the parent, and take the parent's handlers away. Stands on
-// clone, pipe2, fcntl, dup2, close_range, getdents64, rt_sigaction,
-// rt_sigprocmask, setsid, setpgid, chdir, execve and exit_group.
+// rt_sigaction and rt_sigprocmask: an interposed sigaction that keeps its own
+// table of handlers (a sanitizer's, Java's libjsig) would update it in the
+// memory the child shares with the parent, and take the parent's handlers
+// away. Stands on clone, pipe2, fcntl, dup2, close_range, getdents64,
+// rt_sigaction, rt_sigprocmask, setsid, setpgid, chdir, execve and exit_group.
 #pragma once
 
 #include <dirent.h>
@@ -57,6 +57,20 @@
 #include <sanitizer/asan_interface.h>
 #endif
 
+// ThreadSanitizer intercepts clone() and runs its fork bookkeeping in the
+// child, assuming the child has its own copy of memory. With CLONE_VM that
+// bookkeeping lands in the parent's thread state: afterwards the parent's
+// interceptors are off and its signal handlers never run. Under TSan the
+// child therefore gets copied memory (fork's cost, same behaviour); the child
+// writes nothing the parent reads, so nothing else changes.
+#if defined(__SANITIZE_THREAD__)
+#define PREFORK_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define PREFORK_TSAN 1
+#endif
+#endif
+
 #ifndef CLONE_PIDFD
 #define CLONE_PIDFD 0x00001000
 #endif
@@ -88,6 +102,12 @@ inline constexpr long sys_close_range = 436;
 // The kernel's signal set: one bit per signal 1..NSIG-1 (8 bytes on most
 // architectures), not the C library's 128-byte sigset_t.
 inline constexpr std::size_t kernel_sigset_bytes = static_cast<std::size_t>(NSIG - 1) / 8;
+
+#ifdef PREFORK_TSAN
+inline constexpr int spawn_clone_flags = CLONE_VFORK | SIGCHLD;
+#else
+inline constexpr int spawn_clone_flags = CLONE_VM | CLONE_VFORK | SIGCHLD;
+#endif
 
 // What a failed child reports: errno and where it failed.
 enum class spawn_step : int { none, session, group, fds, close, chdir, exec };
@@ -121,7 +141,7 @@ struct spawn_plan {
 inline int close_span(unsigned lo, unsigned hi, int spare) noexcept {
   auto one = [](unsigned a, unsigned b) { return a > b ? 0L : ::syscall(sys_close_range, a, b, 0U); };
   if (spare >= 0 && static_cast<unsigned>(spare) >= lo && static_cast<unsigned>(spare) <= hi) {
-    unsigned s = static_cast<unsigned>(spare);
+    auto s = static_cast<unsigned>(spare);
     if (s > lo && one(lo, s - 1) == -1) return -1;
     return s < hi ? static_cast<int>(one(s + 1, hi)) : 0;
   }
@@ -148,13 +168,14 @@ inline int close_listed(const spawn_plan& p) noexcept {
         unsigned char type;
         char name[1];
       };
-      const entry* e = reinterpret_cast<const entry*>(buf + at);
+      const auto* e = reinterpret_cast<const entry*>(buf + at);
       at += e->reclen;
       int num = 0;
       const char* c = e->name;
       if (*c < '0' || *c > '9') continue;
       for (; *c >= '0' && *c <= '9'; ++c) num = num * 10 + (*c - '0');
-      if (num == dir || num == p.report_fd || std::binary_search(p.keep, p.keep + p.keep_count, num)) continue;
+      if (num == dir || num == p.report_fd || std::binary_search(p.keep, p.keep + p.keep_count, num))
+        continue;
       ::close(num);
     }
   }
@@ -216,7 +237,7 @@ inline int spawn_child(void* arg) noexcept {
     unsigned lo = 0;
     int r = 0;
     for (std::size_t i = 0; i < p.keep_count && r == 0; ++i) {
-      unsigned k = static_cast<unsigned>(p.keep[i]);
+      auto k = static_cast<unsigned>(p.keep[i]);
       if (k > lo) r = close_span(lo, k - 1, p.report_fd);
       lo = k + 1;
     }
@@ -246,7 +267,8 @@ inline int spawn_child(void* arg) noexcept {
         break;
       }
     }
-    if (denied && (errno == ENOENT || errno == ENOTDIR || errno == ESTALE || errno == ENODEV || errno == ETIMEDOUT))
+    if (denied &&
+        (errno == ENOENT || errno == ENOTDIR || errno == ESTALE || errno == ENODEV || errno == ETIMEDOUT))
       errno = EACCES;
   }
 
@@ -260,7 +282,8 @@ fail:
   return 127;  // not reached
 }
 
-inline std::string spawn_failure(const std::string& program, const spawn_report& r, const spawn_options& options) {
+inline std::string spawn_failure(const std::string& program, const spawn_report& r,
+                                 const spawn_options& options) {
   std::string what = "spawn " + program;
   switch (r.step) {
     case spawn_step::session: return what + ": setsid";
@@ -305,11 +328,11 @@ inline child spawn(const std::vector<std::string>& argv, const spawn_options& op
   int highest = 2;
   for (auto [from, to] : moves) {
     if (from < 0 || to < 0)
-      throw std::invalid_argument("spawn " + program + ": negative fd in mapping {" + std::to_string(from) + " -> " +
-                                  std::to_string(to) + "}");
+      throw std::invalid_argument("spawn " + program + ": negative fd in mapping {" + std::to_string(from) +
+                                  " -> " + std::to_string(to) + "}");
     if (::fcntl(from, F_GETFD) == -1)
-      throw_system_error("spawn " + program + ": fd " + std::to_string(from) + " (to be " + std::to_string(to) +
-                         " in the child)");
+      throw_system_error("spawn " + program + ": fd " + std::to_string(from) + " (to be " +
+                         std::to_string(to) + " in the child)");
     keep.push_back(to);
     highest = std::max({highest, from, to});
   }
@@ -334,9 +357,11 @@ inline child spawn(const std::vector<std::string>& argv, const spawn_options& op
     }
   }
   std::vector<const char*> paths;
+  paths.reserve(candidates.size() + 1);
   for (const auto& c : candidates) paths.push_back(c.c_str());
   paths.push_back(nullptr);
   std::vector<char*> args;
+  args.reserve(argv.size() + 1);
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
   std::vector<char*> envs;
@@ -384,11 +409,11 @@ inline child spawn(const std::vector<std::string>& argv, const spawn_options& op
   // dead once the parent resumes, which CLONE_VFORK delays until exec or exit.
   alignas(16) char stack[32768];
   int pidfd = -1;
-  pid_t pid = ::clone(detail::spawn_child, stack + sizeof stack, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD,
+  pid_t pid = ::clone(detail::spawn_child, stack + sizeof stack, detail::spawn_clone_flags | CLONE_PIDFD,
                       &plan, &pidfd);
   if (pid == -1 && errno == EINVAL) {  // Linux < 5.2 may refuse CLONE_PIDFD
     pidfd = -1;
-    pid = ::clone(detail::spawn_child, stack + sizeof stack, CLONE_VM | CLONE_VFORK | SIGCHLD, &plan, nullptr);
+    pid = ::clone(detail::spawn_child, stack + sizeof stack, detail::spawn_clone_flags, &plan, nullptr);
   }
   int clone_error = errno;
 #ifdef PREFORK_ASAN
@@ -409,8 +434,9 @@ inline child spawn(const std::vector<std::string>& argv, const spawn_options& op
   io_result got = read_some(report.read.get(), &failure, sizeof failure);
   if (!got) throw std::system_error(got.error, std::generic_category(), "read spawn report of " + program);
   if (got.bytes == 0) return started;  // end of file: the exec closed the pipe
-  started.wait();                       // it has exited already, with 127
-  if (got.bytes != sizeof failure) throw std::runtime_error("spawn " + program + ": truncated report from child");
+  started.wait();                      // it has exited already, with 127
+  if (got.bytes != sizeof failure)
+    throw std::runtime_error("spawn " + program + ": truncated report from child");
   throw_system_error(detail::spawn_failure(program, failure, options), failure.error);
 }
 

@@ -91,8 +91,9 @@ inline std::optional<std::chrono::microseconds> watchdog_interval() {
     std::string_view s(text);
     std::uint64_t value = 0;
     auto [end, err] = std::from_chars(s.data(), s.data() + s.size(), value);
-    if (s.empty() || s.front() == '-' || s.front() == '+' || err != std::errc() || end != s.data() + s.size() ||
-        value == 0 || value > static_cast<std::uint64_t>(std::chrono::microseconds::max().count()))
+    if (s.empty() || s.front() == '-' || s.front() == '+' || err != std::errc() ||
+        end != s.data() + s.size() || value == 0 ||
+        value > static_cast<std::uint64_t>(std::chrono::microseconds::max().count()))
       throw std::runtime_error("watchdog: malformed " + std::string(variable) + "=\"" + std::string(s) +
                                "\": expected a positive decimal number");
     return value;

@@ -74,7 +74,8 @@ TEST_CASE("store: put, get, del; binary values; keys cannot leave the directory"
   CHECK(s.get("bin") == binary);
   s.put("", "empty key");
   CHECK(s.get("") == "empty key");
-  for (std::string evil : std::vector<std::string>{"../../etc/passwd", "/abs", "..", "a/b", std::string("nul\0byte", 8)}) {
+  for (std::string evil :
+       std::vector<std::string>{"../../etc/passwd", "/abs", "..", "a/b", std::string("nul\0byte", 8)}) {
     CAPTURE(evil);
     CHECK(s.entry_path(evil).parent_path() == dir.path / "cache");
     CHECK(atomic_store::store::file_name(evil).find_first_not_of("0123456789abcdef") == std::string::npos);
@@ -156,10 +157,12 @@ TEST_CASE("atomic-store command line: put, get, del, sweep, stress", "[store][cl
     auto swept = run({bin, d, "sweep"});
     CHECK(swept.out == "1 stale temp files removed\n");
     CHECK(run({bin, d, "frobnicate"}).code == 2);
-    auto stress = run({bin, d, "stress", "--writers", "3", "--readers", "3", "--seconds", "1", "--kill-writers"});
+    auto stress =
+        run({bin, d, "stress", "--writers", "3", "--readers", "3", "--seconds", "1", "--kill-writers"});
     INFO(stress.out);
     CHECK(stress.code == 0);
-    CHECK_THAT(stress.out, Catch::Contains(" 0 torn") && Catch::Contains("puts (") && Catch::EndsWith("OK\n"));
+    CHECK_THAT(stress.out,
+               Catch::Contains(" 0 torn") && Catch::Contains("puts (") && Catch::EndsWith("OK\n"));
   }
   CHECK(leaks.problems() == "");
 }

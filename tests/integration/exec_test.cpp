@@ -97,7 +97,9 @@ std::string read_report(int fd) {
   return out;
 }
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
 
 // In a forked child: its stdout to `out`, then `body`, which should exec.
 template <class Body>

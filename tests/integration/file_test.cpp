@@ -100,7 +100,8 @@ std::string make_version(unsigned v) {
   for (auto& c : body) c = static_cast<char>('a' + ((x = x * 1103515245u + 12345u) >> 16) % 26);
   std::uint64_t sum = 0;
   for (unsigned char c : body) sum = sum * 31 + c;
-  return "v=" + std::to_string(v) + " len=" + std::to_string(len) + " sum=" + std::to_string(sum) + "\n" + body;
+  return "v=" + std::to_string(v) + " len=" + std::to_string(len) + " sum=" + std::to_string(sum) + "\n" +
+         body;
 }
 
 // The version the content is, or -1 when it is no complete version.
@@ -141,7 +142,8 @@ TEST_CASE("atomic_write: SIGKILL at random moments never leaves a torn file; the
     for (int i = 0; i < reads; ++i) REQUIRE(read_byte(progress.read.get()) == 's');
     // A few microseconds more of random spread inside the write in hand.
     std::atomic<int> spin{std::uniform_int_distribution<int>(0, 200000)(rng)};  // atomic: not optimised away
-    while (spin.fetch_sub(1, std::memory_order_relaxed) > 0) {}
+    while (spin.fetch_sub(1, std::memory_order_relaxed) > 0) {
+    }
     REQUIRE(::kill(pid, SIGKILL) == 0);
     REQUIRE(wait_exit(pid) == 128 + SIGKILL);
     next_version += 4;
@@ -195,7 +197,8 @@ TEST_CASE("remove_stale_temps never removes the temp file of a live writer in an
   CHECK(leaks.problems() == "");
 }
 
-TEST_CASE("ten processes race to create one pid file: exactly one wins, also over a stale file", "[file][pid]") {
+TEST_CASE("ten processes race to create one pid file: exactly one wins, also over a stale file",
+          "[file][pid]") {
   prefork::test::leak_check leaks;
   temp_dir dir;
   const fs::path path = dir / "master.pid";
@@ -221,7 +224,7 @@ TEST_CASE("ten processes race to create one pid file: exactly one wins, also ove
           line = std::string("L ") + e.what() + "\n";
         }
         prefork::write_all(results.write.get(), line);  // short: one atomic pipe write
-        prefork::read_some(hold.read.get(), &c, 1);      // the winner keeps its file until told
+        prefork::read_some(hold.read.get(), &c, 1);     // the winner keeps its file until told
         return 0;
       }));
     }
@@ -317,7 +320,8 @@ TEST_CASE("file_lock between processes: exclusive, shared, try, timeout, and wai
     CHECK_FALSE(prefork::file_lock::try_lock(path, prefork::lock_kind::exclusive));
     CHECK(static_cast<bool>(prefork::file_lock::try_lock(path, prefork::lock_kind::shared)) == !exclusive);
     auto start = std::chrono::steady_clock::now();
-    CHECK_FALSE(prefork::file_lock::lock_for(path, prefork::lock_kind::exclusive, std::chrono::milliseconds(100)));
+    CHECK_FALSE(
+        prefork::file_lock::lock_for(path, prefork::lock_kind::exclusive, std::chrono::milliseconds(100)));
     CHECK(std::chrono::steady_clock::now() - start >= std::chrono::milliseconds(100));
 
     release.write.reset();

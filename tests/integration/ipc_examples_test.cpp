@@ -37,8 +37,8 @@ run_result run(const std::string& program) {
 std::set<std::string> names_with(const char* dir, const std::string& prefix) {
   std::set<std::string> out;
   std::error_code ec;
-  for (auto it = std::filesystem::directory_iterator(dir, ec); !ec && it != std::filesystem::directory_iterator();
-       it.increment(ec)) {
+  for (auto it = std::filesystem::directory_iterator(dir, ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
     std::string name = it->path().filename().string();
     if (name.rfind(prefix, 0) == 0) out.insert(name);
   }

@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
@@ -35,7 +36,8 @@ std::string read_to_eof(int fd, std::chrono::seconds deadline = 20s) {
   std::string out;
   auto until = std::chrono::steady_clock::now() + deadline;
   for (;;) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+    auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
     if (left.count() <= 0) throw std::runtime_error("no end of file within the deadline");
     pollfd p{fd, POLLIN, 0};
     int r = ::poll(&p, 1, static_cast<int>(left.count()));
@@ -190,7 +192,7 @@ TEST_CASE("fork: kill delivers signals; a signal death is reported as such", "[f
     }
     ready.write.reset();
     CHECK(read_to_eof(ready.read.get()) == "");  // the child's SIGTERM is SIG_DFL now
-    c->kill();  // SIGTERM by default
+    c->kill();                                   // SIGTERM by default
     prefork::exit_status s = c->wait();
     CHECK(s.signaled());
     CHECK(s.signal() == SIGTERM);
@@ -268,7 +270,7 @@ TEST_CASE("fork: try_wait, and waiting twice is a logic error naming the PID", "
   hold.write.reset();
   pollfd p{c->pidfd(), POLLIN, 0};
   REQUIRE(::poll(&p, 1, 20000) == 1);  // the pidfd turns readable on exit
-  CHECK_NOTHROW(c->kill(SIGTERM));  // ended but not reaped: nothing to signal, no error
+  CHECK_NOTHROW(c->kill(SIGTERM));     // ended but not reaped: nothing to signal, no error
   std::error_code ec;
   c->kill(SIGTERM, ec);
   CHECK_FALSE(ec);
@@ -510,7 +512,8 @@ TEST_CASE("spawn: exec failures are thrown in the parent with the child's errno"
   REQUIRE(leaks.problems() == "");
 }
 
-TEST_CASE("spawn: the /proc/self/fd fallback (kernels before close_range) closes all but the kept", "[spawn]") {
+TEST_CASE("spawn: the /proc/self/fd fallback (kernels before close_range) closes all but the kept",
+          "[spawn]") {
   prefork::test::leak_check leaks;
   {
     auto out = prefork::pipe(), spare = prefork::pipe();
@@ -532,7 +535,8 @@ TEST_CASE("spawn: the /proc/self/fd fallback (kernels before close_range) closes
       ::_exit(0);
     }
     out.write.reset();
-    std::string expected = std::to_string(std::min(kept, spared)) + " " + std::to_string(std::max(kept, spared)) + " ";
+    std::string expected =
+        std::to_string(std::min(kept, spared)) + " " + std::to_string(std::max(kept, spared)) + " ";
     CHECK(read_to_eof(out.read.get()) == expected);
     CHECK(c->wait().success());
   }
@@ -560,6 +564,44 @@ TEST_CASE("spawn: the child starts with default dispositions and an empty mask",
   REQUIRE(leaks.problems() == "");
 }
 
+namespace {
+volatile std::sig_atomic_t usr1_seen = 0;
+void on_usr1(int) { usr1_seen = 1; }
+}  // namespace
+
+// The child shares the parent's memory: nothing it does to its own signal
+// state may reach the parent's (a sanitizer's bookkeeping in clone or
+// sigaction once did, and the parent's handlers went silent).
+TEST_CASE("spawn: the parent keeps its handlers and its mask, after a success and a failure", "[spawn]") {
+  prefork::test::leak_check leaks;
+  struct sigaction act {};
+  struct sigaction old_usr1 {};
+  act.sa_handler = on_usr1;
+  REQUIRE(::sigaction(SIGUSR1, &act, &old_usr1) == 0);
+  sigset_t block, saved;
+  sigemptyset(&block);
+  sigaddset(&block, SIGUSR2);
+  ::pthread_sigmask(SIG_BLOCK, &block, &saved);
+  {
+    auto result = capture(prefork::test::helper_argv("print_signal_state"));
+    CHECK(result.second.success());
+    CHECK(result.first == "\t0000000000000000\t0000000000000000");  // the child's SigBlk, SigIgn
+  }
+  CHECK_THROWS_AS(prefork::spawn({"/nonexistent/program"}), std::system_error);
+  sigset_t now;
+  ::pthread_sigmask(SIG_SETMASK, nullptr, &now);
+  CHECK(sigismember(&now, SIGUSR2) == 1);
+  struct sigaction current {};
+  REQUIRE(::sigaction(SIGUSR1, nullptr, &current) == 0);
+  CHECK(current.sa_handler == on_usr1);
+  usr1_seen = 0;
+  ::raise(SIGUSR1);  // delivered before raise returns
+  CHECK(usr1_seen == 1);
+  ::pthread_sigmask(SIG_SETMASK, &saved, nullptr);
+  ::sigaction(SIGUSR1, &old_usr1, nullptr);
+  REQUIRE(leaks.problems() == "");
+}
+
 TEST_CASE("spawn: a huge RLIMIT_NOFILE does not slow it, and high fds are closed", "[spawn]") {
   prefork::test::leak_check leaks;
   rlimit saved{};
@@ -570,7 +612,8 @@ TEST_CASE("spawn: a huge RLIMIT_NOFILE does not slow it, and high fds are closed
     std::ifstream nr("/proc/sys/fs/nr_open");
     rlim_t ceiling = 0;
     if (nr >> ceiling) huge.rlim_cur = huge.rlim_max = ceiling;
-    if (::setrlimit(RLIMIT_NOFILE, &huge) == -1) huge.rlim_cur = huge.rlim_max = saved.rlim_max;  // no CAP_SYS_RESOURCE
+    if (::setrlimit(RLIMIT_NOFILE, &huge) == -1)
+      huge.rlim_cur = huge.rlim_max = saved.rlim_max;  // no CAP_SYS_RESOURCE
   }
   REQUIRE(::setrlimit(RLIMIT_NOFILE, &huge) == 0);
   auto side = prefork::pipe();
@@ -619,8 +662,8 @@ TEST_CASE("spawn: threads allocating in the parent neither deadlock nor crash it
   auto took = std::chrono::steady_clock::now() - start;
   stop = true;
   for (auto& t : threads) t.join();
-  INFO("200 spawns took " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms while "
-                          << churned.load() << " blocks were allocated");
+  INFO("200 spawns took " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
+                          << " ms while " << churned.load() << " blocks were allocated");
   CHECK(ok == 200);
   CHECK(churned.load() > 0);
   REQUIRE(leaks.problems() == "");
@@ -630,15 +673,18 @@ TEST_CASE("spawn: environment override, inheritance, and working directory", "[s
   prefork::test::leak_check leaks;
   ::setenv("PREFORK_INHERITED", "yes", 1);
   {
-    auto [text, status] = capture(prefork::test::helper_argv("print_env", {"PREFORK_INHERITED", "PREFORK_SET"}));
-    CHECK(text == "PREFORK_INHERITED=yes\nPREFORK_SET=(unset)\ncwd=" + std::filesystem::current_path().string());
+    auto [text, status] =
+        capture(prefork::test::helper_argv("print_env", {"PREFORK_INHERITED", "PREFORK_SET"}));
+    CHECK(text ==
+          "PREFORK_INHERITED=yes\nPREFORK_SET=(unset)\ncwd=" + std::filesystem::current_path().string());
     CHECK(status.success());
   }
   {
     prefork::spawn_options o;
     o.env = std::vector<std::string>{"PREFORK_SET=42"};
     o.cwd = "/tmp";
-    auto [text, status] = capture(prefork::test::helper_argv("print_env", {"PREFORK_INHERITED", "PREFORK_SET", "PATH"}), o);
+    auto [text, status] =
+        capture(prefork::test::helper_argv("print_env", {"PREFORK_INHERITED", "PREFORK_SET", "PATH"}), o);
     CHECK(text == "PREFORK_INHERITED=(unset)\nPREFORK_SET=42\nPATH=(unset)\ncwd=/tmp");
   }
   ::unsetenv("PREFORK_INHERITED");
@@ -686,7 +732,9 @@ struct daemon_run {
 daemon_run run_daemon(const std::string& mode, int stdout_fd = -1, prefork::pipe_ends* release = nullptr) {
   auto report = prefork::pipe(), err = prefork::pipe(), out = prefork::pipe();
   prefork::spawn_options o;
-  o.fds = {{out.read.get(), 0}, {stdout_fd >= 0 ? stdout_fd : out.write.get(), 1}, {err.write.get(), 2},
+  o.fds = {{out.read.get(), 0},
+           {stdout_fd >= 0 ? stdout_fd : out.write.get(), 1},
+           {err.write.get(), 2},
            {report.write.get(), 3}};
   if (release) o.fds.emplace_back(release->read.get(), 4);
   auto launcher = prefork::spawn(prefork::test::helper_argv("daemon", {mode}), o);
@@ -717,7 +765,7 @@ TEST_CASE("daemonize: ready() makes the launcher exit 0; the daemon is detached"
   CHECK(r.launcher_stderr == "");
   auto w = words(r.daemon_report);
   REQUIRE(w.size() == 6);
-  CHECK(std::stoi(w[1]) != ::getsid(0));  // a session of its own...
+  CHECK(std::stoi(w[1]) != ::getsid(0));      // a session of its own...
   CHECK(std::stoi(w[1]) != std::stoi(w[0]));  // ...whose leader it is not
   CHECK(w[2] == "/dev/null");
   CHECK(w[3] == "/dev/null");  // a pipe is not kept
@@ -784,8 +832,8 @@ TEST_CASE("become_user: root becomes nobody and cannot come back", "[user]") {
         prefork::become_user("nobody", "nogroup");
         gid_t groups[64];
         int n = ::getgroups(64, groups);
-        out = std::to_string(::getuid()) + " " + std::to_string(::geteuid()) + " " + std::to_string(::getgid()) + " " +
-              std::to_string(::getegid()) + " [";
+        out = std::to_string(::getuid()) + " " + std::to_string(::geteuid()) + " " +
+              std::to_string(::getgid()) + " " + std::to_string(::getegid()) + " [";
         for (int i = 0; i < n; ++i) out += (i ? " " : "") + std::to_string(groups[i]);
         out += std::string("] ") + (::setuid(0) == -1 ? "locked" : "ROOT");
       } catch (const std::exception& e) {

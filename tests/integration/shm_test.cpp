@@ -160,7 +160,8 @@ TEST_CASE("from_fd across exec: helpers map the kept memfd and update the same m
     *counter = 41;
     std::vector<pid_t> kids;
     for (int i = 0; i < 4; ++i)
-      kids.push_back(exec_helper("shm_increment", {std::to_string(counter.memfd()), "10000"}, counter.memfd()));
+      kids.push_back(
+          exec_helper("shm_increment", {std::to_string(counter.memfd()), "10000"}, counter.memfd()));
     for (pid_t k : kids) CHECK(wait_exit(k) == 0);
     CHECK(counter->load() == 41 + 4 * 10000);
 

@@ -40,11 +40,22 @@ unsigned long long status_mask(pid_t pid, const std::string& key) {
   std::ifstream status("/proc/" + std::to_string(pid) + "/status");
   std::string line;
   while (std::getline(status, line))
-    if (line.compare(0, key.size() + 1, key + ":") == 0) return std::stoull(line.substr(key.size() + 1), nullptr, 16);
+    if (line.compare(0, key.size() + 1, key + ":") == 0)
+      return std::stoull(line.substr(key.size() + 1), nullptr, 16);
   return ~0ULL;
 }
 
 bool has_bit(unsigned long long mask, int sig) { return (mask >> (sig - 1)) & 1U; }
+
+// The signals between 32 and SIGRTMIN that the C library keeps for itself
+// (glibc: thread cancellation and set*id broadcast). sigaction refuses them,
+// so reset_signals cannot touch them, and the C library installs its handlers
+// when it first needs them (a ThreadSanitizer build has SIGSETXID's by then).
+unsigned long long libc_reserved_signals() {
+  unsigned long long mask = 0;
+  for (int sig = 32; sig < SIGRTMIN; ++sig) mask |= 1ULL << (sig - 1);
+  return mask;
+}
 
 bool wait_readable(int fd, std::chrono::milliseconds deadline = 20s) {
   pollfd p{fd, POLLIN, 0};
@@ -149,8 +160,9 @@ TEST_CASE("1000 signals sent in bursts by another process arrive, none lost, non
     auto acks = prefork::pipe();
     auto report = prefork::pipe();
     const int rounds = 112;  // 9 signals each: 1008
-    pid_t helper = start(prefork::test::helper_argv("signal_bursts", {std::to_string(::getpid()), std::to_string(rounds)}),
-                         {{acks.read.get(), 3}, {report.write.get(), 4}});
+    pid_t helper = start(
+        prefork::test::helper_argv("signal_bursts", {std::to_string(::getpid()), std::to_string(rounds)}),
+        {{acks.read.get(), 3}, {report.write.get(), 4}});
     acks.read.reset();
     report.write.reset();
     std::string problems;
@@ -162,7 +174,8 @@ TEST_CASE("1000 signals sent in bursts by another process arrive, none lost, non
           got.push_back(static_cast<char>(*sig));
           ++received;
         } else if (!wait_readable(sp.fd())) {
-          problems = "round " + std::to_string(round) + ": only " + std::to_string(got.size()) + " signals arrived";
+          problems =
+              "round " + std::to_string(round) + ": only " + std::to_string(got.size()) + " signals arrived";
           break;
         }
       }
@@ -267,7 +280,8 @@ TEST_CASE("SIGCHLD through the pipe wakes the parent to reap; stops do not wake 
   CHECK(leaks.problems() == "");
 }
 
-TEST_CASE("forget_in_child: the child drops the parent's pipe and handlers, the parent keeps both", "[signal][fork]") {
+TEST_CASE("forget_in_child: the child drops the parent's pipe and handlers, the parent keeps both",
+          "[signal][fork]") {
   prefork::test::leak_check leaks;
   {
     prefork::signal_pipe sp{SIGUSR1, SIGUSR2};
@@ -283,8 +297,10 @@ TEST_CASE("forget_in_child: the child drops the parent's pipe and handlers, the 
         block.restore();
         char code = 'o';
         unsigned long long caught = status_mask(::getpid(), "SigCgt");
-        if (has_bit(caught, SIGUSR1) || has_bit(caught, SIGUSR2)) code = 'h';  // handlers still there
-        else if (::fcntl(parent_read, F_GETFD) != -1) code = 'f';            // the copy still open
+        if (has_bit(caught, SIGUSR1) || has_bit(caught, SIGUSR2))
+          code = 'h';  // handlers still there
+        else if (::fcntl(parent_read, F_GETFD) != -1)
+          code = 'f';  // the copy still open
         else {
           try {
             prefork::signal_pipe own{SIGUSR1};
@@ -313,10 +329,13 @@ TEST_CASE("forget_in_child: the child drops the parent's pipe and handlers, the 
   CHECK(leaks.problems() == "");
 }
 
-TEST_CASE("reset_signals in a child: default dispositions and an empty mask, seen in /proc", "[signal][fork]") {
+TEST_CASE("reset_signals in a child: default dispositions and an empty mask, seen in /proc",
+          "[signal][fork]") {
   prefork::test::leak_check leaks;
   {
-    struct sigaction ignore {}, old_pipe {}, old_winch {};
+    struct sigaction ignore {};
+    struct sigaction old_pipe {};
+    struct sigaction old_winch {};
     ignore.sa_handler = SIG_IGN;
     REQUIRE(::sigaction(SIGPIPE, &ignore, &old_pipe) == 0);
     REQUIRE(::sigaction(SIGWINCH, &ignore, &old_winch) == 0);
@@ -346,7 +365,7 @@ TEST_CASE("reset_signals in a child: default dispositions and an empty mask, see
     CHECK(::read(ready.read.get(), &c, 1) == 0);
     CHECK(status_mask(pid, "SigBlk") == 0);
     CHECK(status_mask(pid, "SigIgn") == 0);
-    CHECK(status_mask(pid, "SigCgt") == 0);
+    CHECK((status_mask(pid, "SigCgt") & ~libc_reserved_signals()) == 0);
     go.write.reset();
     CHECK(wait_exit(pid) == 0);
     blocked.restore();

@@ -173,8 +173,13 @@ TEST_CASE("a client in another process reaches every address form", "[socket]") 
   prefork::test::leak_check leaks;
   {
     temp_dir dir;
-    const std::string forms[] = {"127.0.0.1:0", "0.0.0.0:0",  "[::1]:0", "[::]:0", "localhost:0",
-                                 "unix:" + dir.path + "/a.sock", "unix:@prefork-it-" + std::to_string(::getpid())};
+    const std::string forms[] = {"127.0.0.1:0",
+                                 "0.0.0.0:0",
+                                 "[::1]:0",
+                                 "[::]:0",
+                                 "localhost:0",
+                                 "unix:" + dir.path + "/a.sock",
+                                 "unix:@prefork-it-" + std::to_string(::getpid())};
     for (const std::string& form : forms) {
       CAPTURE(form);
       prefork::fd l = prefork::listen(form);
@@ -260,7 +265,8 @@ TEST_CASE("truncated control data in the receiving process: an error, and nothin
     prefork::send_fds(mine.get(), three, "three");
     report = next_report(mine.get());
     CHECK(report.rfind("error " + std::to_string(EMFILE) + ": recv_fds fd ", 0) == 0);
-    CHECK(report.find(": 3 descriptors sent, 1 received (control data truncated): Too many open files\nleaks: ") !=
+    CHECK(report.find(
+              ": 3 descriptors sent, 1 received (control data truncated): Too many open files\nleaks: ") !=
           std::string::npos);
     CHECK(report.substr(report.find("\nleaks: ")) == "\nleaks: ");
 
@@ -280,7 +286,8 @@ TEST_CASE("truncated control data in the receiving process: an error, and nothin
   REQUIRE(leaks.problems() == "");
 }
 
-TEST_CASE("a privileged port, or a directory it may not write, refuses a non-root listener", "[socket][errors]") {
+TEST_CASE("a privileged port, or a directory it may not write, refuses a non-root listener",
+          "[socket][errors]") {
   int unprivileged_start = 1024;
   std::ifstream("/proc/sys/net/ipv4/ip_unprivileged_port_start") >> unprivileged_start;
   if (unprivileged_start <= 80) {
@@ -314,7 +321,8 @@ TEST_CASE("a privileged port, or a directory it may not write, refuses a non-roo
     REQUIRE(readable_within(result.read.get()));
     std::string out = prefork::read_all(result.read.get());
     CHECK(exit_code(child) == 0);
-    CHECK(out == "listen 127.0.0.1:80: Permission denied\nlisten unix:" + dir.path + "/x.sock: Permission denied\n");
+    CHECK(out ==
+          "listen 127.0.0.1:80: Permission denied\nlisten unix:" + dir.path + "/x.sock: Permission denied\n");
   }
   REQUIRE(leaks.problems() == "");
 }

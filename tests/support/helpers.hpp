@@ -81,8 +81,9 @@ inline int run_helper_if_asked(int argc, char** argv) {
 
 #define PREFORK_HELPER_CAT2(a, b) a##b
 #define PREFORK_HELPER_CAT(a, b) PREFORK_HELPER_CAT2(a, b)
-#define PREFORK_HELPER(name)                                                                    \
-  static int PREFORK_HELPER_CAT(prefork_helper_, name)(int argc, char** argv);                  \
-  static ::prefork::test::register_helper PREFORK_HELPER_CAT(prefork_helper_reg_, name)(#name,  \
-      PREFORK_HELPER_CAT(prefork_helper_, name));                                               \
-  static int PREFORK_HELPER_CAT(prefork_helper_, name)([[maybe_unused]] int argc, [[maybe_unused]] char** argv)
+#define PREFORK_HELPER(name)                                                             \
+  static int PREFORK_HELPER_CAT(prefork_helper_, name)(int argc, char** argv);           \
+  static ::prefork::test::register_helper PREFORK_HELPER_CAT(prefork_helper_reg_, name)( \
+      #name, PREFORK_HELPER_CAT(prefork_helper_, name));                                 \
+  static int PREFORK_HELPER_CAT(prefork_helper_, name)([[maybe_unused]] int argc,        \
+                                                       [[maybe_unused]] char** argv)

@@ -2,9 +2,9 @@
 // PREFORK_SYSCALL. This file routes it to mocks that fail with EINTR before
 // doing the real call, and proves the library retries instead of failing.
 // (Its own executable, so the mocked inline functions break no ODR.)
-#include <cerrno>
 #include <poll.h>
 #include <unistd.h>
+#include <cerrno>
 
 namespace mock {
 inline int eintr_left = 0;  // how many calls fail with EINTR before the real one
@@ -19,11 +19,15 @@ auto interrupt_then(Real real) {
   }
   return real();
 }
-inline ssize_t read(int fd, void* buf, size_t n) { return interrupt_then([&] { return ::read(fd, buf, n); }); }
+inline ssize_t read(int fd, void* buf, size_t n) {
+  return interrupt_then([&] { return ::read(fd, buf, n); });
+}
 inline ssize_t write(int fd, const void* buf, size_t n) {
   return interrupt_then([&] { return ::write(fd, buf, n); });
 }
-inline int poll(pollfd* fds, nfds_t n, int timeout) { return interrupt_then([&] { return ::poll(fds, n, timeout); }); }
+inline int poll(pollfd* fds, nfds_t n, int timeout) {
+  return interrupt_then([&] { return ::poll(fds, n, timeout); });
+}
 }  // namespace mock
 
 #define PREFORK_SYSCALL(call) mock::call

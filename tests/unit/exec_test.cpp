@@ -25,7 +25,8 @@ namespace {
 class env_guard {
  public:
   env_guard(std::initializer_list<std::pair<const char*, const char*>> vars) {
-    for (const char* name : {"PREFORK_FDS", "PREFORK_FDNAMES", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}) {
+    for (const char* name :
+         {"PREFORK_FDS", "PREFORK_FDNAMES", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}) {
       const char* old = std::getenv(name);
       saved_[name] = old ? std::optional<std::string>(old) : std::nullopt;
       ::unsetenv(name);
@@ -133,9 +134,10 @@ TEST_CASE("a listed descriptor that is not open is refused, and none of the othe
     std::string list = std::to_string(ends.read.get()) + "," + std::to_string(closed);
     {
       env_guard g{{"PREFORK_FDS", list.c_str()}};
-      CHECK_THROWS_WITH_AS(prefork::take_inherited_fds(),
-                           doctest::Contains(("descriptor " + std::to_string(closed) + ", which is not open").c_str()),
-                           std::runtime_error);
+      CHECK_THROWS_WITH_AS(
+          prefork::take_inherited_fds(),
+          doctest::Contains(("descriptor " + std::to_string(closed) + ", which is not open").c_str()),
+          std::runtime_error);
       CHECK(env("PREFORK_FDS") == list);  // left for the operator to see
     }
     CHECK(::fcntl(ends.read.get(), F_GETFD) != -1);  // still open: not adopted and closed
@@ -147,7 +149,8 @@ TEST_CASE("names that do not match the descriptors are refused") {
   auto ends = prefork::pipe();
   std::string list = std::to_string(ends.read.get());
   env_guard g{{"PREFORK_FDS", list.c_str()}, {"PREFORK_FDNAMES", "a:b"}};
-  CHECK_THROWS_WITH_AS(prefork::take_inherited_fds(), doctest::Contains("malformed PREFORK_FDNAMES=\"a:b\": 2 names for 1"),
+  CHECK_THROWS_WITH_AS(prefork::take_inherited_fds(),
+                       doctest::Contains("malformed PREFORK_FDNAMES=\"a:b\": 2 names for 1"),
                        std::runtime_error);
 }
 
@@ -175,7 +178,8 @@ TEST_CASE("LISTEN_FDS counts only when LISTEN_PID is this process; malformed val
   }
   {
     env_guard g{{"LISTEN_PID", me.c_str()}};
-    CHECK_THROWS_WITH_AS(prefork::take_inherited_fds(), doctest::Contains("LISTEN_FDS is not set"), std::runtime_error);
+    CHECK_THROWS_WITH_AS(prefork::take_inherited_fds(), doctest::Contains("LISTEN_FDS is not set"),
+                         std::runtime_error);
   }
   {
     env_guard g{{"LISTEN_PID", me.c_str()}, {"LISTEN_FDS", "1"}, {"LISTEN_FDNAMES", "a:b"}};
@@ -201,12 +205,14 @@ TEST_CASE("exec refuses bad arguments before touching anything") {
   CHECK_THROWS_WITH_AS(prefork::exec({"/bin/true"}, {r}, {"a:b"}), doctest::Contains("\"a:b\""),
                        std::invalid_argument);
   CHECK_THROWS_AS(prefork::exec({"/bin/true"}, {r}, {""}), std::invalid_argument);
-  CHECK_THROWS_WITH_AS(prefork::exec({"/bin/true"}, {r, r}), doctest::Contains("kept twice"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(prefork::exec({"/bin/true"}, {r, r}), doctest::Contains("kept twice"),
+                       std::invalid_argument);
   CHECK_THROWS_AS(prefork::exec({"/bin/true"}, {-1}), std::invalid_argument);
   int closed = ::fcntl(r, F_DUPFD_CLOEXEC, 0);
   ::close(closed);
   CHECK_THROWS_WITH_AS(prefork::exec({"/bin/true"}, {closed}),
-                       doctest::Contains(("kept descriptor " + std::to_string(closed)).c_str()), std::system_error);
+                       doctest::Contains(("kept descriptor " + std::to_string(closed)).c_str()),
+                       std::system_error);
   CHECK(all_flags() == before);
 }
 

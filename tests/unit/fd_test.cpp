@@ -41,7 +41,7 @@ TEST_CASE("fd moves transfer ownership; move assignment closes the old descripto
     CHECK_FALSE(is_open(a_read));
     CHECK(moved.get() == b_read);
     prefork::fd& alias = moved;  // through a reference: compilers rightly warn on a visible self-move
-    moved = std::move(alias);     // self-move keeps the descriptor
+    moved = std::move(alias);    // self-move keeps the descriptor
     CHECK(is_open(b_read));
   }
   CHECK(leaks.problems() == "");

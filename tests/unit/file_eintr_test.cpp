@@ -2,11 +2,11 @@
 // and pread fail with EINTR before doing the real call, and the library
 // retries instead of failing. (Its own executable, as eintr_test.cpp is, so
 // the mocked inline functions break no ODR.)
-#include <cerrno>
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/file.h>
 #include <unistd.h>
+#include <cerrno>
 
 namespace mock {
 inline int eintr_each = 0;  // how many EINTRs each call suffers before the real one
@@ -23,22 +23,30 @@ auto interrupt_then(Real real) {
   streak = 0;
   return real();
 }
-inline ssize_t read(int fd, void* buf, size_t n) { return interrupt_then([&] { return ::read(fd, buf, n); }); }
+inline ssize_t read(int fd, void* buf, size_t n) {
+  return interrupt_then([&] { return ::read(fd, buf, n); });
+}
 inline ssize_t write(int fd, const void* buf, size_t n) {
   return interrupt_then([&] { return ::write(fd, buf, n); });
 }
 inline ssize_t pread(int fd, void* buf, size_t n, off_t at) {
   return interrupt_then([&] { return ::pread(fd, buf, n, at); });
 }
-inline int poll(pollfd* fds, nfds_t n, int timeout) { return interrupt_then([&] { return ::poll(fds, n, timeout); }); }
+inline int poll(pollfd* fds, nfds_t n, int timeout) {
+  return interrupt_then([&] { return ::poll(fds, n, timeout); });
+}
 inline int open(const char* path, int flags, mode_t mode = 0) {
   return interrupt_then([&] { return ::open(path, flags, mode); });
 }
 inline int openat(int dir, const char* path, int flags, mode_t mode = 0) {
   return interrupt_then([&] { return ::openat(dir, path, flags, mode); });
 }
-inline int flock(int fd, int op) { return interrupt_then([&] { return ::flock(fd, op); }); }
-inline int fsync(int fd) { return interrupt_then([&] { return ::fsync(fd); }); }
+inline int flock(int fd, int op) {
+  return interrupt_then([&] { return ::flock(fd, op); });
+}
+inline int fsync(int fd) {
+  return interrupt_then([&] { return ::fsync(fd); });
+}
 }  // namespace mock
 
 #define PREFORK_SYSCALL(call) mock::call

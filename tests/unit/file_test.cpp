@@ -52,7 +52,7 @@ std::string slurp(const fs::path& p) {
 void spit(const fs::path& p, const std::string& text) { std::ofstream(p, std::ios::binary) << text; }
 
 mode_t mode_of(const fs::path& p) {
-  struct stat st{};
+  struct stat st {};
   REQUIRE(::stat(p.c_str(), &st) == 0);
   return st.st_mode & 07777;
 }
@@ -105,13 +105,15 @@ TEST_CASE("atomic_write on a relative path writes in the working directory") {
 TEST_CASE("atomic_write errors name the call and the path; bad paths are refused") {
   temp_dir dir;
   CHECK_THROWS_WITH_AS(prefork::atomic_write(dir / "missing" / "f", "x"),
-                       doctest::Contains(("open directory " + (dir / "missing").string()).c_str()), std::system_error);
+                       doctest::Contains(("open directory " + (dir / "missing").string()).c_str()),
+                       std::system_error);
   CHECK_THROWS_AS(prefork::atomic_write(dir.path / "", "x"), std::invalid_argument);
   CHECK_THROWS_WITH_AS(prefork::atomic_write(dir / "..", "x"), doctest::Contains("not a file path"),
                        std::invalid_argument);
   fs::create_directory(dir / "sub");
   // Renaming a file over a directory fails: the temp file must go too.
-  CHECK_THROWS_WITH_AS(prefork::atomic_write(dir / "sub", "x"), doctest::Contains("rename"), std::system_error);
+  CHECK_THROWS_WITH_AS(prefork::atomic_write(dir / "sub", "x"), doctest::Contains("rename"),
+                       std::system_error);
   CHECK(dir.names() == std::set<std::string>{"sub"});
   std::error_code ec;
   CHECK_FALSE(prefork::atomic_write(dir / "sub", "x", 0644, ec));
@@ -174,9 +176,7 @@ TEST_CASE("atomic_file destroyed or moved over uncommitted: target unchanged, no
   }
   CHECK(slurp(dir / "t") == "from b");
   CHECK(dir.names() == std::set<std::string>{"t"});
-  {
-    prefork::atomic_file never_created(dir / "new");
-  }
+  { prefork::atomic_file never_created(dir / "new"); }
   CHECK(dir.names() == std::set<std::string>{"t"});
   CHECK(leaks.problems() == "");
 }
@@ -185,11 +185,11 @@ TEST_CASE("temp names are recognised exactly") {
   using prefork::detail::is_temp_name;
   CHECK(is_temp_name(".x.tmp.1.0123456789abcdef"));
   CHECK(is_temp_name(".a.b.tmp.tmp.99.fedcba9876543210"));
-  CHECK_FALSE(is_temp_name("x.tmp.1.0123456789abcdef"));     // not hidden
-  CHECK_FALSE(is_temp_name(".x.tmp..0123456789abcdef"));     // no pid
-  CHECK_FALSE(is_temp_name(".x.tmp.1.0123456789abcdeF"));    // not our hex
-  CHECK_FALSE(is_temp_name(".x.tmp.1.0123456789abcde"));     // short nonce
-  CHECK_FALSE(is_temp_name("..tmp.1.0123456789abcdef"));     // no name
+  CHECK_FALSE(is_temp_name("x.tmp.1.0123456789abcdef"));   // not hidden
+  CHECK_FALSE(is_temp_name(".x.tmp..0123456789abcdef"));   // no pid
+  CHECK_FALSE(is_temp_name(".x.tmp.1.0123456789abcdeF"));  // not our hex
+  CHECK_FALSE(is_temp_name(".x.tmp.1.0123456789abcde"));   // short nonce
+  CHECK_FALSE(is_temp_name("..tmp.1.0123456789abcdef"));   // no name
   CHECK_FALSE(is_temp_name(".x.tmq.1.0123456789abcdef"));
   CHECK_FALSE(is_temp_name(""));
 }
@@ -207,11 +207,13 @@ TEST_CASE("remove_stale_temps removes unlocked temp files only, and nothing else
   CHECK(prefork::remove_stale_temps(dir.path) == 1);
   CHECK(fs::exists(live.temp_path()));
   CHECK(dir.names() == std::set<std::string>{"t", ".t.tmp.x.00000000deadbeef", "t.tmp.12345.00000000deadbeef",
-                                            ".f.tmp.1.0000000000000000", live.temp_path().filename().string()});
+                                             ".f.tmp.1.0000000000000000",
+                                             live.temp_path().filename().string()});
   live.commit();
   CHECK(slurp(dir / "t") == "half");
   CHECK(prefork::remove_stale_temps(dir.path) == 0);
-  CHECK_THROWS_WITH_AS(prefork::remove_stale_temps(dir / "nope"), doctest::Contains("nope"), std::system_error);
+  CHECK_THROWS_WITH_AS(prefork::remove_stale_temps(dir / "nope"), doctest::Contains("nope"),
+                       std::system_error);
   CHECK(leaks.problems() == "");
 }
 
@@ -224,7 +226,7 @@ TEST_CASE("pid_file writes our PID, holds no fd, and is removed by its destructo
     CHECK(slurp(dir / "app.pid") == std::to_string(::getpid()) + "\n");
     CHECK(prefork::pid_file::read(dir / "app.pid") == ::getpid());
     CHECK(dir.names() == std::set<std::string>{"app.pid"});  // no temp left behind
-    CHECK(leaks.problems() == "");  // no fd held either
+    CHECK(leaks.problems() == "");                           // no fd held either
   }
   CHECK(dir.names().empty());
 }
@@ -234,16 +236,17 @@ TEST_CASE("pid_file refuses a live owner, naming its PID") {
   pid_t parent = ::getppid();  // alive: it runs us
   spit(dir / "app.pid", std::to_string(parent) + "\n");
   CHECK_THROWS_WITH_AS(prefork::pid_file::create(dir / "app.pid"),
-                       doctest::Contains(("already running as PID " + std::to_string(parent)).c_str()), std::runtime_error);
+                       doctest::Contains(("already running as PID " + std::to_string(parent)).c_str()),
+                       std::runtime_error);
   CHECK(slurp(dir / "app.pid") == std::to_string(parent) + "\n");
   CHECK(dir.names() == std::set<std::string>{"app.pid"});
 }
 
 TEST_CASE("pid_file replaces stale files: dead PID, garbage, empty, zero, negative") {
   temp_dir dir;
-  for (std::string stale : {std::to_string(no_such_pid) + "\n", std::string("garbage\n"), std::string(),
-                            std::string("0\n"), std::string("-5\n"), std::string("12 34\n"),
-                            std::string(1000, '7')}) {
+  for (std::string stale :
+       {std::to_string(no_such_pid) + "\n", std::string("garbage\n"), std::string(), std::string("0\n"),
+        std::string("-5\n"), std::string("12 34\n"), std::string(1000, '7')}) {
     CAPTURE(stale);
     spit(dir / "app.pid", stale);
     auto pid = prefork::pid_file::create(dir / "app.pid");
@@ -266,11 +269,13 @@ TEST_CASE("pid_file refuses a symlink, dangling or not, and what is not a regula
   temp_dir dir;
   spit(dir / "victim", "precious\n");
   fs::create_symlink(dir / "victim", dir / "app.pid");
-  CHECK_THROWS_WITH_AS(prefork::pid_file::create(dir / "app.pid"), doctest::Contains("symlink"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(prefork::pid_file::create(dir / "app.pid"), doctest::Contains("symlink"),
+                       std::runtime_error);
   CHECK(slurp(dir / "victim") == "precious\n");
   fs::remove(dir / "app.pid");
   fs::create_symlink(dir / "nowhere", dir / "app.pid");
-  CHECK_THROWS_WITH_AS(prefork::pid_file::create(dir / "app.pid"), doctest::Contains("symlink"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(prefork::pid_file::create(dir / "app.pid"), doctest::Contains("symlink"),
+                       std::runtime_error);
   CHECK_FALSE(fs::exists(dir / "nowhere"));
   fs::remove(dir / "app.pid");
   fs::create_directory(dir / "app.pid");
@@ -302,7 +307,8 @@ TEST_CASE("pid_file rename_to moves it (and back); release forgets it; moves tra
     CHECK(pid.path().empty());
     CHECK_THROWS_AS(pid.rename_to(dir / "x"), std::logic_error);
     CHECK(moved.path() == dir / "app.pid");
-    CHECK_THROWS_WITH_AS(moved.rename_to(dir / "no" / "such"), doctest::Contains("rename"), std::system_error);
+    CHECK_THROWS_WITH_AS(moved.rename_to(dir / "no" / "such"), doctest::Contains("rename"),
+                         std::system_error);
   }
   CHECK(dir.names().empty());
   {
@@ -363,7 +369,8 @@ TEST_CASE("file_lock::lock_for times out, and wakes when the holder closes") {
   auto waited = std::chrono::steady_clock::now() - start;
   CHECK(waited >= std::chrono::milliseconds(120));
   CHECK(waited < std::chrono::seconds(5));
-  CHECK_FALSE(prefork::file_lock::lock_for(path, prefork::lock_kind::exclusive, std::chrono::milliseconds(0)));
+  CHECK_FALSE(
+      prefork::file_lock::lock_for(path, prefork::lock_kind::exclusive, std::chrono::milliseconds(0)));
 
   auto ready = prefork::pipe();
   std::thread releaser([&] {

@@ -85,7 +85,8 @@ const std::vector<std::string> valid_requests = {
     "GET / HTTP/1.0\r\n\r\n",
     "GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
     "POST /submit HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nhello",
-    "POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: "
+    "close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     "GET http://example.com/p?q HTTP/1.1\r\nHost: ignored\r\n\r\n",
     "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
     "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
@@ -142,10 +143,14 @@ TEST_CASE("every split point and byte-at-a-time give the same result") {
 
 TEST_CASE("a bad request fails the same way however it is split") {
   const std::vector<std::string> bad = {
-      "GET  / HTTP/1.1\r\nHost: a\r\n\r\n", "GET / HTTP/2.0\r\nHost: a\r\n\r\n",
-      "FOO / HTTP/1.1\r\nHost: a\r\n\r\n", "GET / HTTP/1.1\r\nHost : a\r\n\r\n",
-      "GET / HTTP/1.1\r\nX: a\r\n b\r\nHost: a\r\n\r\n", "GET / HTTP/1.1\r\n\r\n",
-      "GET / HTTP/1.1\nHost: a\r\n\r\n", "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+      "GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+      "GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+      "FOO / HTTP/1.1\r\nHost: a\r\n\r\n",
+      "GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+      "GET / HTTP/1.1\r\nX: a\r\n b\r\nHost: a\r\n\r\n",
+      "GET / HTTP/1.1\r\n\r\n",
+      "GET / HTTP/1.1\nHost: a\r\n\r\n",
+      "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
       "GET / HTTP/1.1\r\nHost: a\r\n" + std::string(9000, 'x') + "\r\n\r\n",
       "GET /" + std::string(9000, 'x') + " HTTP/1.1\r\n\r\n",
   };
@@ -179,7 +184,7 @@ TEST_CASE("the request line: single spaces, a token method, a known version") {
   CHECK(status(req("GET / HTTP/2.0")) == 505);
   CHECK(status(req("GET / HTTP/3.0")) == 505);
   CHECK(status(req("GET / HTTP/0.9")) == 505);
-  CHECK(status("GET / HTTP/1.1\nHost: a\r\n\r\n") == 400);  // bare LF
+  CHECK(status("GET / HTTP/1.1\nHost: a\r\n\r\n") == 400);      // bare LF
   CHECK(status("GET / HTTP/1.1\r\r\nHost: a\r\n\r\n") == 400);  // bare CR
 }
 
@@ -194,9 +199,9 @@ TEST_CASE("HTTP/1.x versions above 1.1 are answered as 1.1") {
 
 TEST_CASE("known methods are recognised; unknown tokens are 501, case matters") {
   const std::pair<const char*, httpd::verb> known[] = {
-      {"GET", httpd::verb::get},         {"HEAD", httpd::verb::head},   {"POST", httpd::verb::post},
-      {"PUT", httpd::verb::put},         {"DELETE", httpd::verb::delete_}, {"OPTIONS", httpd::verb::options},
-      {"PATCH", httpd::verb::patch},     {"TRACE", httpd::verb::trace},
+      {"GET", httpd::verb::get},     {"HEAD", httpd::verb::head},      {"POST", httpd::verb::post},
+      {"PUT", httpd::verb::put},     {"DELETE", httpd::verb::delete_}, {"OPTIONS", httpd::verb::options},
+      {"PATCH", httpd::verb::patch}, {"TRACE", httpd::verb::trace},
   };
   for (const auto& [name, kind] : known) {
     httpd::request_parser p;
@@ -213,7 +218,8 @@ TEST_CASE("known methods are recognised; unknown tokens are 501, case matters") 
 TEST_CASE("request targets: origin, absolute, asterisk and authority forms") {
   httpd::request_parser p;
   SUBCASE("absolute-form: its authority is the host, whatever Host says") {
-    const httpd::request& r = parsed(p, req("GET http://example.com:8080/x/y?z=1 HTTP/1.1", "Host: other\r\n"));
+    const httpd::request& r =
+        parsed(p, req("GET http://example.com:8080/x/y?z=1 HTTP/1.1", "Host: other\r\n"));
     CHECK(r.host == "example.com:8080");
     CHECK(r.path == "/x/y");
     CHECK(r.query == "z=1");
@@ -268,7 +274,8 @@ TEST_CASE("empty lines before the request line are skipped, within reason") {
 
 TEST_CASE("field lines: token names, a colon right after, clean values") {
   httpd::request_parser p;
-  const httpd::request& r = parsed(p, req("GET / HTTP/1.1", "Host: a\r\nX-A:b\r\nX-B:  \t c d \t \r\nX-C:\r\nX-D: \x80\xff\r\n"));
+  const httpd::request& r =
+      parsed(p, req("GET / HTTP/1.1", "Host: a\r\nX-A:b\r\nX-B:  \t c d \t \r\nX-C:\r\nX-D: \x80\xff\r\n"));
   REQUIRE(r.fields.size() == 5);
   CHECK(r.fields[1].value == "b");
   CHECK(r.fields[2].value == "c d");  // inner whitespace kept, outer trimmed
@@ -307,14 +314,15 @@ TEST_CASE("Host is required in HTTP/1.1, once, and well-formed") {
   CHECK(status(req("GET / HTTP/1.1", "Host: a/b\r\n")) == 400);
   CHECK(status(req("GET / HTTP/1.1", "Host: [::1]:80\r\n")) == 200);
   CHECK(status(req("GET / HTTP/1.1", "Host:\r\n")) == 200);  // empty is allowed (RFC 9110 7.2)
-  CHECK(status(req("GET http://h/ HTTP/1.1", "")) == 400);    // absolute-form still needs Host
+  CHECK(status(req("GET http://h/ HTTP/1.1", "")) == 400);   // absolute-form still needs Host
   httpd::request_parser p;
   CHECK(parsed(p, req("GET / HTTP/1.1", "HOST: Example.COM\r\n")).host == "Example.COM");
 }
 
 TEST_CASE("Content-Length: digits only, one value") {
   httpd::request_parser p;
-  const httpd::request& r = parsed(p, req("POST / HTTP/1.1", "Host: a\r\nContent-Length: 12\r\ncontent-length: 12\r\n"));
+  const httpd::request& r =
+      parsed(p, req("POST / HTTP/1.1", "Host: a\r\nContent-Length: 12\r\ncontent-length: 12\r\n"));
   CHECK(r.content_length == 12u);
   CHECK(r.has_body());
   p.reset();
@@ -395,7 +403,8 @@ TEST_CASE("Expect: 100-continue is seen; other expectations are 417") {
   CHECK(status(req("POST / HTTP/1.1", "Host: a\r\nExpect: something-else\r\n")) == 417);
   CHECK(status(req("POST / HTTP/1.1", "Host: a\r\nExpect: 100-continue, x\r\n")) == 417);
   // The body is too large whatever was expected: 413, not 100.
-  CHECK(status(req("POST / HTTP/1.1", "Host: a\r\nExpect: 100-continue\r\nContent-Length: 2000000\r\n")) == 413);
+  CHECK(status(req("POST / HTTP/1.1", "Host: a\r\nExpect: 100-continue\r\nContent-Length: 2000000\r\n")) ==
+        413);
 }
 
 TEST_CASE("limits: 414 for the request line, 431 for fields") {
@@ -435,13 +444,13 @@ TEST_CASE("limits: 414 for the request line, 431 for fields") {
   tiny.max_fields = 2;
   CHECK(status(req("GET /ab HTTP/1.1", "Host: a\r\n"), tiny) == 200);   // line of 16
   CHECK(status(req("GET /abc HTTP/1.1", "Host: a\r\n"), tiny) == 414);  // line of 17
-  CHECK(status(req("GET / HTTP/1.1", "Host: ab\r\n"), tiny) == 200);     // field line of 8
+  CHECK(status(req("GET / HTTP/1.1", "Host: ab\r\n"), tiny) == 200);    // field line of 8
   CHECK(status(req("GET / HTTP/1.1", "Host: abc\r\n"), tiny) == 431);
   CHECK(status(req("GET / HTTP/1.1", "Host: a\r\nX: 1\r\n"), tiny) == 200);
   CHECK(status(req("GET / HTTP/1.1", "Host: a\r\nX: 1\r\nY: 2\r\n"), tiny) == 431);  // 3 fields
-  CHECK(status(req("GET / HTTP/1.1", "Host: a\r\nX: 1234\r\n"), tiny) == 200);   // 9 + 9 + 2 = 20 bytes
-  CHECK(status(req("GET / HTTP/1.1", "Host: ab\r\nX: 1234\r\n"), tiny) == 431);  // 21
-  CHECK(status("GET / HTTP/1.1\r\nHost: ab\r\nX: 1234\r\nY", tiny) == 431);      // before the end
+  CHECK(status(req("GET / HTTP/1.1", "Host: a\r\nX: 1234\r\n"), tiny) == 200);       // 9 + 9 + 2 = 20 bytes
+  CHECK(status(req("GET / HTTP/1.1", "Host: ab\r\nX: 1234\r\n"), tiny) == 431);      // 21
+  CHECK(status("GET / HTTP/1.1\r\nHost: ab\r\nX: 1234\r\nY", tiny) == 431);          // before the end
 
   httpd::limits absurd;
   absurd.max_header_bytes = std::size_t{1} << 40;
@@ -555,7 +564,9 @@ decoded decode(const std::string& in, std::vector<std::size_t> cuts = {}, std::u
 
 int chunk_status(const std::string& in, std::uint64_t max_body = 1 << 20, httpd::limits lim = {}) {
   decoded d = decode(in, {}, max_body, lim);
-  return d.result == httpd::chunk_progress::done ? 200 : d.result == httpd::chunk_progress::error ? d.status : 0;
+  return d.result == httpd::chunk_progress::done    ? 200
+         : d.result == httpd::chunk_progress::error ? d.status
+                                                    : 0;
 }
 
 const std::vector<std::string> chunked_bodies = {
@@ -620,7 +631,7 @@ TEST_CASE("chunked: malformed sizes, lines and data are 400") {
   CHECK(chunk_status(" 5\r\nhello\r\n0\r\n\r\n") == 400);
   CHECK(chunk_status("-5\r\n") == 400);
   CHECK(chunk_status("0x5\r\nhello\r\n0\r\n\r\n") == 400);
-  CHECK(chunk_status("5\nhello\r\n0\r\n\r\n") == 400);   // bare LF
+  CHECK(chunk_status("5\nhello\r\n0\r\n\r\n") == 400);  // bare LF
   CHECK(chunk_status("5\r\rhello\r\n0\r\n\r\n") == 400);
   CHECK(chunk_status("5\r\nhelloX\r\n0\r\n\r\n") == 400);  // data longer than declared
   CHECK(chunk_status("5\r\nhello\n0\r\n\r\n") == 400);
@@ -645,7 +656,8 @@ TEST_CASE("chunked: sizes overflow-checked, the body bounded by max_body") {
   CHECK(chunk_status("5\r\nhello\r\nB\r\n", 10) == 413);
   httpd::limits lim;
   lim.max_field_line = 16;
-  CHECK(chunk_status("5;" + std::string(14, 'x') + "\r\nhello\r\n0\r\n\r\n", 100, lim) == 200);  // a line of 16
+  CHECK(chunk_status("5;" + std::string(14, 'x') + "\r\nhello\r\n0\r\n\r\n", 100, lim) ==
+        200);  // a line of 16
   CHECK(chunk_status("5;" + std::string(15, 'x') + "\r\nhello\r\n0\r\n\r\n", 100, lim) == 400);
   CHECK(chunk_status(std::string(16, '0') + "\r\n\r\n", 100, lim) == 200);
   CHECK(chunk_status(std::string(17, '0') + "\r\n", 100, lim) == 400);
@@ -653,14 +665,14 @@ TEST_CASE("chunked: sizes overflow-checked, the body bounded by max_body") {
 
 TEST_CASE("chunked: trailers are checked and dropped") {
   CHECK(chunk_status("0\r\nA: 1\r\nB: 2\r\n\r\n") == 200);
-  CHECK(chunk_status("0\r\nA: 1\r\n b\r\n\r\n") == 400);   // obs-fold
+  CHECK(chunk_status("0\r\nA: 1\r\n b\r\n\r\n") == 400);  // obs-fold
   CHECK(chunk_status("0\r\n A: 1\r\n\r\n") == 400);
   CHECK(chunk_status("0\r\nA : 1\r\n\r\n") == 400);
-  CHECK(chunk_status("0\r\nA\r\n\r\n") == 400);            // no colon
+  CHECK(chunk_status("0\r\nA\r\n\r\n") == 400);  // no colon
   CHECK(chunk_status("0\r\n(A): 1\r\n\r\n") == 400);
   CHECK(chunk_status("0\r\nA: \0\r\n\r\n"s) == 400);
-  CHECK(chunk_status("0\r\nA: 1\rx\r\n\r\n") == 400);      // bare CR
-  CHECK(chunk_status("0\r\nA: 1\n\r\n") == 400);           // bare LF
+  CHECK(chunk_status("0\r\nA: 1\rx\r\n\r\n") == 400);  // bare CR
+  CHECK(chunk_status("0\r\nA: 1\n\r\n") == 400);       // bare LF
   httpd::limits lim;
   lim.max_fields = 2;
   lim.max_field_line = 10;
@@ -669,7 +681,7 @@ TEST_CASE("chunked: trailers are checked and dropped") {
   CHECK(chunk_status("0\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n", 100, lim) == 431);
   CHECK(chunk_status("0\r\nA: 1234567\r\n\r\n", 100, lim) == 200);  // a line of 10
   CHECK(chunk_status("0\r\nA: 12345678\r\n\r\n", 100, lim) == 431);
-  CHECK(chunk_status("0\r\nA: 1234\r\nB: 1234\r\n\r\n", 100, lim) == 200);   // a section of 20
+  CHECK(chunk_status("0\r\nA: 1234\r\nB: 1234\r\n\r\n", 100, lim) == 200);  // a section of 20
   CHECK(chunk_status("0\r\nA: 12345\r\nB: 1234\r\n\r\n", 100, lim) == 431);
 }
 
@@ -738,7 +750,9 @@ TEST_CASE("find_bad_value_char agrees with the byte table, wherever the byte sit
       }
     }
   }
-  const std::string tab_then_bad = "ab\tc\x01" "defghijk";
+  const std::string tab_then_bad =
+      "ab\tc\x01"
+      "defghijk";
   CHECK(httpd::detail::find_bad_value_char(tab_then_bad.data(), tab_then_bad.size()) == 4);
   const std::string tab_then_del = "abcdefgh\t\t\t\x7f";
   CHECK(httpd::detail::find_bad_value_char(tab_then_del.data(), tab_then_del.size()) == 11);

@@ -55,7 +55,8 @@ TEST_CASE("the memfd is CLOEXEC and sealed at its size; destruction closes it") 
     CHECK(errno == EPERM);
     CHECK(::ftruncate(raw, 1 << 20) == -1);
     int seals = ::fcntl(raw, F_GET_SEALS);
-    CHECK((seals & (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)) == (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL));
+    CHECK((seals & (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)) ==
+          (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL));
   }
   CHECK_FALSE(is_open(raw));
 }
@@ -91,7 +92,7 @@ TEST_CASE("from_fd maps the same memory, takes the fd, and checks the size") {
     original->plain = 42;
     auto again = prefork::shared<counters>::from_fd(dup_of(original.memfd()).release());
     CHECK(again.get() != original.get());  // a second mapping...
-    CHECK(again->plain == 42);              // ...of the same pages
+    CHECK(again->plain == 42);             // ...of the same pages
     again->hits.fetch_add(9);
     CHECK(original->hits.load() == 9);
     CHECK(again->preset == 7);  // from_fd does not re-initialise
@@ -99,9 +100,10 @@ TEST_CASE("from_fd maps the same memory, takes the fd, and checks the size") {
     CHECK_THROWS_WITH_AS(prefork::shared<char>::from_fd(dup_of(original.memfd())),
                          doctest::Contains("expected 1"), std::invalid_argument);
     prefork::shared_array<char> bytes(sizeof(counters) + 1);
-    CHECK_THROWS_WITH_AS(prefork::shared<counters>::from_fd(dup_of(bytes.memfd()).release()),
-                         doctest::Contains(("holds " + std::to_string(sizeof(counters) + 1) + " bytes").c_str()),
-                         std::invalid_argument);
+    CHECK_THROWS_WITH_AS(
+        prefork::shared<counters>::from_fd(dup_of(bytes.memfd()).release()),
+        doctest::Contains(("holds " + std::to_string(sizeof(counters) + 1) + " bytes").c_str()),
+        std::invalid_argument);
     auto p = prefork::pipe();
     CHECK_THROWS_WITH_AS(prefork::shared<int>::from_fd(std::move(p.read)), doctest::Contains("not a memfd"),
                          std::invalid_argument);
@@ -126,8 +128,8 @@ TEST_CASE("shared_array: n value-initialised elements, indexing, iteration, boun
     CHECK(std::accumulate(big.begin(), big.end(), 0u) == 0u);
 
     CHECK_THROWS_AS(prefork::shared_array<int>(0), std::invalid_argument);
-    CHECK_THROWS_WITH_AS(prefork::shared_array<std::uint64_t>(std::size_t(1) << 62), doctest::Contains("overflow"),
-                         std::invalid_argument);
+    CHECK_THROWS_WITH_AS(prefork::shared_array<std::uint64_t>(std::size_t(1) << 62),
+                         doctest::Contains("overflow"), std::invalid_argument);
   }
   CHECK(leaks.problems() == "");
 }
@@ -149,7 +151,9 @@ TEST_CASE("shared_array::from_fd takes its size from the memfd, or checks the on
     CHECK_THROWS_AS(prefork::shared_array<std::atomic<long>>::from_fd(dup_of(a.memfd()).release(), 0),
                     std::invalid_argument);
     // 8 longs are 64 bytes: not a whole number of 3-byte elements.
-    struct three { char c[3]; };
+    struct three {
+      char c[3];
+    };
     CHECK_THROWS_WITH_AS(prefork::shared_array<three>::from_fd(dup_of(a.memfd()).release()),
                          doctest::Contains("multiple of 3"), std::invalid_argument);
     prefork::shared_array<std::atomic<long>> moved(std::move(b));

@@ -94,7 +94,8 @@ TEST_CASE("destroying the signal_pipe restores the dispositions found at constru
   custom.sa_flags = SA_NODEFER;
   struct sigaction ignore {};
   ignore.sa_handler = SIG_IGN;
-  struct sigaction old_usr1 {}, old_usr2 {};
+  struct sigaction old_usr1 {};
+  struct sigaction old_usr2 {};
   REQUIRE(::sigaction(SIGUSR1, &custom, &old_usr1) == 0);
   REQUIRE(::sigaction(SIGUSR2, &ignore, &old_usr2) == 0);
   {
@@ -116,7 +117,8 @@ TEST_CASE("only one signal_pipe is live at a time; moving passes the slot on") {
   prefork::test::leak_check leaks;
   {
     prefork::signal_pipe first{SIGUSR1};
-    CHECK_THROWS_WITH_AS(prefork::signal_pipe({SIGUSR2}), doctest::Contains("already live"), std::logic_error);
+    CHECK_THROWS_WITH_AS(prefork::signal_pipe({SIGUSR2}), doctest::Contains("already live"),
+                         std::logic_error);
     CHECK(handler_is(SIGUSR2, SIG_DFL));  // the refused one touched nothing
 
     prefork::signal_pipe moved(std::move(first));
@@ -139,8 +141,8 @@ TEST_CASE("only one signal_pipe is live at a time; moving passes the slot on") {
 }
 
 TEST_CASE("signals that cannot be caught are refused by name, and leave the slot free") {
-  CHECK_THROWS_WITH_AS(prefork::signal_pipe({SIGUSR1, SIGKILL}), doctest::Contains("SIGKILL cannot be caught"),
-                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(prefork::signal_pipe({SIGUSR1, SIGKILL}),
+                       doctest::Contains("SIGKILL cannot be caught"), std::invalid_argument);
   CHECK_THROWS_WITH_AS(prefork::signal_pipe({SIGSTOP}), doctest::Contains("SIGSTOP"), std::invalid_argument);
   CHECK_THROWS_WITH_AS(prefork::signal_pipe({0}), doctest::Contains("0 is not a signal number"),
                        std::invalid_argument);
@@ -155,7 +157,8 @@ TEST_CASE("a signal the C library reserves fails in sigaction, naming it; earlie
   prefork::test::leak_check leaks;
   int reserved = SIGRTMIN - 1;  // glibc keeps 32 and 33 for threads; musl 32 to 34
   CHECK_THROWS_WITH_AS(prefork::signal_pipe({SIGUSR1, reserved}),
-                       doctest::Contains(("sigaction signal " + std::to_string(reserved)).c_str()), std::system_error);
+                       doctest::Contains(("sigaction signal " + std::to_string(reserved)).c_str()),
+                       std::system_error);
   CHECK(handler_is(SIGUSR1, SIG_DFL));
   {
     prefork::signal_pipe ok{SIGUSR1};  // the failure released the slot

@@ -5,12 +5,12 @@
 // over a socket pair. The syscall seam is routed to mocks (as
 // eintr_test.cpp does) so EINTR, ECONNABORTED and EMFILE can be injected;
 // with nothing injected the mocks are the real calls.
-#include <cerrno>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include <cerrno>
 
 namespace mock {
 struct fault {
@@ -61,8 +61,9 @@ inline int connect(int s, const sockaddr* a, socklen_t len) {
 inline mode_t born_mode = 0;
 inline int bind(int s, const sockaddr* a, socklen_t len) {
   int rc = ::bind(s, a, len);
-  struct stat st{};
-  if (rc == 0 && a->sa_family == AF_UNIX && ::lstat(reinterpret_cast<const sockaddr_un*>(a)->sun_path, &st) == 0)
+  struct stat st {};
+  if (rc == 0 && a->sa_family == AF_UNIX &&
+      ::lstat(reinterpret_cast<const sockaddr_un*>(a)->sun_path, &st) == 0)
     born_mode = st.st_mode & 07777;
   return rc;
 }
@@ -103,7 +104,9 @@ struct temp_dir {
   ~temp_dir() { std::filesystem::remove_all(path); }
 };
 
-std::string abstract_name(const char* what) { return "unix:@prefork-test-" + std::to_string(::getpid()) + "-" + what; }
+std::string abstract_name(const char* what) {
+  return "unix:@prefork-test-" + std::to_string(::getpid()) + "-" + what;
+}
 
 // Where a client connects to reach `listener` ("0.0.0.0" is not a peer).
 std::string reachable(int listener) {
@@ -186,10 +189,11 @@ TEST_CASE("socket_address parses every form and writes it back") {
   }
   CHECK(prefork::socket_address().to_string() == "");
   CHECK(prefork::socket_address().empty());
-  CHECK_THROWS_WITH_AS(prefork::socket_address::parse("localhost:80"),
-                       "socket_address::parse: cannot parse address 'localhost:80': 'localhost' is a host name: use "
-                       "resolve()",
-                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(
+      prefork::socket_address::parse("localhost:80"),
+      "socket_address::parse: cannot parse address 'localhost:80': 'localhost' is a host name: use "
+      "resolve()",
+      std::invalid_argument);
   auto resolved = prefork::socket_address::resolve("localhost:80");
   REQUIRE_FALSE(resolved.empty());
   for (const auto& a : resolved) CHECK((a.to_string() == "127.0.0.1:80" || a.to_string() == "[::1]:80"));
@@ -235,7 +239,8 @@ TEST_CASE("every bad address is refused with what is wrong, naming it") {
 TEST_CASE("a host name that does not resolve is a system_error naming the address") {
   CHECK_THROWS_AS(prefork::listen("nosuchhost.invalid:80"), std::system_error);
   CHECK(error_of_listen("nosuchhost.invalid:80").rfind("listen nosuchhost.invalid:80: ", 0) == 0);
-  CHECK_THROWS_WITH(prefork::connect("nosuchhost.invalid:80"), doctest::Contains("connect nosuchhost.invalid:80: "));
+  CHECK_THROWS_WITH(prefork::connect("nosuchhost.invalid:80"),
+                    doctest::Contains("connect nosuchhost.invalid:80: "));
 }
 
 TEST_CASE("every address form listens and accepts a real connection") {
@@ -290,7 +295,7 @@ TEST_CASE("a leftover unix socket file is replaced; a live one, or any other fil
     temp_dir dir;
     std::string path = dir.path + "/s.sock", addr = "unix:" + path;
     prefork::listen(addr).reset();  // closed: the file stays, nobody listens
-    struct stat st{};
+    struct stat st {};
     REQUIRE(::lstat(path.c_str(), &st) == 0);
     prefork::fd live = prefork::listen(addr);
     roundtrip(live.get());
@@ -307,7 +312,8 @@ TEST_CASE("a leftover unix socket file is replaced; a live one, or any other fil
     roundtrip(live.get());
 
     std::string plain = dir.path + "/plain";
-    prefork::write_all(prefork::fd(::open(plain.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0600)).get(), "data");
+    prefork::write_all(prefork::fd(::open(plain.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0600)).get(),
+                       "data");
     CHECK(error_of_listen("unix:" + plain) ==
           "listen unix:" + plain + " (a file that is not a socket is in the way): Address already in use");
     CHECK(std::filesystem::file_size(plain) == 4);
@@ -322,7 +328,7 @@ TEST_CASE("a leftover unix socket file is replaced; a live one, or any other fil
 TEST_CASE("unix_mode is the socket file's mode, whatever the umask") {
   temp_dir dir;
   auto mode_of = [](const std::string& p) {
-    struct stat st{};
+    struct stat st {};
     REQUIRE(::lstat(p.c_str(), &st) == 0);
     CHECK(S_ISSOCK(st.st_mode));
     return st.st_mode & 07777;
@@ -331,7 +337,7 @@ TEST_CASE("unix_mode is the socket file's mode, whatever the umask") {
   prefork::listen_options wide;
   wide.unix_mode = 0666;
   prefork::fd a = prefork::listen("unix:" + dir.path + "/wide.sock", wide);
-  CHECK(mock::born_mode == 0600);                    // born under the umask...
+  CHECK(mock::born_mode == 0600);                   // born under the umask...
   CHECK(mode_of(dir.path + "/wide.sock") == 0666);  // ...then widened past it
   ::umask(0);
   prefork::listen_options narrow;
@@ -387,7 +393,8 @@ TEST_CASE("listen options land on the socket") {
   CHECK(error_of_listen("127.0.0.1:0", zero) == "listen 127.0.0.1:0: backlog must be positive");
   prefork::listen_options negative;
   negative.defer_accept_s = -1;
-  CHECK(error_of_listen("127.0.0.1:0", negative) == "listen 127.0.0.1:0: defer_accept_s must not be negative");
+  CHECK(error_of_listen("127.0.0.1:0", negative) ==
+        "listen 127.0.0.1:0: defer_accept_s must not be negative");
   prefork::listen_options tcp_only;
   tcp_only.reuseport = true;
   CHECK(error_of_listen(abstract_name("opts"), tcp_only) ==
@@ -581,8 +588,9 @@ TEST_CASE("more descriptors than the receiver allows: an error, and every one th
         FAIL("no error");
       } catch (const std::system_error& e) {
         CHECK(e.code() == std::errc::message_size);
-        CHECK(std::string(e.what()).find("recv_fds fd " + std::to_string(b.get()) + ": peer sent 5 descriptors, at most " +
-                                         std::to_string(max) + " expected") == 0);
+        CHECK(std::string(e.what()).find("recv_fds fd " + std::to_string(b.get()) +
+                                         ": peer sent 5 descriptors, at most " + std::to_string(max) +
+                                         " expected") == 0);
       }
       CHECK(receiver.problems() == "");  // the ones that fit (and the kernel's padding) were closed
     }
@@ -609,8 +617,8 @@ TEST_CASE("recv_fds: end of file, stray bytes and bad arguments are clear errors
       FAIL("no error at end of file");
     } catch (const std::system_error& e) {
       CHECK(e.code() == std::errc::connection_reset);
-      CHECK(std::string(e.what()) ==
-            "recv_fds fd " + std::to_string(e2.get()) + ": peer closed the connection: Connection reset by peer");
+      CHECK(std::string(e.what()) == "recv_fds fd " + std::to_string(e2.get()) +
+                                         ": peer closed the connection: Connection reset by peer");
     }
     prefork::send_fds(a.get(), {}, "cut");
     a.reset();  // b holds the rest of the stray bytes, then a message: cut short by EOF mid-header
@@ -625,7 +633,8 @@ TEST_CASE("recv_fds: end of file, stray bytes and bad arguments are clear errors
     ::signal(SIGPIPE, SIG_DFL);  // MSG_NOSIGNAL: EPIPE, not death
     CHECK_THROWS_WITH(prefork::send_fds(c.get(), {0}), doctest::Contains("Broken pipe"));
     auto pipe = prefork::pipe();
-    std::string not_socket = "send_fds fd " + std::to_string(pipe.write.get()) + ": Socket operation on non-socket";
+    std::string not_socket =
+        "send_fds fd " + std::to_string(pipe.write.get()) + ": Socket operation on non-socket";
     CHECK_THROWS_WITH(prefork::send_fds(pipe.write.get(), {0}), not_socket.c_str());
   }
   CHECK(leaks.problems() == "");
@@ -646,9 +655,7 @@ TEST_CASE("send_fds/recv_fds retry EINTR and wait on non-blocking sockets") {
 
     // Nothing queued on a non-blocking socket: recv_fds waits for it.
     std::string message;
-    std::thread sender([&, &a = a] {
-      prefork::send_fds(a.get(), {p.read.get()}, "late");
-    });
+    std::thread sender([&, &a = a] { prefork::send_fds(a.get(), {p.read.get()}, "late"); });
     CHECK(prefork::recv_fds(b.get(), 1, &message).size() == 1);
     sender.join();
     CHECK(message == "late");
