@@ -2,13 +2,12 @@
 // compile time matters; each stands alone.
 #pragma once
 
+// In layer order, lowest first (clang-format would sort them).
+// clang-format off
 #include <prefork/version.hpp>
 #include <prefork/error.hpp>
 #include <prefork/fd.hpp>
 #include <prefork/pipe.hpp>
-#include <prefork/process.hpp>
-#include <prefork/spawn.hpp>
-#include <prefork/daemon.hpp>
 #include <prefork/file_lock.hpp>
 #include <prefork/file.hpp>
 #include <prefork/shm.hpp>
@@ -16,7 +15,11 @@
 #include <prefork/fd_passing.hpp>
 #include <prefork/socket.hpp>
 #include <prefork/signal.hpp>
+#include <prefork/process.hpp>
+#include <prefork/spawn.hpp>
+#include <prefork/daemon.hpp>
 #include <prefork/exec.hpp>
 #include <prefork/systemd.hpp>
 #include <prefork/pool.hpp>
 #include <prefork/upgrade.hpp>
+// clang-format on

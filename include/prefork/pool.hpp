@@ -433,8 +433,8 @@ class master {
     pipe_ends control;
     try {
       control = pipe(O_NONBLOCK);
-      std::fflush(nullptr);     // or buffered output would be written twice, by both processes
-      blocked_signals blocked;  // no handler of ours may run in the child
+      (void)std::fflush(nullptr);  // or buffered output would be written twice, by both processes
+      blocked_signals blocked;     // no handler of ours may run in the child
       forked = prefork::fork();
       if (!forked) become_worker(index, slot, std::move(control));
     } catch (...) {
@@ -476,7 +476,7 @@ class master {
     } catch (...) {
       code = 1;
     }
-    std::fflush(nullptr);
+    (void)std::fflush(nullptr);
     ::_exit(code);
   }
 

@@ -45,8 +45,8 @@ struct pool_config {
   // while HUP or recycling replaces them. 0: 2 * workers + 8. TTIN stops
   // at this many; a replacement waits for a free slot.
   unsigned max_workers = 0;
-  std::function<void(worker&)> after_fork;    // in the worker
-  std::function<void()> on_reload;            // HUP, in the master
+  std::function<void(worker&)> after_fork;  // in the worker
+  std::function<void()> on_reload;          // HUP, in the master
   // In the master, each time the wanted workers are all ready: at start
   // (the moment to tell a launcher or a supervisor), after HUP, after USR2.
   std::function<void()> on_ready;

@@ -121,7 +121,7 @@ inline std::uint64_t jittered(unsigned max_requests, std::uint64_t& seed) {
 template <class Duration>
 std::string seconds(Duration d) {
   char buf[32];
-  std::snprintf(buf, sizeof buf, "%.2fs", std::chrono::duration<double>(d).count());
+  (void)std::snprintf(buf, sizeof buf, "%.2fs", std::chrono::duration<double>(d).count());
   return buf;
 }
 

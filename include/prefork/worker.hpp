@@ -33,6 +33,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -113,7 +114,8 @@ class worker {
     tick();  // the first one makes the worker ready and tells the master
     const std::size_t n = listeners_->size();
     for (std::size_t k = 0; k < n; ++k) {
-      if (fd conn = take_connection(polls_[(next_listener_ + k) % n].fd, (next_listener_ + k) % n)) return conn;
+      if (fd conn = take_connection(polls_[(next_listener_ + k) % n].fd, (next_listener_ + k) % n))
+        return conn;
     }
     set_state(worker_state::idle);
     for (;;) {
@@ -189,8 +191,8 @@ class worker {
       set_state(worker_state::busy);
       return fd(conn);
     }
-    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED || errno == EPROTO ||
-        errno == EPERM)
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED ||
+        errno == EPROTO || errno == EPERM)
       return fd();
     throw_system_error("accept4 fd " + std::to_string(listener));
   }
@@ -211,7 +213,7 @@ class worker {
   }
 
   void ask_retirement(detail::retire_reason why) noexcept {
-    std::int32_t none = static_cast<std::int32_t>(detail::retire_reason::none);
+    auto none = static_cast<std::int32_t>(detail::retire_reason::none);
     if (cells().retire.compare_exchange_strong(none, static_cast<std::int32_t>(why))) wake_master();
   }
 
@@ -222,8 +224,13 @@ class worker {
     ssize_t r = ::pread(statm_.get(), buf, sizeof buf - 1, 0);
     if (r <= 0) return;
     buf[r] = '\0';
-    unsigned long size_pages = 0, rss_pages = 0;
-    if (std::sscanf(buf, "%lu %lu", &size_pages, &rss_pages) != 2) return;
+    // statm is "size resident shared ...", in pages.
+    char* end = nullptr;
+    (void)std::strtoul(buf, &end, 10);
+    if (end == buf || *end != ' ') return;
+    char* rss_start = end + 1;
+    unsigned long rss_pages = std::strtoul(rss_start, &end, 10);
+    if (end == rss_start) return;
     if (rss_pages * static_cast<unsigned long>(::sysconf(_SC_PAGESIZE)) > config_->max_rss)
       ask_retirement(detail::retire_reason::max_rss);
   }
@@ -266,10 +273,11 @@ class worker {
 
   [[noreturn]] void master_gone() const noexcept {
     try {
-      detail::log_event(*config_, worker_name() + ": end of file on the control pipe, the master is gone; exiting");
+      detail::log_event(*config_,
+                        worker_name() + ": end of file on the control pipe, the master is gone; exiting");
     } catch (...) {
     }
-    std::fflush(nullptr);
+    (void)std::fflush(nullptr);
     ::_exit(0);
   }
 

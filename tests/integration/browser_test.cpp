@@ -69,7 +69,8 @@ browser_result run_chromium(const std::vector<std::string>& flags, const std::st
     if (p[0].revents && !read_some_until(out.read.get(), r.out, deadline)) out_open = false;
     if (p[1].revents && !read_some_until(err.read.get(), r.err, deadline)) err_open = false;
   }
-  auto status = c.wait_for(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - steady::now()) + 1s);
+  auto status =
+      c.wait_for(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - steady::now()) + 1s);
   if (!status) {
     c.kill(SIGKILL);
     status = c.wait();
@@ -108,7 +109,8 @@ std::string wait_for_lines(const std::string& file, const std::vector<std::strin
     for (const std::string& n : needles) all = all && text.find(n) != std::string::npos;
     if (all) return text;
     pollfd p{in.get(), POLLIN, 0};
-    if (::poll(&p, 1, ms_left(deadline)) <= 0) FAIL("not all of the expected lines in " << file << ":\n" << text);
+    if (::poll(&p, 1, ms_left(deadline)) <= 0)
+      FAIL("not all of the expected lines in " << file << ":\n" << text);
     char events[4096];
     while (::read(in.get(), events, sizeof events) > 0) {
     }
@@ -206,7 +208,8 @@ TEST_CASE("the status page and the demo site in headless Chromium", "[browser]")
 // request as its activity, so /_status and the timeout's log line say
 // "idle" about a worker that is not. Marked !mayfail until the evented
 // worker sets busy/idle around the requests it serves.
-TEST_CASE("evented mode: a worker inside a slow request shows busy on the scoreboard", "[browser][!mayfail]") {
+TEST_CASE("evented mode: a worker inside a slow request shows busy on the scoreboard",
+          "[browser][!mayfail]") {
   prefork::test::leak_check leaks;
   {
     server s({"-w", "2", "-m", "evented"});
@@ -219,7 +222,8 @@ TEST_CASE("evented mode: a worker inside a slow request shows busy on the scoreb
       json = get(s.port(), "/_status?format=json").body;
     } while (json.find("GET /sleep?ms=60000") == std::string::npos);
     INFO(json);
-    CHECK(std::regex_search(json, std::regex("\"state\":\"busy\",[^}]*\"activity\":\"GET /sleep\\?ms=60000\"")));
+    CHECK(std::regex_search(json,
+                            std::regex("\"state\":\"busy\",[^}]*\"activity\":\"GET /sleep\\?ms=60000\"")));
     CHECK(s.stop(SIGTERM).describe() == "exited 0");
   }
   CHECK(leaks.problems() == "");

@@ -108,7 +108,8 @@ TEST_CASE("httpd as PID 1 of a pid namespace reaps orphans and stops cleanly on 
   prefork::test::leak_check leaks;
   {
     // --kill-child: should the test kill unshare, the server goes with it.
-    server s(std::vector<std::string>{"-l", "127.0.0.1:0", "-w", "2"}, false, std::vector<std::string>{unshare_tool, "--pid", "--fork", "--mount-proc", "--kill-child"});
+    server s(std::vector<std::string>{"-l", "127.0.0.1:0", "-w", "2"}, false,
+             std::vector<std::string>{unshare_tool, "--pid", "--fork", "--mount-proc", "--kill-child"});
     try {
       s.wait_log("ready: 2 workers serving");
     } catch (const std::exception& e) {
@@ -136,14 +137,15 @@ TEST_CASE("httpd as PID 1 of a pid namespace reaps orphans and stops cleanly on 
     // An orphan reparented to the master, still running.
     auto in = prefork::pipe();
     auto out = prefork::pipe();
-    prefork::child helper =
-        start_with(prefork::test::helper_argv("make_orphan", {std::to_string(master)}), in.read.get(), out.write.get());
+    prefork::child helper = start_with(prefork::test::helper_argv("make_orphan", {std::to_string(master)}),
+                                       in.read.get(), out.write.get());
     in.read.reset();
     out.write.reset();
     std::string said;
     while (said.find('\n') == std::string::npos)
       REQUIRE(read_some_until(out.read.get(), said, steady::now() + patience));
-    std::optional<prefork::exit_status> made = helper.wait_for(std::chrono::duration_cast<std::chrono::milliseconds>(patience));
+    std::optional<prefork::exit_status> made =
+        helper.wait_for(std::chrono::duration_cast<std::chrono::milliseconds>(patience));
     if (!made) {
       helper.kill(SIGKILL);
       helper.wait();

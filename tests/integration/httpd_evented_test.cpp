@@ -64,7 +64,8 @@ TEST_CASE("evented: HTTP/1.0 keep-alive when asked for", "[httpd][evented][keepa
   CHECK(leaks.problems() == "");
 }
 
-TEST_CASE("evented: 20 pipelined requests are answered in order, in one write", "[httpd][evented][pipelining]") {
+TEST_CASE("evented: 20 pipelined requests are answered in order, in one write",
+          "[httpd][evented][pipelining]") {
   prefork::test::leak_check leaks;
   {
     server s({"-m", "evented"});
@@ -210,7 +211,8 @@ TEST_CASE("evented: a slow header is closed while a fast client is answered", "[
   CHECK(leaks.problems() == "");
 }
 
-TEST_CASE("evented: QUIT closes idle connections and finishes the request in flight", "[httpd][evented][quit]") {
+TEST_CASE("evented: QUIT closes idle connections and finishes the request in flight",
+          "[httpd][evented][quit]") {
   prefork::test::leak_check leaks;
   {
     server s({"-m", "evented"});

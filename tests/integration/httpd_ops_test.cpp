@@ -44,7 +44,8 @@ struct temp_dir {
 };
 
 command_result httpd(std::vector<std::string> args, bool with_stderr = true) {
-  std::vector<std::string> argv{"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", prefork::test::bin_path("prefork-httpd")};
+  std::vector<std::string> argv{"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1",
+                                prefork::test::bin_path("prefork-httpd")};
   if (!with_stderr) argv = {prefork::test::bin_path("prefork-httpd")};
   argv.insert(argv.end(), args.begin(), args.end());
   return run(argv);
@@ -62,7 +63,8 @@ std::string wait_file_lines(const std::string& file, std::string_view needle, st
     std::string text = slurp(file);
     if (count_lines(text, needle) >= count) return text;
     pollfd p{in.get(), POLLIN, 0};
-    if (::poll(&p, 1, ms_left(deadline)) <= 0) FAIL("no " << count << " lines with '" << needle << "' in " << file << ":\n" << text);
+    if (::poll(&p, 1, ms_left(deadline)) <= 0)
+      FAIL("no " << count << " lines with '" << needle << "' in " << file << ":\n" << text);
     char events[4096];
     while (::read(in.get(), events, sizeof events) > 0) {
     }
@@ -168,7 +170,9 @@ TEST_CASE("httpd: the command line", "[httpd][cli]") {
 
     temp_dir dir;
     CHECK(httpd({"--check", dir.path}).code == 0);
-    CHECK(httpd({"--check", "-l", "127.0.0.1:0", "-l", "unix:" + dir.path + "/s.sock", "-u", "nobody", dir.path}).code == 0);
+    CHECK(httpd({"--check", "-l", "127.0.0.1:0", "-l", "unix:" + dir.path + "/s.sock", "-u", "nobody",
+                 dir.path})
+              .code == 0);
     command_result missing = httpd({"--check", dir.path + "/nope"});
     CHECK(missing.code == 1);
     CHECK(missing.out.find("no such directory") != std::string::npos);
@@ -309,7 +313,8 @@ TEST_CASE("httpd: --daemonize returns once the server is ready", "[httpd][daemon
   {
     temp_dir dir;
     std::string pid_path = dir.path + "/httpd.pid", errors = dir.path + "/error.log";
-    command_result started = httpd({"-D", "-w", "2", "-l", "127.0.0.1:0", "-P", pid_path, "--error-log", errors, dir.path});
+    command_result started =
+        httpd({"-D", "-w", "2", "-l", "127.0.0.1:0", "-P", pid_path, "--error-log", errors, dir.path});
     CHECK(started.code == 0);
     std::string log = slurp(errors);
     // Ready before the launcher exited: the line is there already.
@@ -344,9 +349,7 @@ TEST_CASE("httpd: --user drops the workers' privileges, not the master's", "[htt
   prefork::test::leak_check leaks;
   {
     temp_dir dir;
-    {
-      std::ofstream(dir.path + "/index.html") << "hi\n";
-    }
+    { std::ofstream(dir.path + "/index.html") << "hi\n"; }
     ::chmod((dir.path + "/index.html").c_str(), 0644);
     std::string access = dir.path + "/access.log";
     server s({"-u", "nobody", "--access-log", access, dir.path});

@@ -101,16 +101,16 @@ TEST_CASE("httpd: the built-in routes", "[httpd][routes]") {
     CHECK(not_allowed.header("allow") == "GET, HEAD");
 
     response echo = ask(s.port(),
-                             "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-test\r\n"
-                             "Content-Length: 11\r\nConnection: close\r\n\r\nhello world");
+                        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-test\r\n"
+                        "Content-Length: 11\r\nConnection: close\r\n\r\nhello world");
     CHECK(echo.status == 200);
     CHECK(echo.body == "hello world");
     CHECK(echo.header("content-type") == "application/x-test");
 
     response chunked = ask(s.port(),
-                                "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Type: text/x-chunks\r\n"
-                                "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-                                "5\r\nhello\r\n1;ext=1\r\n \r\n6\r\nchunks\r\n0\r\n\r\n");
+                           "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Type: text/x-chunks\r\n"
+                           "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                           "5\r\nhello\r\n1;ext=1\r\n \r\n6\r\nchunks\r\n0\r\n\r\n");
     CHECK(chunked.status == 200);
     CHECK(chunked.body == "hello chunks");
     CHECK(chunked.header("content-type") == "text/x-chunks");
@@ -149,13 +149,16 @@ TEST_CASE("httpd: the built-in routes", "[httpd][routes]") {
       CHECK(html.header("content-type").find("text/html") == 0);
       CHECK(html.body.find("<table>") != std::string::npos);
       std::size_t rows = 0;
-      for (auto at = html.body.find("<tr><td>"); at != std::string::npos; at = html.body.find("<tr><td>", at + 1))
+      for (auto at = html.body.find("<tr><td>"); at != std::string::npos;
+           at = html.body.find("<tr><td>", at + 1))
         ++rows;
       CHECK(rows == 2);
-      for (response json : {get(s.port(), "/_status?format=json"), get(s.port(), "/_status", "Accept: application/json\r\n")}) {
+      for (response json : {get(s.port(), "/_status?format=json"),
+                            get(s.port(), "/_status", "Accept: application/json\r\n")}) {
         CHECK(json.header("content-type") == "application/json");
         std::size_t workers = 0;
-        for (auto at = json.body.find("\"pid\":"); at != std::string::npos; at = json.body.find("\"pid\":", at + 1))
+        for (auto at = json.body.find("\"pid\":"); at != std::string::npos;
+             at = json.body.find("\"pid\":", at + 1))
           ++workers;
         CHECK(workers == 2);
         CHECK(json.body.find("\"generation\":1") != std::string::npos);
@@ -206,8 +209,9 @@ TEST_CASE("httpd: static files beneath ROOT", "[httpd][static]") {
     check_error(get(s.port(), "/fifo"), 404);    // not a regular file, and no hang
 
     SECTION("nothing leaves ROOT") {
-      for (const char* evil : {"/../../../../etc/passwd", "/%2e%2e/%2e%2e/%2e%2e/etc/passwd", "/sub/..%2f..%2f..%2fetc/passwd",
-                               "/sub/%2E%2E/%2E%2E/etc/passwd", "/./../etc/passwd"}) {
+      for (const char* evil :
+           {"/../../../../etc/passwd", "/%2e%2e/%2e%2e/%2e%2e/etc/passwd", "/sub/..%2f..%2f..%2fetc/passwd",
+            "/sub/%2E%2E/%2E%2E/etc/passwd", "/./../etc/passwd"}) {
         INFO(evil);
         response r = get(s.port(), evil);
         check_error(r, 400);
@@ -240,7 +244,8 @@ TEST_CASE("httpd: static files beneath ROOT", "[httpd][static]") {
       CHECK(get(s.port(), "/a.txt", "If-Modified-Since: " + modified + "\r\n").status == 304);
       CHECK(get(s.port(), "/a.txt", "If-Modified-Since: Sat, 01 Jan 2000 00:00:00 GMT\r\n").status == 200);
       // If-None-Match wins over If-Modified-Since.
-      CHECK(get(s.port(), "/a.txt", "If-None-Match: \"other\"\r\nIf-Modified-Since: " + modified + "\r\n").status == 200);
+      CHECK(get(s.port(), "/a.txt", "If-None-Match: \"other\"\r\nIf-Modified-Since: " + modified + "\r\n")
+                .status == 200);
     }
 
     SECTION("single byte ranges: 206 and 416") {
@@ -285,18 +290,25 @@ TEST_CASE("httpd: every error status, and the server keeps serving", "[httpd][er
     const std::string close = "Connection: close\r\n";
     check_error(ask(s.port(), "GARBAGE\r\n\r\n"), 400);
     check_error(ask(s.port(), "GET /hello HTTP/1.1\r\n" + close + "\r\n"), 400);  // no Host
-    check_error(ask(s.port(), "GET /hello HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"), 400);
+    check_error(
+        ask(s.port(), "GET /hello HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+        400);
     check_error(ask(s.port(), "PUT / HTTP/1.1\r\nHost: t\r\n" + close + "\r\n"), 405);
-    check_error(ask(s.port(), "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1001\r\n" + close + "\r\n"), 413);
-    check_error(ask(s.port(), "GET /" + std::string(9000, 'a') + " HTTP/1.1\r\nHost: t\r\n" + close + "\r\n"), 414);
-    check_error(ask(s.port(), "GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + std::string(9000, 'b') + "\r\n\r\n"), 431);
+    check_error(ask(s.port(), "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1001\r\n" + close + "\r\n"),
+                413);
+    check_error(ask(s.port(), "GET /" + std::string(9000, 'a') + " HTTP/1.1\r\nHost: t\r\n" + close + "\r\n"),
+                414);
+    check_error(ask(s.port(), "GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + std::string(9000, 'b') + "\r\n\r\n"),
+                431);
     check_error(ask(s.port(), "BREW /pot HTTP/1.1\r\nHost: t\r\n" + close + "\r\n"), 501);
     check_error(ask(s.port(), "GET / HTTP/2.0\r\nHost: t\r\n" + close + "\r\n"), 505);
-    check_error(ask(s.port(), "GET /docs/signals.txt HTTP/1.1\r\nHost: t\r\nRange: bytes=99999999-\r\n" + close + "\r\n"), 416);
+    check_error(ask(s.port(), "GET /docs/signals.txt HTTP/1.1\r\nHost: t\r\nRange: bytes=99999999-\r\n" +
+                                  close + "\r\n"),
+                416);
 
     // A chunked body over the limit is refused as it arrives.
     response big = ask(s.port(), "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n" + close +
-                                          "\r\n400\r\n" + std::string(1024, 'x') + "\r\n0\r\n\r\n");
+                                     "\r\n400\r\n" + std::string(1024, 'x') + "\r\n0\r\n\r\n");
     check_error(big, 413);
     // Framing errors close the connection even when keep-alive was asked for.
     {
@@ -327,7 +339,8 @@ TEST_CASE("httpd: curl agrees", "[httpd][curl]") {
     CHECK(run({"curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", base + "/missing"}).out == "404");
     std::string www = bundled_www();
     CHECK(run({"curl", "-sS", base + "/img/dot.png"}).out == slurp(www + "/img/dot.png"));
-    CHECK(run({"curl", "-sS", "-r", "0-7", base + "/img/dot.png"}).out == slurp(www + "/img/dot.png").substr(0, 8));
+    CHECK(run({"curl", "-sS", "-r", "0-7", base + "/img/dot.png"}).out ==
+          slurp(www + "/img/dot.png").substr(0, 8));
     // A body large enough that curl sends Expect: 100-continue, and a chunked one.
     std::string body(200000, 'q');
     {
@@ -337,9 +350,11 @@ TEST_CASE("httpd: curl agrees", "[httpd][curl]") {
       prefork::write_all(fd, body);
       ::close(fd);
       CHECK(run({"curl", "-sS", "--max-time", "10", "-H", "Content-Type: text/plain", "--data-binary",
-                 std::string("@") + tmpl, base + "/echo"}).out == body);
+                 std::string("@") + tmpl, base + "/echo"})
+                .out == body);
       CHECK(run({"curl", "-sS", "--max-time", "10", "-H", "Transfer-Encoding: chunked", "--data-binary",
-                 std::string("@") + tmpl, base + "/echo"}).out == body);
+                 std::string("@") + tmpl, base + "/echo"})
+                .out == body);
       ::unlink(tmpl);
     }
     check_clean_stop(s);

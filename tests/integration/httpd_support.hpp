@@ -9,8 +9,8 @@
 
 #include <fcntl.h>
 #include <poll.h>
-#include <sys/prctl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -85,7 +85,8 @@ class server {
   // unless the args say otherwise. wait_ready: wait for the "ready" line.
   // prefix: a launcher to run prefork-httpd through (a test helper that
   // hands it sockets, say).
-  explicit server(std::vector<std::string> args, bool wait_ready = true, std::vector<std::string> prefix = {}) {
+  explicit server(std::vector<std::string> args, bool wait_ready = true,
+                  std::vector<std::string> prefix = {}) {
     std::vector<std::string> argv = prefix;
     argv.push_back(prefork::test::bin_path("prefork-httpd"));
     bool has_listen = false, has_workers = false;
@@ -170,18 +171,16 @@ class server {
 };
 
 // QUIT, and the master exits 0 in time; the log is shown if not.
-#define check_clean_stop(s)                    \
-  do {                                         \
-    prefork::exit_status st_ = (s).stop();     \
-    INFO("server log:\n" << (s).log());        \
-    CHECK(st_.describe() == "exited 0");       \
+#define check_clean_stop(s)                \
+  do {                                     \
+    prefork::exit_status st_ = (s).stop(); \
+    INFO("server log:\n" << (s).log());    \
+    CHECK(st_.describe() == "exited 0");   \
   } while (0)
 
 inline prefork::fd connect_to(int port) { return prefork::connect("127.0.0.1:" + std::to_string(port)); }
 
-inline void send_text(int fd, std::string_view data) {
-  prefork::write_all(fd, data.data(), data.size());
-}
+inline void send_text(int fd, std::string_view data) { prefork::write_all(fd, data.data(), data.size()); }
 
 // Everything until the server closes (or the deadline).
 inline std::string read_until_close(int fd, steady::time_point deadline = steady::now() + patience) {
@@ -222,7 +221,8 @@ struct response {
 // Parses one response from the front of raw; nullopt while incomplete.
 // head: the request was HEAD (no body follows whatever the headers say).
 // until_close: a body without length runs to the end of raw.
-inline std::optional<response> parse_response(std::string_view raw, bool head = false, bool until_close = false) {
+inline std::optional<response> parse_response(std::string_view raw, bool head = false,
+                                              bool until_close = false) {
   auto end = raw.find("\r\n\r\n");
   if (end == std::string_view::npos) return std::nullopt;
   response r;

@@ -42,8 +42,9 @@ TEST_CASE("prefork-echo: reports its address, echoes, stops on QUIT with exit 0"
   {
     auto out = prefork::pipe();
     auto err = prefork::pipe();
-    prefork::child echo = start_echo({"--listen", "127.0.0.1:0", "--workers", "2", "--pid", pid_path.string()},
-                                     out.write.get(), err.write.get());
+    prefork::child echo =
+        start_echo({"--listen", "127.0.0.1:0", "--workers", "2", "--pid", pid_path.string()}, out.write.get(),
+                   err.write.get());
     out.write.reset();
     err.write.reset();
     std::string banner = read_line(out.read.get());
@@ -80,7 +81,8 @@ TEST_CASE("prefork-echo: reports its address, echoes, stops on QUIT with exit 0"
 
 TEST_CASE("prefork-echo: a bad flag is one line naming it, the usage, and exit 2", "[pool][echo]") {
   prefork::test::leak_check leaks;
-  for (std::vector<std::string> args : {std::vector<std::string>{"--bogus"}, {"--workers", "zero"}, {"--listen"}}) {
+  for (std::vector<std::string> args :
+       {std::vector<std::string>{"--bogus"}, {"--workers", "zero"}, {"--listen"}}) {
     auto err = prefork::pipe();
     prefork::child echo = start_echo(args, -1, err.write.get());
     err.write.reset();

@@ -250,8 +250,8 @@ class pool {
  public:
   using tweak = std::function<void(prefork::pool_config&)>;
 
-  explicit pool(unsigned workers, const tweak& adjust = {}, std::function<void(prefork::worker&)> work = serve,
-                std::function<void()> in_master = {}) {
+  explicit pool(unsigned workers, const tweak& adjust = {},
+                std::function<void(prefork::worker&)> work = serve, std::function<void()> in_master = {}) {
     prefork::pool_config config;
     config.workers = workers;
     config.timeout = 30s;

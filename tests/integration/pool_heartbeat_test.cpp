@@ -9,9 +9,13 @@ using namespace pool_test;
 
 namespace {
 
-pid_t pid_of(const std::string& reply) { return static_cast<pid_t>(std::stol(reply.substr(reply.rfind(' ') + 1))); }
+pid_t pid_of(const std::string& reply) {
+  return static_cast<pid_t>(std::stol(reply.substr(reply.rfind(' ') + 1)));
+}
 
-double seconds_between(clock::time_point a, clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+double seconds_between(clock::time_point a, clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
 
 template <class Done>
 std::size_t min_ready_until(pool& p, Done done) {
@@ -66,7 +70,9 @@ TEST_CASE("an idle worker is never killed for silence", "[pool][heartbeat]") {
     // Five timeouts of idleness, watching the log all along: the workers
     // tick from inside accept(), so no kill line may come.
     for (auto end = clock::now() + 1s; clock::now() < end && p.ev.count("SIGKILL") == 0;)
-      p.ev.pump(static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(end - clock::now()).count()) + 1);
+      p.ev.pump(static_cast<int>(
+                    std::chrono::duration_cast<std::chrono::milliseconds>(end - clock::now()).count()) +
+                1);
     CHECK(p.ev.count("SIGKILL") == 0);
     CHECK(children_of(p.pid()) == first);
     CHECK(p.ev.count("spawned") == 2);
@@ -98,7 +104,8 @@ TEST_CASE("a crash-looping worker is respawned with growing back-off; the master
   CHECK(leaks.problems() == "");
 }
 
-TEST_CASE("SIGKILL of the master: every worker exits by itself at once, even idle in accept", "[pool][orphan]") {
+TEST_CASE("SIGKILL of the master: every worker exits by itself at once, even idle in accept",
+          "[pool][orphan]") {
   prefork::test::leak_check leaks;
   {
     // A long timeout: the workers' poll would not wake on its own for
@@ -178,7 +185,8 @@ TEST_CASE("max_rss replaces a worker that grew, new one first: never fewer than 
   CHECK(leaks.problems() == "");
 }
 
-TEST_CASE("a worker hanging in after_fork, before its first tick, is killed after timeout too", "[pool][heartbeat]") {
+TEST_CASE("a worker hanging in after_fork, before its first tick, is killed after timeout too",
+          "[pool][heartbeat]") {
   prefork::test::leak_check leaks;
   char dir[] = "/tmp/prefork-hang-XXXXXX";
   REQUIRE(::mkdtemp(dir) != nullptr);

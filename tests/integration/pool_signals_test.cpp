@@ -75,7 +75,7 @@ TEST_CASE("WINCH without a terminal stops the workers, keeps the master and its 
     CHECK(c.receive(100ms) == "");  // nobody serves it yet
     p.signal(SIGTTIN);
     pid_t next = p.wait_spawn();
-    CHECK(pid_of(c.receive()) == next);  // the queued connection is served
+    CHECK(pid_of(c.receive()) == next);   // the queued connection is served
     CHECK(fd_count(p.pid()) == fds - 1);  // one control pipe instead of two
     c.close();
     p.quit();
@@ -145,7 +145,8 @@ TEST_CASE("USR1 reaches on_reopen_logs in the master and in every worker", "[poo
   CHECK(leaks.problems() == "");
 }
 
-TEST_CASE("on_ready runs in the master once the workers are all ready: at start and after HUP", "[pool][on_ready]") {
+TEST_CASE("on_ready runs in the master once the workers are all ready: at start and after HUP",
+          "[pool][on_ready]") {
   prefork::test::leak_check leaks;
   {
     pool p(2, [](prefork::pool_config& c) {
@@ -163,7 +164,8 @@ TEST_CASE("on_ready runs in the master once the workers are all ready: at start 
   CHECK(leaks.problems() == "");
 }
 
-TEST_CASE("a worker that never waits for a connection (the accept fast path) still sees QUIT", "[pool][quit]") {
+TEST_CASE("a worker that never waits for a connection (the accept fast path) still sees QUIT",
+          "[pool][quit]") {
   prefork::test::leak_check leaks;
   {
     pool p(1);
@@ -191,7 +193,8 @@ TEST_CASE("a worker that never waits for a connection (the accept fast path) sti
   CHECK(leaks.problems() == "");
 }
 
-TEST_CASE("mark_busy and mark_idle show in the scoreboard for workers with their own event loop", "[pool][scoreboard]") {
+TEST_CASE("mark_busy and mark_idle show in the scoreboard for workers with their own event loop",
+          "[pool][scoreboard]") {
   prefork::test::leak_check leaks;
   {
     auto own_loop = [](prefork::worker& w) {
@@ -204,7 +207,8 @@ TEST_CASE("mark_busy and mark_idle show in the scoreboard for workers with their
       pollfd p{w.stop_fd(), POLLIN, 0};
       while (!w.stopping()) ::poll(&p, 1, 100);
       w.mark_busy();  // a stopping worker stays "stopping"
-      events::say(event_fd, "after stop " + std::string(prefork::to_string(w.scoreboard().slot(w.slot()).state)));
+      events::say(event_fd,
+                  "after stop " + std::string(prefork::to_string(w.scoreboard().slot(w.slot()).state)));
     };
     pool p(1, {}, own_loop);
     p.start(1);

@@ -54,7 +54,8 @@ TEST_CASE("SIGKILL of a worker: a replacement serves and the count returns to N"
     for (int round = 0; round < 3; ++round) {
       pid_t victim = static_cast<pid_t>(std::stol(client(p.address).ask("pid")));
       ::kill(victim, SIGKILL);
-      CHECK(p.ev.wait_for("killed by SIGKILL").find("pid " + std::to_string(victim) + ",") != std::string::npos);
+      CHECK(p.ev.wait_for("killed by SIGKILL").find("pid " + std::to_string(victim) + ",") !=
+            std::string::npos);
       pid_t replacement = p.wait_spawn();
       p.wait_ready(1);
       std::set<pid_t> now = children_of(p.pid());
@@ -180,7 +181,8 @@ TEST_CASE("bad input is refused with a clear error before any fork", "[pool][err
       prefork::pool_config c = config_with_listener();
       c.pid_file = dir / "master.pid";
       prefork::master m(std::move(c));
-      CHECK_THROWS_WITH(m.run(noop), Catch::Contains("already running as PID " + std::to_string(::getppid())));
+      CHECK_THROWS_WITH(m.run(noop),
+                        Catch::Contains("already running as PID " + std::to_string(::getppid())));
     }
     fs::remove_all(dir);
   }
@@ -275,7 +277,8 @@ TEST_CASE("stop_fd: readable for USR1 (stopping() false), then for good once sto
   CHECK(leaks.problems() == "");
 }
 
-TEST_CASE("a master that grew a thread refuses to respawn, logs why, and keeps the old workers", "[pool][errors]") {
+TEST_CASE("a master that grew a thread refuses to respawn, logs why, and keeps the old workers",
+          "[pool][errors]") {
   prefork::test::leak_check leaks;
   {
     // on_reload runs in the master: a thread started there makes the
@@ -283,7 +286,11 @@ TEST_CASE("a master that grew a thread refuses to respawn, logs why, and keeps t
     auto start_thread = [](prefork::pool_config& c) {
       c.on_reload = [] {
         static int never[2];
-        if (::pipe(never) == 0) std::thread([] { char b; (void)::read(never[0], &b, 1); }).detach();
+        if (::pipe(never) == 0)
+          std::thread([] {
+            char b;
+            (void)::read(never[0], &b, 1);
+          }).detach();
       };
     };
     pool p(1, start_thread);

@@ -191,7 +191,8 @@ std::size_t count(const std::string& text, const std::string& needle) {
 // Waits until the JSON scoreboard shows a worker whose activity holds `what`.
 void wait_for_activity(int port, const std::string& what) {
   auto deadline = steady::now() + patience;
-  while (get(port, "/_status?format=json").body.find(what) == std::string::npos) REQUIRE(steady::now() < deadline);
+  while (get(port, "/_status?format=json").body.find(what) == std::string::npos)
+    REQUIRE(steady::now() < deadline);
 }
 
 // Waits for the server to exit while reading its notifications.
@@ -318,8 +319,9 @@ TEST_CASE("httpd under systemd-socket-activate serves on the socket it is given 
   CHECK(leaks.problems() == "");
 }
 
-TEST_CASE("httpd on a real notify socket: READY=1 once all workers serve, RELOADING=1 on HUP, STOPPING=1 on QUIT",
-          "[systemd][notify]") {
+TEST_CASE(
+    "httpd on a real notify socket: READY=1 once all workers serve, RELOADING=1 on HUP, STOPPING=1 on QUIT",
+    "[systemd][notify]") {
   prefork::test::leak_check leaks;
   {
     temp_dir dir;
@@ -422,10 +424,12 @@ TEST_CASE("httpd pings the watchdog and extends the stop timeout while a long re
   CHECK(leaks.problems() == "");
 }
 
-TEST_CASE("the systemd units verify, and their ExecStart is a valid prefork-httpd command line", "[systemd][units]") {
+TEST_CASE("the systemd units verify, and their ExecStart is a valid prefork-httpd command line",
+          "[systemd][units]") {
   std::optional<std::filesystem::path> units = units_dir();
   if (!units) {
-    WARN("skipped: examples/httpd/systemd not found from " << __FILE__ << " or " << prefork::test::self_exe());
+    WARN("skipped: examples/httpd/systemd not found from " << __FILE__ << " or "
+                                                           << prefork::test::self_exe());
     return;
   }
   prefork::test::leak_check leaks;
@@ -458,12 +462,14 @@ TEST_CASE("the systemd units verify, and their ExecStart is a valid prefork-http
     CHECK(check.out.find("configuration OK") != std::string::npos);
 
     if (!eco_test::executable(analyze)) {
-      WARN("systemd-analyze verify skipped: " << analyze << " is not installed (Debian: apt-get install systemd)");
+      WARN("systemd-analyze verify skipped: " << analyze
+                                              << " is not installed (Debian: apt-get install systemd)");
     } else {
       { std::ofstream(dir.path() / "prefork-httpd.service") << service; }
       { std::ofstream(dir.path() / "prefork-httpd.socket") << socket; }
-      command_result verify = run_both({analyze, "verify", "--man=no", (dir.path() / "prefork-httpd.socket").string(),
-                                        (dir.path() / "prefork-httpd.service").string()});
+      command_result verify =
+          run_both({analyze, "verify", "--man=no", (dir.path() / "prefork-httpd.socket").string(),
+                    (dir.path() / "prefork-httpd.service").string()});
       INFO(verify.out);
       CHECK(verify.code == 0);
       // It exits 0 over settings it ignores, so any word about our units is a failure.
