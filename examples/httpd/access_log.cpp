@@ -74,10 +74,21 @@ bool log_file::reopen(std::string& why) {
   return true;
 }
 
-void log_file::write(std::string_view line) const {
+void log_file::write(std::string_view line) {
   if (fd_ < 0) return;
   std::error_code ec;
   prefork::write_all(fd_, line.data(), line.size(), ec);  // a full disk must not stop serving
+  if (ec) {
+    ++dropped_;
+    if (!failing_) {
+      failing_ = true;
+      error_line("log " + path_ + ": " + ec.message() + "; dropping lines until it can be written again");
+    }
+  } else if (failing_) {
+    failing_ = false;
+    error_line("log " + path_ + ": writable again, " + std::to_string(dropped_) + " lines dropped");
+    dropped_ = 0;
+  }
 }
 
 void access_log::record(const sockaddr_storage& peer, std::string_view method, std::string_view target, int minor,

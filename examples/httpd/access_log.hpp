@@ -37,7 +37,11 @@ class log_file {
     owner_gid_ = gid;
     chown_ = true;
   }
-  void write(std::string_view line) const;
+  // A write that fails (a full disk, an unwritable file) drops the line
+  // and is reported once per episode on stderr, not once per request; the
+  // first write that succeeds again ends the episode and says how many
+  // lines were lost.
+  void write(std::string_view line);
 
  private:
   void give_away(int fd) const;
@@ -48,6 +52,8 @@ class log_file {
   gid_t owner_gid_ = 0;
   prefork::fd own_;  // when not occupying a chosen number
   int fd_ = -1;
+  bool failing_ = false;
+  unsigned long long dropped_ = 0;
 };
 
 // One access line in common log format plus the duration in seconds:

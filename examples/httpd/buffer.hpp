@@ -45,6 +45,16 @@ class byte_buffer {
     if (begin_ == end_) begin_ = end_ = 0;
   }
   void clear() noexcept { begin_ = end_ = 0; }
+  // Empties the buffer and gives its storage back if it grew past `keep`
+  // bytes: a slot that once carried a large head or body must not hold
+  // that memory for every connection that reuses it.
+  void clear_and_trim(std::size_t keep) noexcept {
+    clear();
+    if (cap_ > keep) {
+      data_.reset();
+      cap_ = 0;
+    }
+  }
 
  private:
   std::unique_ptr<char[]> data_;

@@ -30,6 +30,7 @@ constexpr std::uint32_t control_tag = 0xffffffffu;
 constexpr std::uint32_t listener_tag = 0xfffff000u;  // + listener index
 constexpr std::size_t accepts_per_wakeup = 32;        // then let the sibling workers have some
 constexpr auto linger_time = std::chrono::milliseconds(500);
+constexpr std::size_t kept_buffer = 16384;            // a closed slot keeps at most this much
 
 enum class phase : std::uint8_t {
   head,      // reading a request head (or idle between requests)
@@ -143,9 +144,15 @@ class loop {
         if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) continue;
         if (errno == EMFILE || errno == ENFILE) {
           // Out of descriptors: stop accepting until a connection closes
-          // (level-triggered epoll would spin otherwise).
+          // (level-triggered epoll would spin otherwise), and hold no more
+          // connections than fit from now on, so this happens once, not at
+          // every close. Said once, in the error log.
+          int err = errno;
           cap_ = live_ > 0 ? live_ : 1;
           remove_listeners();
+          error_line(std::string("accept4: ") + (err == EMFILE ? "EMFILE" : "ENFILE") + " (" + std::strerror(err) +
+                     ") with " + std::to_string(live_) + " connections open: not accepting until one closes; " +
+                     "connection cap lowered to " + std::to_string(cap_));
         }
         return;
       }
@@ -427,6 +434,11 @@ class loop {
     c.file_left = 0;
     c.out.clear();
     c.out_sent = 0;
+    // The slot is reused, and kept: what one large request grew must not
+    // stay with it (a worker's slots times its largest request otherwise).
+    c.in.clear_and_trim(kept_buffer);
+    if (c.out.capacity() > kept_buffer) std::string().swap(c.out);
+    if (c.body.capacity() > kept_buffer) std::string().swap(c.body);
     free_.push_back(c.index);
     --live_;
     if (!listening_ && !stopping_ && live_ < cap_) add_listeners();
