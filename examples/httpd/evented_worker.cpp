@@ -97,10 +97,12 @@ class loop {
       steady::time_point wake = std::min(nearest_, now + tick_every_);
       if (stopping_) wake = std::min(wake, stop_deadline_);
       auto ms = std::chrono::ceil<std::chrono::milliseconds>(wake - now).count();
+      w_.mark_idle();  // what /_status shows while the loop waits
       int n = ::epoll_wait(ep_.get(), events.data(), static_cast<int>(events.size()),
                            static_cast<int>(std::clamp<long long>(ms, 0, 60000)));
       if (n == -1 && errno != EINTR) prefork::throw_system_error("epoll_wait");
       w_.tick();
+      if (n > 0) w_.mark_busy();  // until the turn's requests are answered (a /sleep included)
       turn_start_ = steady::now();
       for (int i = 0; i < n; ++i) dispatch(events[static_cast<std::size_t>(i)]);
       if (steady::now() >= nearest_) sweep();
@@ -260,6 +262,7 @@ class loop {
         }
       }
       const request& req = c.parser.get();
+      set_activity(req);  // before routing: a slow request shows what it is
       route(srv_, req, body, reply_);
       if (req.kind == verb::head) reply_.no_body = true;
       respond(c, &req);
@@ -307,7 +310,6 @@ class loop {
     if (srv_.log.enabled())
       srv_.log.record(c.peer, req ? req->method : "-", req ? req->target : "-", minor, reply_.status, bytes,
                       steady::now() - c.started);
-    if (req) set_activity(*req);
     w_.request_done();
   }
 

@@ -16,6 +16,8 @@
 #include <cstring>
 #include <iostream>
 #include <optional>
+#include <string>
+#include <utility>
 
 #include <prefork/exec.hpp>
 #include <prefork/pool.hpp>
@@ -190,18 +192,14 @@ int main(int argc, char** argv) {
         opts.upgrade == httpd::upgrade_kind::in_place ? prefork::upgrade_mode::in_place : prefork::upgrade_mode::fork_exec;
     config.max_requests = opts.max_requests;
 
-    const pid_t master_pid = ::getpid();
-    prefork::master* the_master = nullptr;
+    config.log = [&](std::string_view event) { log_line(event); };
+    // All workers ready: the moment -D's launcher and the tests wait for
+    // (on_ready runs again after each HUP and upgrade; say it once).
     bool announced = false;
-    config.log = [&](std::string_view event) {
-      log_line(event);
-      // All workers ready: the moment -D's launcher and the tests wait for.
-      if (!announced && the_master && ::getpid() == master_pid &&
-          the_master->scoreboard().ready() >= opts.workers) {
-        announced = true;
-        log_line("ready: " + std::to_string(opts.workers) + " workers serving");
-        if (launch) launch->ready();
-      }
+    config.on_ready = [&] {
+      if (std::exchange(announced, true)) return;
+      log_line("ready: " + std::to_string(opts.workers) + " workers serving");
+      if (launch) launch->ready();
     };
     config.on_reopen_logs = [&] {
       // Said after the fact, so the line lands in the new error log.
@@ -222,7 +220,6 @@ int main(int argc, char** argv) {
     };
 
     prefork::master m(std::move(config));
-    the_master = &m;
     for (const prefork::fd& l : m.config().listeners) {
       httpd::set_inherited_timeouts(l.get(), opts);
       log_line("listening on " + describe_url(l.get()) + (inherited ? " (inherited)" : ""));

@@ -203,13 +203,9 @@ TEST_CASE("the status page and the demo site in headless Chromium", "[browser]")
   CHECK(leaks.problems() == "");
 }
 
-// Found while writing the test above: in evented mode (the default) a worker
-// stuck in a request still shows "idle" on the scoreboard, with the
-// request as its activity, so /_status and the timeout's log line say
-// "idle" about a worker that is not. Marked !mayfail until the evented
-// worker sets busy/idle around the requests it serves.
-TEST_CASE("evented mode: a worker inside a slow request shows busy on the scoreboard",
-          "[browser][!mayfail]") {
+// In evented mode (the default) the worker runs its own loop, and marks
+// itself busy while it serves a turn's requests (worker::mark_busy).
+TEST_CASE("evented mode: a worker inside a slow request shows busy on the scoreboard", "[browser]") {
   prefork::test::leak_check leaks;
   {
     server s({"-w", "2", "-m", "evented"});
