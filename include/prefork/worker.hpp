@@ -30,10 +30,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -119,12 +121,21 @@ class worker {
     }
     set_state(worker_state::idle);
     for (;;) {
-      int ready = PREFORK_SYSCALL(poll)(polls_.data(), polls_.size(), tick_ms_);
-      if (ready == -1 && errno != EINTR) throw_system_error("poll");
+      // Out of descriptors (EMFILE and kin): the listeners would poll
+      // readable at once and spin, so wait on the control pipe alone for a
+      // moment, then try again.
+      const bool starved = starved_;
+      for (std::size_t i = 0; starved && i < n; ++i) polls_[i].fd = ~polls_[i].fd;  // poll skips fd < 0
+      int ready =
+          PREFORK_SYSCALL(poll)(polls_.data(), polls_.size(), starved ? std::min(tick_ms_, 100) : tick_ms_);
+      int poll_errno = errno;
+      for (std::size_t i = 0; starved && i < n; ++i) polls_[i].fd = ~polls_[i].fd;
+      starved_ = false;
+      if (ready == -1 && poll_errno != EINTR) throw_system_error("poll", poll_errno);
       tick();
       check_rss();
-      if (ready <= 0) continue;
-      if (polls_[n].revents != 0) {
+      if (ready <= 0 && !starved) continue;
+      if (ready > 0 && polls_[n].revents != 0) {
         control_checked_ns_ = detail::monotonic_ns();
         read_control();
         if (stopping_) return fd();
@@ -133,8 +144,8 @@ class worker {
       // starve the others.
       for (std::size_t k = 0; k < n; ++k) {
         std::size_t i = (next_listener_ + k) % n;
-        if (polls_[i].revents == 0) continue;
-        if (polls_[i].revents & POLLNVAL)
+        if (!starved && polls_[i].revents == 0) continue;
+        if (!starved && (polls_[i].revents & POLLNVAL))
           throw std::logic_error("worker: listener fd " + std::to_string(polls_[i].fd) + " is not open");
         if (fd conn = take_connection(polls_[i].fd, i)) return conn;
       }
@@ -187,6 +198,7 @@ class worker {
   fd take_connection(int listener, std::size_t i) {
     int conn = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
     if (conn >= 0) {
+      starved_logged_ = false;
       next_listener_ = (i + 1) % listeners_->size();
       set_state(worker_state::busy);
       return fd(conn);
@@ -194,6 +206,15 @@ class worker {
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED ||
         errno == EPROTO || errno == EPERM)
       return fd();
+    if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+      if (!starved_logged_) {  // once per episode, not once per try
+        starved_logged_ = true;
+        detail::log_event(*config_, worker_name() + ": accept4: " + std::strerror(errno) +
+                                        "; pausing accepts until descriptors are free");
+      }
+      starved_ = true;
+      return fd();
+    }
     throw_system_error("accept4 fd " + std::to_string(listener));
   }
 
@@ -296,6 +317,8 @@ class worker {
   std::vector<pollfd> polls_;
   std::size_t next_listener_ = 0;
   std::int64_t control_checked_ns_ = 0;
+  bool starved_ = false;         // the last accept4 ran out of descriptors
+  bool starved_logged_ = false;  // and that episode was logged
   fd statm_;
   mutable bool stopping_ = false;
   mutable bool control_eof_ = false;

@@ -1,5 +1,7 @@
 // The prefork pool: workers, replacement after death, stops, bad input.
 // Real processes, signals and 127.0.0.1 sockets; see pool_harness.hpp.
+#include <sys/resource.h>
+
 #include <sys/stat.h>
 
 #include <condition_variable>
@@ -300,6 +302,34 @@ TEST_CASE("a master that grew a thread refuses to respawn, logs why, and keeps t
     CHECK(refused.find("refusing to fork with 2 threads") != std::string::npos);
     CHECK(std::stol(client(p.address).ask("pid")) == old);  // the old worker still serves
     p.quit();
+  }
+  CHECK(leaks.problems() == "");
+}
+
+TEST_CASE("accept() out of descriptors: logs once, waits instead of spinning or throwing, still stops",
+          "[pool][emfile]") {
+  prefork::test::leak_check leaks;
+  {
+    auto starving = [](prefork::worker& w) {
+      // The lowest free descriptor becomes the limit: accept4 must fail.
+      int lowest = ::fcntl(0, F_DUPFD_CLOEXEC, 0);
+      ::close(lowest);
+      rlimit lim{};
+      ::getrlimit(RLIMIT_NOFILE, &lim);
+      lim.rlim_cur = static_cast<rlim_t>(lowest);
+      ::setrlimit(RLIMIT_NOFILE, &lim);
+      prefork::fd conn = w.accept();
+      events::say(event_fd, conn ? "accepted" : "accept returned: stopping");
+    };
+    pool p(1, {}, starving);
+    p.start(1);
+    client c(p.address);  // queued; the worker cannot take it
+    p.ev.wait_for("pausing accepts until descriptors are free");
+    p.signal(SIGQUIT);
+    p.ev.wait_for("accept returned: stopping");
+    CHECK(p.wait_exit().describe() == "exited 0");
+    CHECK(p.ev.count("pausing accepts") == 1);
+    CHECK(p.ev.count("exited 0") >= 1);
   }
   CHECK(leaks.problems() == "");
 }
