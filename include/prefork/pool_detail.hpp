@@ -133,10 +133,24 @@ inline unsigned thread_count() {
   throw std::runtime_error("cannot read the thread count from /proc/self/status");
 }
 
+// ThreadSanitizer's runtime keeps a background thread of its own in every
+// process and takes care of it around fork; it is not the program's.
+#if defined(__SANITIZE_THREAD__)
+inline constexpr unsigned runtime_threads = 1;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+inline constexpr unsigned runtime_threads = 1;
+#else
+inline constexpr unsigned runtime_threads = 0;
+#endif
+#else
+inline constexpr unsigned runtime_threads = 0;
+#endif
+
 // fork(2) copies only the calling thread: a lock another thread held (in
 // malloc, in stdio) stays locked forever in the child.
 inline void refuse_threads(const char* who) {
-  unsigned n = thread_count();
+  unsigned n = thread_count() - runtime_threads;
   if (n > 1)
     throw std::logic_error(std::string(who) + ": refusing to fork with " + std::to_string(n) +
                            " threads in the master (a lock held by another thread would stay locked in the "
