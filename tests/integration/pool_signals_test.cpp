@@ -219,3 +219,26 @@ TEST_CASE("mark_busy and mark_idle show in the scoreboard for workers with their
   }
   CHECK(leaks.problems() == "");
 }
+
+TEST_CASE("WINCH with a controlling terminal is ignored, with a log line (resizing a terminal sends it)",
+          "[pool][winch]") {
+  prefork::test::leak_check leaks;
+  {
+    // In the master (a session leader without a terminal): open a new
+    // pseudo-terminal without O_NOCTTY, which makes it the controlling one.
+    auto take_a_terminal = [] {
+      int master_side = ::posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+      if (master_side == -1 || ::grantpt(master_side) != 0 || ::unlockpt(master_side) != 0) ::_exit(4);
+      const char* name = ::ptsname(master_side);
+      if (name == nullptr || ::open(name, O_RDWR | O_CLOEXEC) == -1) ::_exit(5);
+    };
+    pool p(2, {}, serve, take_a_terminal);
+    std::set<pid_t> workers = p.start(2);
+    p.signal(SIGWINCH);
+    p.ev.wait_for("received SIGWINCH: ignored, the master has a controlling terminal");
+    CHECK(workers.count(pid_of(client(p.address).ask("pid"))) == 1);  // the same workers still serve
+    CHECK(p.ev.count("exited") == 0);
+    p.quit();
+  }
+  CHECK(leaks.problems() == "");
+}
