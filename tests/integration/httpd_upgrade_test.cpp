@@ -1,0 +1,144 @@
+// prefork-httpd's USR2 upgrades under a client loop, both modes, both worker
+// modes: every request made while the binary is replaced gets its whole
+// answer. (The pool's own upgrade protocol, with its rollbacks, is tested
+// in upgrade_test.cpp; this proves the server built on it keeps the promise.)
+#include <sys/syscall.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "catch.hpp"
+#include "httpd_support.hpp"
+#include "leak_check.hpp"
+
+using namespace httpd_test;
+namespace fs = std::filesystem;
+
+namespace {
+
+// New connections, one GET /hello each, until stopped; counts what failed.
+class client_loop {
+ public:
+  explicit client_loop(int port)
+      : thread_([this, port] {
+          while (!stop_) {
+            try {
+              response r = get(port, "/hello");
+              if (r.status == 200 && r.body == "Hello, World!")
+                ++served_;
+              else
+                ++failed_;
+            } catch (const std::exception&) {
+              ++failed_;
+            }
+          }
+        }) {}
+  ~client_loop() { finish(); }
+  void finish() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  // Waits until `more` further requests were answered (the loop is alive).
+  void wait_for_more(int more) {
+    int target = served_ + more;
+    auto deadline = steady::now() + patience;
+    while (served_ < target && failed_ == 0 && steady::now() < deadline) std::this_thread::yield();
+  }
+  int served() const { return served_; }
+  int failed() const { return failed_; }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::atomic<int> served_{0}, failed_{0};
+  std::thread thread_;
+};
+
+pid_t read_pid(const fs::path& p) {
+  std::ifstream in(p);
+  pid_t pid = 0;
+  in >> pid;
+  return pid;
+}
+
+// Waits for a process that is not our child to exit (a pidfd polls
+// readable then).
+bool gone_within(pid_t pid, std::chrono::milliseconds limit) {
+  int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (pidfd == -1) return errno == ESRCH;
+  pollfd p{pidfd, POLLIN, 0};
+  int r = ::poll(&p, 1, static_cast<int>(limit.count()));
+  ::close(pidfd);
+  return r == 1;
+}
+
+}  // namespace
+
+TEST_CASE("prefork-httpd in-place upgrades (USR2) under load: same PID, no request lost",
+          "[httpd][upgrade]") {
+  for (const char* mode : {"evented", "blocking"}) {
+    DYNAMIC_SECTION("-m " << mode) {
+      prefork::test::leak_check leaks;
+      {
+        server s({"-m", mode, "--upgrade", "in-place", "--graceful-timeout", "5"});
+        const pid_t master = s.pid();
+        client_loop load(s.port());
+        load.wait_for_more(50);
+        for (int n = 1; n <= 3; ++n) {
+          s.signal(SIGUSR2);
+          s.wait_log("upgrade " + std::to_string(n) + " complete");
+          load.wait_for_more(50);
+        }
+        load.finish();
+        INFO("server log:\n" << s.log());
+        CHECK(load.failed() == 0);
+        CHECK(load.served() >= 200);
+        CHECK(s.pid() == master);
+        CHECK(get(s.port(), "/hello").body == "Hello, World!");
+        CHECK(s.stop().describe() == "exited 0");
+      }
+      CHECK(leaks.problems() == "");
+    }
+  }
+}
+
+TEST_CASE("prefork-httpd fork_exec upgrade (USR2) under load: a new master takes over, no request lost",
+          "[httpd][upgrade]") {
+  for (const char* mode : {"evented", "blocking"}) {
+    DYNAMIC_SECTION("-m " << mode) {
+      prefork::test::leak_check leaks;
+      fs::path dir = fs::temp_directory_path() / ("prefork-httpd-upgrade-" + std::to_string(::getpid()));
+      fs::create_directories(dir);
+      const fs::path pid_path = dir / "httpd.pid";
+      {
+        server s({"-m", mode, "--upgrade", "fork-exec", "--graceful-timeout", "5", "-P", pid_path.string()});
+        const pid_t old_master = s.pid();
+        REQUIRE(read_pid(pid_path) == old_master);
+        client_loop load(s.port());
+        load.wait_for_more(50);
+        s.signal(SIGUSR2);
+        // The new master starts its workers, then QUITs the old one, which
+        // drains and exits 0: that is the end of the upgrade.
+        auto old_status =
+            s.process().wait_for(std::chrono::duration_cast<std::chrono::milliseconds>(patience));
+        REQUIRE(old_status);
+        CHECK(old_status->describe() == "exited 0");
+        const pid_t new_master = read_pid(pid_path);
+        load.wait_for_more(50);
+        load.finish();
+        INFO("server log:\n" << s.log());
+        CHECK(load.failed() == 0);
+        CHECK(load.served() >= 100);
+        CHECK(new_master != old_master);
+        CHECK_FALSE(fs::exists(pid_path.string() + ".oldbin"));
+        // The new master is not our child: stop it by its PID and watch it go.
+        REQUIRE(new_master > 0);
+        REQUIRE(::kill(new_master, SIGQUIT) == 0);
+        CHECK(gone_within(new_master, 20s));
+      }
+      fs::remove_all(dir);
+      CHECK(leaks.problems() == "");
+    }
+  }
+}
