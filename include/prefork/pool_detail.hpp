@@ -362,33 +362,10 @@ inline void reopen_logs(const pool_config& config, const pool_state& s) {
 
 // notify() with bounded patience: the master's loop must not stall behind
 // a service manager that does not read (a datagram queue holds only
-// net.unix.max_dgram_qlen messages, 10 on a bare kernel). Connected, the
-// socket polls writable once the receiver has room. False: dropped.
+// net.unix.max_dgram_qlen messages, 10 on a bare kernel). False: dropped.
 inline bool notify_service(std::string_view what, std::chrono::milliseconds patience) noexcept {
-  const char* where = std::getenv("NOTIFY_SOCKET");
-  if (!where || (where[0] != '/' && where[0] != '@')) return false;
-  std::string_view name(where);
-  sockaddr_un addr{};
-  if (name.size() >= sizeof addr.sun_path) return false;
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, name.data(), name.size());
-  auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size());
-  if (name[0] == '@')
-    addr.sun_path[0] = '\0';  // abstract: no terminator
-  else
-    len = static_cast<socklen_t>(len + 1);
-  fd sock(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!sock || ::connect(sock.get(), reinterpret_cast<const sockaddr*>(&addr), len) == -1) return false;
-  const auto deadline = std::chrono::steady_clock::now() + patience;
-  for (;;) {
-    if (::send(sock.get(), what.data(), what.size(), MSG_NOSIGNAL) >= 0) return true;
-    if (errno == EINTR) continue;
-    auto left =
-        std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
-    if (errno != EAGAIN || left <= 0) return false;
-    pollfd p{sock.get(), POLLOUT, 0};
-    ::poll(&p, 1, static_cast<int>(left));
-  }
+  std::error_code ec;
+  return notify(what, ec, patience);
 }
 
 // What the master tells systemd besides READY, RELOADING and STOPPING: a

@@ -14,9 +14,10 @@
 // every half interval. Socket activation (LISTEN_FDS) is in exec.hpp, with
 // the rest of descriptor inheritance.
 //
-// Stands on socket(2) (SOCK_CLOEXEC) and sendto(2).
+// Stands on socket(2) (SOCK_CLOEXEC), connect(2), send(2) and poll(2).
 #pragma once
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -42,7 +43,14 @@ namespace prefork {
 // is not set; false with `ec` set when sending failed (EAFNOSUPPORT for an
 // address that is neither a path nor '@'-abstract, ENAMETOOLONG when it does
 // not fit a sockaddr_un); true once the datagram is sent. Allocates nothing.
-inline bool notify(std::string_view state, std::error_code& ec) noexcept {
+//
+// The send blocks while systemd's queue is full, as libsystemd's does:
+// READY=1 must not be dropped because the manager was momentarily busy.
+// With `patience`, it waits at most that long (0: not at all) and then fails
+// with EAGAIN: for a loop that must not hang on a manager that stopped
+// reading (the pool's master sends its STATUS and WATCHDOG lines that way).
+inline bool notify(std::string_view state, std::error_code& ec,
+                   std::optional<std::chrono::milliseconds> patience = std::nullopt) noexcept {
   ec.clear();
   const char* where = std::getenv("NOTIFY_SOCKET");
   if (!where || !*where) return false;
@@ -57,17 +65,25 @@ inline bool notify(std::string_view state, std::error_code& ec) noexcept {
     addr.sun_path[0] = '\0';  // abstract: the name is the bytes after the NUL, no terminator
   else
     len = static_cast<socklen_t>(len + 1);
-  prefork::fd sock(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  prefork::fd sock(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | (patience ? SOCK_NONBLOCK : 0), 0));
   if (!sock) return detail::fail(ec);
-  // MSG_NOSIGNAL: a vanished receiver must not kill us with SIGPIPE. A
-  // blocking send, as libsystemd does: READY=1 must not be dropped because
-  // systemd's queue was momentarily full.
-  ssize_t sent = detail::retry([&] {
-    return PREFORK_SYSCALL(sendto)(sock.get(), state.data(), state.size(), MSG_NOSIGNAL,
-                                   reinterpret_cast<const sockaddr*>(&addr), len);
-  });
-  if (sent == -1) return detail::fail(ec);
-  return true;
+  // Connected, a datagram socket polls writable only once the receiver's
+  // queue has room (unconnected, poll would say yes at once and we would spin).
+  if (detail::retry([&] {
+        return PREFORK_SYSCALL(connect)(sock.get(), reinterpret_cast<const sockaddr*>(&addr), len);
+      }) == -1)
+    return detail::fail(ec);
+  const auto deadline = std::chrono::steady_clock::now() + patience.value_or(std::chrono::milliseconds(0));
+  for (;;) {
+    // MSG_NOSIGNAL: a vanished receiver must not kill us with SIGPIPE.
+    ssize_t sent = detail::retry(
+        [&] { return PREFORK_SYSCALL(send)(sock.get(), state.data(), state.size(), MSG_NOSIGNAL); });
+    if (sent != -1) return true;
+    auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (errno != EAGAIN || !patience || left.count() <= 0) return detail::fail(ec);
+    pollfd p{sock.get(), POLLOUT, 0};
+    detail::retry([&] { return PREFORK_SYSCALL(poll)(&p, 1, static_cast<int>(left.count())); });
+  }
 }
 
 // The same; throws std::system_error naming NOTIFY_SOCKET on failure.

@@ -232,3 +232,25 @@ TEST_CASE("watchdog_interval reads WATCHDOG_USEC, for this process only", "[syst
     CHECK(watchdog_error().find("malformed WATCHDOG_PID=\"me\"") != std::string::npos);
   }
 }
+
+TEST_CASE("notify with patience gives up with EAGAIN on a manager that stopped reading", "[systemd]") {
+  prefork::test::leak_check leaks;
+  {
+    std::string name = "@" + unique("notify-full");
+    prefork::fd sock = bind_datagram(name);  // never read from
+    env_var e("NOTIFY_SOCKET", name);
+    std::error_code ec;
+    int sent = 0;
+    // The receiver's queue holds net.unix.max_dgram_qlen datagrams; after
+    // that each call waits its patience out and reports EAGAIN.
+    while (sent < 10000 && prefork::notify("STATUS=filling", ec, std::chrono::milliseconds(20))) ++sent;
+    CHECK(sent > 0);
+    CHECK(sent < 10000);
+    CHECK(ec == std::errc::resource_unavailable_try_again);
+    // Drained by one read, the queue takes the next datagram again.
+    CHECK(receive(sock.get()).first == "STATUS=filling");
+    CHECK(prefork::notify("READY=1", ec, std::chrono::milliseconds(0)));
+    CHECK_FALSE(ec);
+  }
+  CHECK(leaks.problems() == "");
+}
