@@ -57,7 +57,7 @@ if (has(http)) {
   set boxwidth 0.9
   set xtics rotate by -25 scale 0
   set yrange [0:*]
-  set key top right
+  set key outside bottom center horizontal  # never over a bar
   plot http using 2:xtic(1) title "keep-alive (-c64)", \
        "" using 3 title "new connection per request (-c16)"
 } else {
