@@ -184,7 +184,14 @@ TEST_CASE("a worker that never waits for a connection (the accept fast path) sti
         if (queued.size() > 8) queued.erase(queued.begin());
       }
     });
-    while (served < 50) std::this_thread::yield();
+    const auto warm_until = std::chrono::steady_clock::now() + 20s;
+    while (served < 50 && !done && std::chrono::steady_clock::now() < warm_until) std::this_thread::yield();
+    if (served < 50) {
+      done = true;
+      load.join();
+      FAIL("the pool served " << served << " requests, not 50, before the deadline; log:\n"
+                              << p.ev.transcript());
+    }
     p.signal(SIGQUIT);
     CHECK(p.wait_exit().describe() == "exited 0");
     done = true;
