@@ -21,54 +21,17 @@
 #include <string>
 #include <vector>
 
+#include "helpers.hpp"
 #include "leak_check.hpp"
+#include "temp_dir.hpp"
 
 namespace fs = std::filesystem;
 
+using prefork::test::fork_child;
+using prefork::test::slurp;
+using prefork::test::temp_dir;
+
 namespace {
-
-struct temp_dir {
-  fs::path path;
-  temp_dir() {
-    std::string tmpl = (fs::temp_directory_path() / "prefork-file-XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  fs::path operator/(const std::string& name) const { return path / name; }
-  std::set<std::string> names() const {
-    std::set<std::string> out;
-    for (auto& e : fs::directory_iterator(path)) out.insert(e.path().filename().string());
-    return out;
-  }
-};
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-// Runs `body` in a child that exits with its return value (or 99 when it
-// throws). The child never returns into the test framework.
-pid_t fork_child(const std::function<int()>& body) {
-  pid_t pid = ::fork();
-  REQUIRE(pid != -1);
-  if (pid == 0) {
-    int code = 99;
-    try {
-      code = body();
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "child %d: %s\n", ::getpid(), e.what());
-    }
-    ::_exit(code);
-  }
-  return pid;
-}
 
 int wait_exit(pid_t pid) {
   int status = 0;

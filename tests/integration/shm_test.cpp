@@ -21,6 +21,8 @@
 #include "helpers.hpp"
 #include "leak_check.hpp"
 
+using prefork::test::fork_child;
+
 namespace {
 
 struct board {
@@ -28,21 +30,6 @@ struct board {
   std::uint32_t slot[8];  // plain data: each child writes only its own
   char note[32];
 };
-
-pid_t fork_child(const std::function<int()>& body) {
-  pid_t pid = ::fork();
-  REQUIRE(pid != -1);
-  if (pid == 0) {
-    int code = 99;
-    try {
-      code = body();
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "child %d: %s\n", ::getpid(), e.what());
-    }
-    ::_exit(code);
-  }
-  return pid;
-}
 
 // fork + exec of a helper of this executable, with `keep` inherited (its
 // CLOEXEC cleared in the child only, between fork and exec).

@@ -11,11 +11,15 @@
 
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
+#include <functional>
 #include <map>
 #include <string>
+#include <system_error>
 #include <vector>
 
 namespace prefork::test {
@@ -63,6 +67,24 @@ inline std::string bin_path(const std::string& program) {
   }
   std::string self = self_exe();
   return self.substr(0, self.rfind('/') + 1) + program;
+}
+
+// Runs `body` in a forked child that exits with its return value (99 when it
+// throws, after saying why on stderr); the child never returns into the test
+// framework. The caller reaps the returned PID.
+inline pid_t fork_child(const std::function<int()>& body) {
+  pid_t pid = ::fork();
+  if (pid == -1) throw std::system_error(errno, std::generic_category(), "fork");
+  if (pid == 0) {
+    int code = 99;
+    try {
+      code = body();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "child %d: %s\n", ::getpid(), e.what());
+    }
+    ::_exit(code);
+  }
+  return pid;
 }
 
 // Called first by the test mains: runs a helper and returns its exit code, or

@@ -17,37 +17,14 @@
 #include <thread>
 
 #include "leak_check.hpp"
+#include "temp_dir.hpp"
 
 namespace fs = std::filesystem;
 
+using prefork::test::slurp;
+using prefork::test::temp_dir;
+
 namespace {
-
-// A fresh directory, removed with everything in it at the end.
-struct temp_dir {
-  fs::path path;
-  temp_dir() {
-    std::string tmpl = (fs::temp_directory_path() / "prefork-file-XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  fs::path operator/(const std::string& name) const { return path / name; }
-  std::set<std::string> names() const {
-    std::set<std::string> out;
-    for (auto& e : fs::directory_iterator(path)) out.insert(e.path().filename().string());
-    return out;
-  }
-};
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 void spit(const fs::path& p, const std::string& text) { std::ofstream(p, std::ios::binary) << text; }
 
