@@ -66,9 +66,11 @@ class worker {
   const prefork::scoreboard& scoreboard() const noexcept { return *board_; }
 
   // Heartbeat. accept() ticks by itself; call tick() inside long requests.
-  // The first tick (or accept) after after_fork makes the worker ready.
+  // The first tick (or accept) after after_fork makes the worker ready. It
+  // costs a few nanoseconds (a store of CLOCK_MONOTONIC_COARSE), so an
+  // event loop can tick every turn.
   void tick() noexcept {
-    cells().last_tick_ns.store(detail::monotonic_ns(), std::memory_order_relaxed);
+    cells().last_tick_ns.store(detail::coarse_monotonic_ns(), std::memory_order_relaxed);
     if (state() == worker_state::booting) {
       set_state(worker_state::idle);
       wake_master();
