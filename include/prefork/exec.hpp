@@ -123,19 +123,25 @@ inline bool is_protocol_variable(std::string_view entry) {
   return false;
 }
 
+// Names published in PREFORK_FDNAMES: none, or one per descriptor, each
+// non-empty and free of the list's separators.
+inline void check_fd_names(const std::string& who, const std::vector<std::string>& names, std::size_t fds) {
+  if (!names.empty() && names.size() != fds)
+    throw std::invalid_argument(who + ": " + std::to_string(names.size()) + " names for " + std::to_string(fds) +
+                                " descriptors");
+  for (const std::string& name : names)
+    if (name.empty() || name.find_first_of(":=\n", 0) != std::string::npos ||
+        name.find('\0') != std::string::npos)
+      throw std::invalid_argument(who + ": descriptor name \"" + name +
+                                  "\" is empty or holds ':', '=' or a newline");
+}
+
 // `program` is what to execute (searched in PATH when it has no '/');
 // argv[0] is passed unchanged.
 [[noreturn]] inline void exec_program(const std::string& program, const std::vector<std::string>& argv,
                                       const std::vector<int>& keep, const std::vector<std::string>& names) {
   if (argv.empty() || program.empty()) throw std::invalid_argument("exec: empty argv");
-  if (!names.empty() && names.size() != keep.size())
-    throw std::invalid_argument("exec: " + std::to_string(names.size()) + " names for " +
-                                std::to_string(keep.size()) + " kept descriptors");
-  for (const std::string& name : names)
-    if (name.empty() || name.find_first_of(":=\n", 0) != std::string::npos ||
-        name.find('\0') != std::string::npos)
-      throw std::invalid_argument("exec: descriptor name \"" + name +
-                                  "\" is empty or holds ':', '=' or a newline");
+  check_fd_names("exec", names, keep.size());
   for (std::size_t i = 0; i < keep.size(); ++i) {
     if (keep[i] < 0) throw std::invalid_argument("exec: cannot keep descriptor " + std::to_string(keep[i]));
     for (std::size_t j = 0; j < i; ++j)

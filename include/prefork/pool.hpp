@@ -67,11 +67,17 @@ class master {
     if (config_.max_workers < config_.workers)
       throw std::invalid_argument("pool_config: max_workers (" + std::to_string(config_.max_workers) +
                                   ") is below workers (" + std::to_string(config_.workers) + ")");
-    if (config_.listeners.empty()) config_.listeners = inherited_fds();
+    if (config_.listeners.empty()) {
+      inherited given = take_inherited_fds();
+      config_.listeners = std::move(given.fds);
+      bool named = std::any_of(given.names.begin(), given.names.end(), [](auto& n) { return !n.empty(); });
+      if (config_.listener_names.empty() && named) config_.listener_names = std::move(given.names);
+    }
     if (config_.listeners.empty())
       throw std::invalid_argument(
           "pool_config: no listeners (none given, none inherited through PREFORK_FDS or LISTEN_FDS)");
     for (const fd& l : config_.listeners) detail::check_listener(l.get());
+    detail::check_fd_names("pool_config: listener_names", config_.listener_names, config_.listeners.size());
     // A new image of an in-place upgrade takes the old one's scoreboard,
     // wake-up pipe and workers instead.
     adopted_ = upgrade_.take_over(state_, config_);

@@ -63,10 +63,11 @@ inline constexpr char upgrade_from_variable[] = "PREFORK_UPGRADE_FROM";  // fork
 inline constexpr char handover_variable[] = "PREFORK_UPGRADE_STATE";     // in_place: "PIPE_FD,COURIER_PID"
 
 // Our environment for the next program: without the descriptor protocol's
-// variables (the caller adds PREFORK_FDS), our own upgrade variables, and,
-// for a new PID, WATCHDOG_PID (systemd's watchdog then applies to whoever
-// is the main process).
-inline std::vector<std::string> successor_environment(std::vector<std::string> extra, bool new_pid) {
+// variables (the caller adds PREFORK_FDS; the listeners' names, if any, are
+// added here), our own upgrade variables, and, for a new PID, WATCHDOG_PID
+// (systemd's watchdog then applies to whoever is the main process).
+inline std::vector<std::string> successor_environment(std::vector<std::string> extra,
+                                                      const std::vector<std::string>& names, bool new_pid) {
   std::vector<std::string> env;
   auto named = [](std::string_view entry, std::string_view name) {
     return entry.size() > name.size() && entry.substr(0, name.size()) == name && entry[name.size()] == '=';
@@ -79,6 +80,11 @@ inline std::vector<std::string> successor_environment(std::vector<std::string> e
     env.emplace_back(entry);
   }
   for (std::string& x : extra) env.push_back(std::move(x));
+  if (!names.empty()) {
+    std::string list = "PREFORK_FDNAMES=";
+    for (std::size_t i = 0; i < names.size(); ++i) list += (i ? ":" : "") + names[i];
+    env.push_back(std::move(list));
+  }
   return env;
 }
 
@@ -90,14 +96,14 @@ inline std::string fd_list(const std::vector<int>& fds) {
 
 // fork_exec: the new master, with stdin, stdout, stderr and the listeners
 // at their numbers, everything else closed, default signal dispositions.
-inline child spawn_successor(const std::vector<int>& listeners) {
+inline child spawn_successor(const std::vector<int>& listeners, const std::vector<std::string>& names) {
   spawn_options options;
   for (int n = 0; n <= 2; ++n)
     if (::fcntl(n, F_GETFD) != -1) options.fds.emplace_back(n, n);
   for (int l : listeners) options.fds.emplace_back(l, l);
-  options.env = successor_environment({"PREFORK_FDS=" + fd_list(listeners),
-                                       std::string(upgrade_from_variable) + "=" + std::to_string(::getpid())},
-                                      true);
+  options.env = successor_environment(
+      {"PREFORK_FDS=" + fd_list(listeners), std::string(upgrade_from_variable) + "=" + std::to_string(::getpid())},
+      names, true);
   options.cwd = startup_cwd();  // where a relative argv[0] was found at start
   return spawn(startup_argv(), options);
 }
@@ -106,8 +112,8 @@ inline child spawn_successor(const std::vector<int>& listeners) {
 // PREFORK_FDS) and `hidden` (not published: their numbers travel in the
 // state) at their numbers. Returns only by throwing, with every descriptor
 // flag as it was.
-inline void exec_handing_over(const std::vector<int>& listeners, const std::vector<int>& hidden,
-                              std::vector<std::string> extra_env) {
+inline void exec_handing_over(const std::vector<int>& listeners, const std::vector<std::string>& names,
+                              const std::vector<int>& hidden, std::vector<std::string> extra_env) {
   const std::vector<std::string>& argv = startup_argv();
   std::string program = argv[0];
   if (program.find('/') == std::string::npos) {
@@ -133,7 +139,7 @@ inline void exec_handing_over(const std::vector<int>& listeners, const std::vect
     program = (startup_cwd() / program).string();
   }
   extra_env.push_back("PREFORK_FDS=" + fd_list(listeners));
-  std::vector<std::string> env = successor_environment(std::move(extra_env), false);
+  std::vector<std::string> env = successor_environment(std::move(extra_env), names, false);
   std::vector<char*> argv_ptrs, env_ptrs;
   for (const std::string& a : argv) argv_ptrs.push_back(const_cast<char*>(a.c_str()));
   argv_ptrs.push_back(nullptr);
@@ -283,7 +289,7 @@ class upgrader {
         pid.rename_to(config.pid_file.string() + ".oldbin");
         renamed = ", pid file renamed to " + pid.path().string();
       }
-      successor_ = spawn_successor(listeners);
+      successor_ = spawn_successor(listeners, config.listener_names);
     } catch (const std::exception& e) {
       std::string restored = restore_pid_file(config, pid);
       return log_event(config, std::string("upgrade failed: cannot start the new master: ") + e.what() +
@@ -315,7 +321,7 @@ class upgrader {
     log_event(config, "received SIGUSR2: upgrading in place (upgrade " + std::to_string(next) +
                           "): exec'ing " + where + "; courier pid " + std::to_string(courier.pid()));
     try {
-      exec_handing_over(listeners, hidden,
+      exec_handing_over(listeners, config.listener_names, hidden,
                         {std::string(handover_variable) + "=" + std::to_string(ends.read.get()) + "," +
                          std::to_string(courier.pid())});
     } catch (const std::exception& e) {

@@ -172,6 +172,15 @@ TEST_CASE("bad input is refused with a clear error before any fork", "[pool][err
   }
   {
     prefork::pool_config c = config_with_listener();
+    c.listener_names = {"web", "admin"};
+    CHECK_THROWS_WITH(prefork::master(std::move(c)),
+                      Catch::Contains("pool_config: listener_names: 2 names for 1 descriptors"));
+    prefork::pool_config d = config_with_listener();
+    d.listener_names = {"web:admin"};
+    CHECK_THROWS_WITH(prefork::master(std::move(d)), Catch::Contains("\"web:admin\" is empty or holds ':'"));
+  }
+  {
+    prefork::pool_config c = config_with_listener();
     c.pid_file = "/nonexistent-prefork-dir/master.pid";
     prefork::master m(std::move(c));
     CHECK_THROWS_WITH(m.run(noop), Catch::Contains("/nonexistent-prefork-dir"));

@@ -74,6 +74,10 @@ PREFORK_HELPER(upgrade_master) {
     say("boot " + std::to_string(::getpid()) + ": failing on purpose");
     return 1;
   }
+  // What the pool takes from the environment with the listeners, so the
+  // test sees that each new image was given their names.
+  const char* names = std::getenv("PREFORK_FDNAMES");
+  say("boot " + std::to_string(::getpid()) + ": listener names \"" + (names ? names : "") + "\"");
   try {
     prefork::pool_config config;
     config.upgrade = std::string(argv[0]) == "in_place" ? prefork::upgrade_mode::in_place
@@ -252,6 +256,24 @@ TEST_CASE("fork_exec: 10 upgrades under load, no connection lost", "[upgrade][fo
     CHECK(load.failures() == std::vector<std::string>{});
     m.check_one_master();
     m.quit();
+  }
+  CHECK(leaks.problems() == "");
+}
+
+TEST_CASE("both modes: the listeners' names go with them to the new image", "[upgrade][names]") {
+  prefork::test::leak_check leaks;
+  for (std::string mode : {"fork_exec", "in_place"}) {
+    DYNAMIC_SECTION(mode) {
+      pool_master m(mode, 1, false, {"PREFORK_FDNAMES=web"});
+      m.log.wait_for("boot " + std::to_string(m.pid()) + ": listener names \"web\"");
+      if (mode == "fork_exec") {
+        m.upgrade_fork_exec();
+      } else {
+        m.upgrade_in_place(1);
+      }
+      m.log.wait_for("boot " + std::to_string(m.pid()) + ": listener names \"web\"");
+      m.quit();
+    }
   }
   CHECK(leaks.problems() == "");
 }
