@@ -127,8 +127,8 @@ inline bool is_protocol_variable(std::string_view entry) {
 // non-empty and free of the list's separators.
 inline void check_fd_names(const std::string& who, const std::vector<std::string>& names, std::size_t fds) {
   if (!names.empty() && names.size() != fds)
-    throw std::invalid_argument(who + ": " + std::to_string(names.size()) + " names for " + std::to_string(fds) +
-                                " descriptors");
+    throw std::invalid_argument(who + ": " + std::to_string(names.size()) + " names for " +
+                                std::to_string(fds) + " descriptors");
   for (const std::string& name : names)
     if (name.empty() || name.find_first_of(":=\n", 0) != std::string::npos ||
         name.find('\0') != std::string::npos)

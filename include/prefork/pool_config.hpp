@@ -32,13 +32,13 @@ struct pool_config {
   std::chrono::milliseconds timeout{60000};           // a worker silent this long is SIGKILLed
   std::chrono::milliseconds graceful_timeout{30000};  // QUIT: how long workers may finish
   std::vector<fd> listeners;                          // empty: take_inherited_fds()
+  std::filesystem::path pid_file;                     // optional
+  upgrade_mode upgrade = upgrade_mode::fork_exec;
   // Optional, one per listener ("http", "admin"): handed to the new image
   // with the listeners on USR2 (PREFORK_FDNAMES), so a program that finds its
   // sockets by name, as under systemd's socket activation, finds them again.
   // Taken from the environment with the listeners when those are inherited.
   std::vector<std::string> listener_names;
-  std::filesystem::path pid_file;                     // optional
-  upgrade_mode upgrade = upgrade_mode::fork_exec;
   // USR2: how long the new workers may take to be ready. fork_exec then
   // stops the new master and the old one carries on; in_place (whose old
   // workers serve until replaced) accepts another USR2 from then on.

@@ -101,9 +101,9 @@ inline child spawn_successor(const std::vector<int>& listeners, const std::vecto
   for (int n = 0; n <= 2; ++n)
     if (::fcntl(n, F_GETFD) != -1) options.fds.emplace_back(n, n);
   for (int l : listeners) options.fds.emplace_back(l, l);
-  options.env = successor_environment(
-      {"PREFORK_FDS=" + fd_list(listeners), std::string(upgrade_from_variable) + "=" + std::to_string(::getpid())},
-      names, true);
+  options.env = successor_environment({"PREFORK_FDS=" + fd_list(listeners),
+                                       std::string(upgrade_from_variable) + "=" + std::to_string(::getpid())},
+                                      names, true);
   options.cwd = startup_cwd();  // where a relative argv[0] was found at start
   return spawn(startup_argv(), options);
 }
