@@ -104,7 +104,7 @@ std::string wait_for_lines(const std::string& file, const std::vector<std::strin
   REQUIRE(::inotify_add_watch(in.get(), file.c_str(), IN_MODIFY) >= 0);
   auto deadline = steady::now() + patience;
   for (;;) {
-    std::string text = eco_test::slurp(file);
+    std::string text = prefork::test::slurp(file);
     bool all = true;
     for (const std::string& n : needles) all = all && text.find(n) != std::string::npos;
     if (all) return text;
@@ -191,7 +191,7 @@ TEST_CASE("the status page and the demo site in headless Chromium", "[browser]")
                                       base + "/_status");
       INFO(r.describe << "\nstderr:\n" << r.err);
       REQUIRE(r.describe == "exited 0");
-      std::string png = eco_test::slurp(shot);
+      std::string png = prefork::test::slurp(shot);
       CHECK(png_size(png) == std::pair<unsigned, unsigned>(1200, 800));
       WARN("screenshot: " << shot);
     }

@@ -1,27 +1,37 @@
-// tests/integration/chaos_support.hpp: looking at prefork-httpd's processes
-// from the outside, through /proc, for the chaos, hostile-client and leak
-// tests: who the master's children are and in what state, how many
-// descriptors a process holds, its resident size, its CPU time, its
-// credentials. Nothing here asks the server itself, so a wedged or dying
-// worker cannot make a measurement lie.
+// tests/integration/chaos_support.hpp: what the chaos, hostile-client and
+// leak tests add to httpd_support.hpp. They look at prefork-httpd's processes
+// from the outside, through /proc (proc.hpp): who the master's children are
+// and in what state, how many descriptors a process holds, its resident
+// size, its CPU time, its credentials. Nothing asks the server itself, so a
+// wedged or dying worker cannot make a measurement lie.
 #pragma once
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdlib>
-#include <fstream>
-#include <sstream>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "httpd_support.hpp"
+#include "proc.hpp"
 
 namespace chaos {
 
 using namespace httpd_test;
+
+// The readers of /proc (proc.hpp) by their short names: children_of(master)
+// is its live workers, children_of(master, kids::zombies) the unreaped.
+using prefork::test::children_of;
+using prefork::test::cpu_ticks;
+using prefork::test::fd_count;
+using prefork::test::kids;
+using prefork::test::slurp;
+using prefork::test::state_of;
+using prefork::test::status_line;
+using prefork::test::status_number;
 
 // Under AddressSanitizer freed memory sits in a quarantine, so a process's
 // resident size says nothing about leaks (LeakSanitizer does): the figures
@@ -38,93 +48,10 @@ constexpr bool rss_meaningful = true;
 constexpr bool rss_meaningful = true;
 #endif
 
-inline std::string slurp(const std::string& file) {
-  std::ifstream in(file, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 inline std::size_t count_of(const std::string& text, std::string_view needle) {
   std::size_t n = 0;
   for (auto at = text.find(needle); at != std::string::npos; at = text.find(needle, at + needle.size())) ++n;
   return n;
-}
-
-// Fields of /proc/PID/stat after "(comm)": index 0 is the state.
-inline std::vector<std::string> stat_fields(pid_t pid) {
-  std::string line = slurp("/proc/" + std::to_string(pid) + "/stat");
-  auto close = line.rfind(')');
-  std::vector<std::string> out;
-  if (close == std::string::npos) return out;
-  std::istringstream rest(line.substr(close + 2));
-  for (std::string f; rest >> f;) out.push_back(f);
-  return out;
-}
-
-inline char state_of(pid_t pid) {
-  auto f = stat_fields(pid);
-  return f.empty() ? '?' : f[0][0];
-}
-
-// User plus system CPU time, in clock ticks.
-inline long cpu_ticks(pid_t pid) {
-  auto f = stat_fields(pid);
-  return f.size() > 12 ? std::atol(f[11].c_str()) + std::atol(f[12].c_str()) : -1;
-}
-
-struct child_info {
-  pid_t pid;
-  char state;
-};
-
-// The children of pid, zombies included (a zombie is what we look for).
-inline std::vector<child_info> children_of(pid_t pid) {
-  std::vector<child_info> out;
-  std::string p = std::to_string(pid);
-  std::istringstream list(slurp("/proc/" + p + "/task/" + p + "/children"));
-  for (pid_t kid; list >> kid;) out.push_back({kid, state_of(kid)});
-  return out;
-}
-
-// Live (not zombie) children: the workers of a master.
-inline std::vector<pid_t> workers_of(pid_t master) {
-  std::vector<pid_t> out;
-  for (const child_info& c : children_of(master))
-    if (c.state != 'Z' && c.state != '?') out.push_back(c.pid);
-  return out;
-}
-
-inline std::size_t zombies_of(pid_t master) {
-  std::size_t n = 0;
-  for (const child_info& c : children_of(master))
-    if (c.state == 'Z') ++n;
-  return n;
-}
-
-inline std::size_t fd_count(pid_t pid) {
-  std::size_t n = 0;
-  DIR* d = ::opendir(("/proc/" + std::to_string(pid) + "/fd").c_str());
-  if (!d) return 0;
-  while (dirent* e = ::readdir(d))
-    if (e->d_name[0] != '.') ++n;
-  ::closedir(d);
-  return n;
-}
-
-// A line of /proc/PID/status, as the number after the name ("VmRSS:", "Uid:").
-inline long status_number(pid_t pid, const std::string& name) {
-  std::string s = slurp("/proc/" + std::to_string(pid) + "/status");
-  auto at = s.find("\n" + name);
-  return at == std::string::npos ? -1 : std::strtol(s.c_str() + at + 1 + name.size(), nullptr, 10);
-}
-
-inline std::string status_line(pid_t pid, const std::string& name) {
-  std::string s = slurp("/proc/" + std::to_string(pid) + "/status");
-  auto at = s.find("\n" + name);
-  if (at == std::string::npos) return "";
-  auto eol = s.find('\n', at + 1);
-  return s.substr(at + 1, eol - at - 1);
 }
 
 inline long rss_kib(pid_t pid) { return status_number(pid, "VmRSS:"); }
@@ -133,12 +60,12 @@ inline long rss_kib(pid_t pid) { return status_number(pid, "VmRSS:"); }
 inline std::vector<pid_t> wait_workers(pid_t master, std::size_t n, steady::duration patience_ = patience) {
   auto deadline = steady::now() + patience_;
   for (;;) {
-    auto w = workers_of(master);
-    if (w.size() == n && zombies_of(master) == 0) return w;
+    std::set<pid_t> w = children_of(master);
+    if (w.size() == n && children_of(master, kids::zombies).empty()) return {w.begin(), w.end()};
     if (steady::now() >= deadline)
       throw std::runtime_error("master " + std::to_string(master) + " has " + std::to_string(w.size()) +
-                               " workers and " + std::to_string(zombies_of(master)) + " zombies, wanted " +
-                               std::to_string(n) + " and none");
+                               " workers and " + std::to_string(children_of(master, kids::zombies).size()) +
+                               " zombies, wanted " + std::to_string(n) + " and none");
     // Nothing to wait on for a /proc change but the master's own log,
     // which the caller reads; poll at a gentle pace until the deadline.
     ::poll(nullptr, 0, 5);

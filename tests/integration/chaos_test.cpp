@@ -143,7 +143,7 @@ TEST_CASE("chaos: 50 workers SIGKILLed under load", "[chaos][kill]") {
         old.clear();
         auto now = steady::now();
         auto eldest = now;
-        for (pid_t w : workers_of(s.pid())) {
+        for (pid_t w : children_of(s.pid())) {
           auto it = seen.emplace(w, now).first;
           if (now - it->second >= std::chrono::milliseconds(1100)) old.push_back(w);
           eldest = std::min(eldest, it->second);
@@ -178,7 +178,7 @@ TEST_CASE("chaos: 50 workers SIGKILLed under load", "[chaos][kill]") {
       if (client.failures()[j] < static_cast<long>(j + 1)) ++unexplained;
     CHECK(unexplained == 0);
     CHECK(client.ok() > 100);
-    CHECK(zombies_of(s.pid()) == 0);
+    CHECK(children_of(s.pid(), kids::zombies).empty());
     CHECK(fd_count(s.pid()) == master_fds);
     // Every one of the n serves: the scoreboard shows each ready and
     // ticking. (Which worker answers is the kernel's choice: with
@@ -288,7 +288,7 @@ TEST_CASE("chaos: out of descriptors, a worker says EMFILE once, idles, and serv
       CHECK(read_response(conns[i].get(), pending).status == 200);
     }
     CHECK(get(s.port(), "/hello").body == "Hello, World!");
-    CHECK(workers_of(s.pid()) == std::vector<pid_t>{worker});
+    CHECK(children_of(s.pid()) == std::set<pid_t>{worker});
     conns.clear();
     check_clean_stop(s);
     CHECK(count_of(s.log(), "EMFILE") == 1);  // once per episode, not per attempt
@@ -438,7 +438,7 @@ TEST_CASE("chaos: ROOT deleted while serving", "[chaos][root]") {
     std::ofstream(root + "/index.html") << "new home\n";
     CHECK(get(s.port(), "/").status == 404);
     CHECK(get(s.port(), "/hello").body == "Hello, World!");
-    CHECK(workers_of(s.pid()) == std::vector<pid_t>{worker});  // nothing crashed
+    CHECK(children_of(s.pid()) == std::set<pid_t>{worker});  // nothing crashed
     keep.reset();
     check_clean_stop(s);
     CHECK(s.log().find("killed") == std::string::npos);

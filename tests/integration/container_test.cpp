@@ -29,6 +29,10 @@
 namespace {
 
 using namespace httpd_test;
+using prefork::test::children_of;
+using prefork::test::kids;
+using prefork::test::parent_of;
+using prefork::test::state_of;
 
 const std::string unshare_tool = "/usr/bin/unshare";
 
@@ -89,12 +93,10 @@ prefork::child start_with(const std::vector<std::string>& argv, int in, int out)
 // The "NSpid:" line of /proc/PID/status: the PID in each namespace, the
 // host's first.
 std::vector<pid_t> ns_pids(pid_t pid) {
-  std::string status = eco_test::slurp("/proc/" + std::to_string(pid) + "/status");
+  std::string line = prefork::test::status_line(pid, "NSpid:");
+  std::istringstream numbers(line.empty() ? "" : line.substr(6));
   std::vector<pid_t> out;
-  auto at = status.find("NSpid:");
-  if (at == std::string::npos) return out;
-  std::istringstream line(status.substr(at + 6, status.find('\n', at) - at - 6));
-  for (long p; line >> p;) out.push_back(static_cast<pid_t>(p));
+  for (long p; numbers >> p;) out.push_back(static_cast<pid_t>(p));
   return out;
 }
 
@@ -124,13 +126,13 @@ TEST_CASE("httpd as PID 1 of a pid namespace reaps orphans and stops cleanly on 
     CHECK(line.find("prefork-httpd[1]:") != std::string::npos);
 
     // unshare's one child is the master: PID 1 inside, some PID outside.
-    std::vector<pid_t> kids = eco_test::children_of(s.pid());
-    REQUIRE(kids.size() == 1);
-    const pid_t master = kids[0];
+    std::set<pid_t> children = children_of(s.pid(), kids::all);
+    REQUIRE(children.size() == 1);
+    const pid_t master = *children.begin();
     std::vector<pid_t> names = ns_pids(master);
     REQUIRE(names.size() == 2);
     CHECK(names[1] == 1);
-    std::vector<pid_t> workers = eco_test::children_of(master);
+    std::set<pid_t> workers = children_of(master, kids::all);
     CHECK(workers.size() == 2);
     CHECK(get(port, "/hello").body == "Hello, World!");
 
@@ -156,14 +158,14 @@ TEST_CASE("httpd as PID 1 of a pid namespace reaps orphans and stops cleanly on 
     pid_t orphan = 0, orphan_inside = 0;
     words >> orphan >> orphan_inside;
     REQUIRE(orphan > 0);
-    CHECK(eco_test::stat_of(orphan).ppid == master);
-    CHECK(std::find(workers.begin(), workers.end(), orphan) == workers.end());
+    CHECK(parent_of(orphan) == master);
+    CHECK(workers.count(orphan) == 0);
 
     // It exits; the master reaps it (the log says so after waitpid, so by
     // then /proc has no trace of it: not even a zombie).
     in.write.reset();
     s.wait_log("reaped unknown child pid " + std::to_string(orphan_inside) + ": exited 0");
-    CHECK(eco_test::stat_of(orphan).state == 0);
+    CHECK(state_of(orphan) == 0);
     CHECK(get(port, "/hello").body == "Hello, World!");
 
     // docker stop: TERM to PID 1. The master stops its workers itself and
@@ -176,9 +178,9 @@ TEST_CASE("httpd as PID 1 of a pid namespace reaps orphans and stops cleanly on 
     CHECK(s.log().find("stop complete") != std::string::npos);
     for (pid_t w : workers) {
       INFO("worker " << w);
-      CHECK(eco_test::stat_of(w).state == 0);
+      CHECK(state_of(w) == 0);
     }
-    CHECK(eco_test::stat_of(master).state == 0);
+    CHECK(state_of(master) == 0);
   }
   CHECK(leaks.problems() == "");
 }

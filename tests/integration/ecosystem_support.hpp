@@ -3,79 +3,37 @@
 //
 // The tests that run prefork-httpd under other programs (systemd-socket-
 // activate, unshare, chromium) need to see what the kernel sees: which
-// processes are whose children, which sockets a process holds and which of
-// them listen, whether a process is a zombie. All of it comes from /proc,
-// read at one moment; the tests only read it after an event (a log line, a
-// datagram, an exit) said the state is reached, never to wait for one.
+// processes are whose children and whether one is a zombie (proc.hpp), which
+// sockets a process holds and which of them listen (here). All of it comes
+// from /proc, read at one moment; the tests only read it after an event (a
+// log line, a datagram, an exit) said the state is reached, never to wait
+// for one.
 #pragma once
 
-#include <dirent.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <optional>
 #include <set>
 #include <sstream>
 #include <string>
-#include <vector>
 
 #include <prefork/fd.hpp>
 #include <prefork/socket.hpp>
 
+#include "proc.hpp"
+
 namespace eco_test {
-
-// The whole of a small file ("" when it cannot be read).
-inline std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
-
-// State letter ('R', 'S', 'Z'...) and parent of a process, from
-// /proc/PID/stat; state 0 once the process is gone (reaped).
-struct proc_stat {
-  char state = 0;
-  pid_t ppid = 0;
-};
-
-inline proc_stat stat_of(pid_t pid) {
-  proc_stat s;
-  std::string line = slurp("/proc/" + std::to_string(pid) + "/stat");
-  // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-  auto close = line.rfind(')');
-  if (close == std::string::npos || close + 2 > line.size()) return s;
-  std::istringstream rest(line.substr(close + 2));
-  rest >> s.state >> s.ppid;
-  return s;
-}
-
-// Live and zombie children of pid, in the order /proc lists them.
-inline std::vector<pid_t> children_of(pid_t pid) {
-  std::vector<pid_t> kids;
-  DIR* dir = ::opendir("/proc");
-  if (!dir) return kids;
-  while (dirent* e = ::readdir(dir)) {
-    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-    pid_t p = static_cast<pid_t>(std::atoi(e->d_name));
-    proc_stat s = stat_of(p);
-    if (s.state && s.ppid == pid) kids.push_back(p);
-  }
-  ::closedir(dir);
-  return kids;
-}
 
 // Inodes of every TCP socket in LISTEN state in this network namespace:
 // the slow way, since /proc/net/tcp lists every TIME_WAIT socket too.
 inline std::set<unsigned long> listening_tcp_inodes() {
   std::set<unsigned long> out;
   for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
-    std::istringstream lines(slurp(table));
+    std::istringstream lines(prefork::test::slurp(table));
     std::string line;
     std::getline(lines, line);  // the column titles
     while (std::getline(lines, line)) {
@@ -93,7 +51,7 @@ inline std::set<unsigned long> listening_tcp_inodes() {
 // The listening TCP sockets held by any of pids, by inode. Each socket is
 // borrowed with pidfd_getfd(2) and asked SO_ACCEPTCONN; where that is not
 // allowed, /proc/net/tcp says which inodes listen.
-inline std::set<unsigned long> listening_sockets_of(const std::vector<pid_t>& pids) {
+inline std::set<unsigned long> listening_sockets_of(const std::set<pid_t>& pids) {
   std::set<unsigned long> out;
   std::optional<std::set<unsigned long>> listening;  // read only if needed
   for (pid_t p : pids) {

@@ -13,17 +13,14 @@
 #include "catch.hpp"
 #include "httpd_support.hpp"
 #include "leak_check.hpp"
+#include "proc.hpp"
 
 using namespace httpd_test;
 
 namespace {
 
-std::string slurp(const std::string& file) {
-  std::ifstream in(file, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using prefork::test::slurp;
+using prefork::test::status_number;
 
 std::size_t count_lines(const std::string& text, std::string_view needle = "") {
   std::size_t n = 0;
@@ -76,13 +73,6 @@ void wait_for_activity(int port, const std::string& what) {
   auto deadline = steady::now() + patience;
   while (get(port, "/_status?format=json").body.find(what) == std::string::npos)
     REQUIRE(steady::now() < deadline);
-}
-
-// The uid a process runs as, from /proc.
-long uid_of(pid_t pid) {
-  std::string status = slurp("/proc/" + std::to_string(pid) + "/status");
-  auto at = status.find("Uid:");
-  return at == std::string::npos ? -1 : std::strtol(status.c_str() + at + 4, nullptr, 10);
 }
 
 // Listens on 127.0.0.1:0 at fd 3 and execs argv[1] with LISTEN_FDS and
@@ -353,13 +343,13 @@ TEST_CASE("httpd: --user drops the workers' privileges, not the master's", "[htt
     ::chmod((dir.path + "/index.html").c_str(), 0644);
     std::string access = dir.path + "/access.log";
     server s({"-u", "nobody", "--access-log", access, dir.path});
-    CHECK(uid_of(s.pid()) == 0);
+    CHECK(status_number(s.pid(), "Uid:") == 0);  // the real uid
     std::string json = get(s.port(), "/_status?format=json").body;
     std::size_t workers = 0;
     for (auto at = json.find("\"pid\":"); at != std::string::npos; at = json.find("\"pid\":", at + 1)) {
       pid_t pid = std::atoi(json.c_str() + at + 6);
       INFO("worker " << pid);
-      CHECK(uid_of(pid) == 65534);
+      CHECK(status_number(pid, "Uid:") == 65534);
       ++workers;
     }
     CHECK(workers == 2);

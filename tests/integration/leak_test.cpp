@@ -83,7 +83,7 @@ TEST_CASE("leak: many requests through one worker grow neither its memory nor it
     CHECK(ok == n);
     if (rss_meaningful) CHECK(rss_end - rss_warm < 1024);
     CHECK(fds_end == fds_idle);
-    CHECK(workers_of(s.pid()) == std::vector<pid_t>{worker});  // the same worker served them all
+    CHECK(children_of(s.pid()) == std::set<pid_t>{worker});  // the same worker served them all
     check_clean_stop(s);
   }
   CHECK(leaks.problems() == "");

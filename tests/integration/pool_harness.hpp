@@ -9,7 +9,6 @@
 // The test maps the master's scoreboard through a dup of its memfd.
 #pragma once
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -18,12 +17,10 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <fstream>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <set>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -34,6 +31,8 @@
 
 #include "catch.hpp"
 #include "leak_check.hpp"
+#include "line_reader.hpp"
+#include "proc.hpp"
 
 namespace pool_test {
 
@@ -44,116 +43,11 @@ using clock = std::chrono::steady_clock;
 // unseen.
 inline const bool subreaper = ::prctl(PR_SET_CHILD_SUBREAPER, 1) == 0;
 
-inline std::string proc_stat_field(pid_t pid, int field) {  // field 3 = state, 4 = ppid
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(stat, line)) return "";
-  auto close = line.rfind(')');
-  std::istringstream rest(line.substr(close + 2));
-  std::string value;
-  for (int i = 3; i <= field; ++i) rest >> value;
-  return value;
-}
-
-// Live (not zombie) children of `pid`, from /proc.
-inline std::set<pid_t> children_of(pid_t pid) {
-  std::set<pid_t> kids;
-  DIR* dir = ::opendir("/proc");
-  while (dirent* e = ::readdir(dir)) {
-    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-    pid_t p = static_cast<pid_t>(std::atoi(e->d_name));
-    if (proc_stat_field(p, 4) == std::to_string(pid) && proc_stat_field(p, 3) != "Z") kids.insert(p);
-  }
-  ::closedir(dir);
-  return kids;
-}
-
-// Open descriptors of another process.
-inline std::size_t fd_count(pid_t pid) {
-  std::size_t n = 0;
-  DIR* dir = ::opendir(("/proc/" + std::to_string(pid) + "/fd").c_str());
-  if (!dir) return 0;
-  while (dirent* e = ::readdir(dir))
-    if (e->d_name[0] != '.') ++n;
-  ::closedir(dir);
-  return n;
-}
-
-// Lines from the pool: the log, "spawn INDEX GEN PID", and what tests add.
-class events {
- public:
-  events() {
-    auto ends = prefork::pipe();
-    read_ = std::move(ends.read);
-    write_ = std::move(ends.write);
-    read_.set_nonblocking(true);
-    ::fcntl(write_.get(), F_SETPIPE_SZ, 1 << 20);  // a chatty master must never block on us
-  }
-  int write_fd() const { return write_.get(); }
-  void close_write() { write_.reset(); }
-  void close_read() { read_.reset(); }
-
-  // Writes one line from any process of the pool.
-  static void say(int fd, const std::string& text) {
-    std::string line = text + "\n";
-    std::error_code ec;
-    prefork::write_all(fd, line.data(), line.size(), ec);
-  }
-
-  // The next line not yet taken that contains `needle`; fails the test with
-  // the whole transcript when none comes before the deadline.
-  std::string wait_for(const std::string& needle, std::chrono::milliseconds limit = 20s) {
-    auto deadline = clock::now() + limit;
-    for (bool more = true;;) {
-      for (std::size_t i = 0; i < lines_.size(); ++i)
-        if (!taken_[i] && lines_[i].find(needle) != std::string::npos) {
-          taken_[i] = true;
-          return lines_[i];
-        }
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock::now()).count();
-      if (left <= 0 || !more) {
-        FAIL("no line with \"" << needle << "\" within " << limit.count() << "ms; seen:\n" << transcript());
-      }
-      more = pump(static_cast<int>(left));  // false: end of file, but look at what came with it
-    }
-  }
-
-  // Reads what is there now, without waiting (or waiting up to wait_ms).
-  bool pump(int wait_ms = 0) {
-    pollfd p{read_.get(), POLLIN, 0};
-    if (::poll(&p, 1, wait_ms) <= 0) return wait_ms == 0;
-    char buf[4096];
-    for (;;) {
-      prefork::io_result r = prefork::read_some(read_.get(), buf, sizeof buf);
-      if (!r || r.bytes == 0) return r.bytes != 0 || r.would_block();
-      partial_.append(buf, r.bytes);
-      for (std::size_t nl; (nl = partial_.find('\n')) != std::string::npos; partial_.erase(0, nl + 1)) {
-        lines_.push_back(partial_.substr(0, nl));
-        taken_.push_back(false);
-      }
-    }
-  }
-
-  std::size_t count(const std::string& needle) {
-    pump();
-    std::size_t n = 0;
-    for (const std::string& l : lines_)
-      if (l.find(needle) != std::string::npos) ++n;
-    return n;
-  }
-
-  std::string transcript() const {
-    std::string out;
-    for (const std::string& l : lines_) out += "  " + l + "\n";
-    return out;
-  }
-
- private:
-  prefork::fd read_, write_;
-  std::string partial_;
-  std::vector<std::string> lines_;
-  std::vector<bool> taken_;
-};
+// The readers of /proc and the pipe the tests use, by their short names:
+// children_of(pid) is the live workers of a master.
+using prefork::test::children_of;
+using prefork::test::fd_count;
+using prefork::test::line_reader;
 
 // A connected client speaking the test protocol: one line out, one line back.
 class client {
@@ -259,10 +153,10 @@ class pool {
     config.listeners.push_back(prefork::listen("127.0.0.1:0"));
     address = prefork::local_address(config.listeners[0].get());
     const int out = event_fd = ev.write_fd();
-    config.log = [out](std::string_view line) { events::say(out, std::string(line)); };
+    config.log = [out](std::string_view line) { line_reader::say(out, std::string(line)); };
     config.after_fork = [out](prefork::worker& w) {
-      events::say(out, "spawn " + std::to_string(w.index()) + " " + std::to_string(w.generation()) + " " +
-                           std::to_string(::getpid()));
+      line_reader::say(out, "spawn " + std::to_string(w.index()) + " " + std::to_string(w.generation()) +
+                                " " + std::to_string(::getpid()));
     };
     if (adjust) adjust(config);
     auto m = std::make_unique<prefork::master>(std::move(config));
@@ -277,7 +171,7 @@ class pool {
         if (in_master) in_master();
         code = m->run(std::move(work));
       } catch (const std::exception& e) {
-        events::say(out, std::string("run failed: ") + e.what());
+        line_reader::say(out, std::string("run failed: ") + e.what());
       }
       ::_exit(code);
     }
@@ -333,7 +227,7 @@ class pool {
     CHECK(board->count(prefork::worker_state::free) == board->size());
   }
 
-  events ev;
+  line_reader ev;
   std::string address;
   std::optional<prefork::scoreboard> board;
   prefork::child master;

@@ -210,12 +210,13 @@ TEST_CASE("mark_busy and mark_idle show in the scoreboard for workers with their
       bool busy = w.scoreboard().slot(w.slot()).state == prefork::worker_state::busy;
       w.mark_idle();
       bool idle = w.scoreboard().slot(w.slot()).state == prefork::worker_state::idle;
-      events::say(event_fd, std::string("states ") + (busy ? "busy" : "?") + " " + (idle ? "idle" : "?"));
+      line_reader::say(event_fd,
+                       std::string("states ") + (busy ? "busy" : "?") + " " + (idle ? "idle" : "?"));
       pollfd p{w.stop_fd(), POLLIN, 0};
       while (!w.stopping()) ::poll(&p, 1, 100);
       w.mark_busy();  // a stopping worker stays "stopping"
-      events::say(event_fd,
-                  "after stop " + std::string(prefork::to_string(w.scoreboard().slot(w.slot()).state)));
+      line_reader::say(event_fd,
+                       "after stop " + std::string(prefork::to_string(w.scoreboard().slot(w.slot()).state)));
     };
     pool p(1, {}, own_loop);
     p.start(1);

@@ -254,18 +254,19 @@ TEST_CASE("stop_fd: readable for USR1 (stopping() false), then for good once sto
     // A worker with its own event loop, as an epoll server would have.
     auto loop = [](prefork::worker& w) {
       w.tick();
-      events::say(event_fd, "loop ready");
+      line_reader::say(event_fd, "loop ready");
       pollfd p{w.stop_fd(), POLLIN, 0};
       for (;;) {
         ::poll(&p, 1, -1);
         if (!w.stopping()) {
-          events::say(event_fd, "woken, not stopping");
+          line_reader::say(event_fd, "woken, not stopping");
           continue;
         }
         // Level-triggered for good: a loop that looks again still sees it.
         bool still = ::poll(&p, 1, 0) == 1 && ::poll(&p, 1, 0) == 1;
-        events::say(event_fd, still ? "stopping, stop_fd still readable" : "stopping, stop_fd went quiet");
-        events::say(event_fd, w.accept() ? "accept gave a connection" : "accept gave none");
+        line_reader::say(event_fd,
+                         still ? "stopping, stop_fd still readable" : "stopping, stop_fd went quiet");
+        line_reader::say(event_fd, w.accept() ? "accept gave a connection" : "accept gave none");
         return;
       }
     };
@@ -328,7 +329,7 @@ TEST_CASE("accept() out of descriptors: logs once, waits instead of spinning or 
       lim.rlim_cur = static_cast<rlim_t>(lowest);
       ::setrlimit(RLIMIT_NOFILE, &lim);
       prefork::fd conn = w.accept();
-      events::say(event_fd, conn ? "accepted" : "accept returned: stopping");
+      line_reader::say(event_fd, conn ? "accepted" : "accept returned: stopping");
     };
     pool p(1, {}, starving);
     p.start(1);

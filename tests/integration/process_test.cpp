@@ -6,7 +6,6 @@
 #include <prefork/pipe.hpp>
 #include <prefork/process.hpp>
 
-#include <dirent.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 
@@ -23,6 +22,7 @@
 
 #include "helpers.hpp"
 #include "leak_check.hpp"
+#include "proc.hpp"
 
 using namespace std::chrono_literals;
 
@@ -69,12 +69,10 @@ double cpu_seconds() {
   return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
 }
 
-std::string proc_status_line(const std::string& status, const std::string& key) {
-  std::istringstream in(status);
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind(key + ":", 0) == 0) return line.substr(key.size() + 1);
-  return "missing";
+// What follows "KEY:" on that line of this process's /proc/PID/status.
+std::string proc_status_line(const std::string& key) {
+  std::string line = prefork::test::status_line(::getpid(), key + ":");
+  return line.empty() ? "missing" : line.substr(key.size() + 1);
 }
 
 }  // namespace
@@ -83,14 +81,7 @@ std::string proc_status_line(const std::string& status, const std::string& key) 
 
 PREFORK_HELPER(print_fds) {
   std::string out;
-  DIR* dir = ::opendir("/proc/self/fd");
-  int own = ::dirfd(dir);
-  std::vector<int> fds;
-  while (dirent* e = ::readdir(dir))
-    if (e->d_name[0] != '.' && std::atoi(e->d_name) != own) fds.push_back(std::atoi(e->d_name));
-  ::closedir(dir);
-  std::sort(fds.begin(), fds.end());
-  for (int fd : fds) out += (out.empty() ? "" : " ") + std::to_string(fd);
+  for (int fd : prefork::test::open_fds()) out += (out.empty() ? "" : " ") + std::to_string(fd);
   say(1, out);
   return 0;
 }
@@ -107,10 +98,7 @@ PREFORK_HELPER(echo_stdin) {
 }
 
 PREFORK_HELPER(print_signal_state) {
-  std::ifstream in("/proc/self/status");
-  std::stringstream all;
-  all << in.rdbuf();
-  say(1, proc_status_line(all.str(), "SigBlk") + proc_status_line(all.str(), "SigIgn"));
+  say(1, proc_status_line("SigBlk") + proc_status_line("SigIgn"));
   return 0;
 }
 

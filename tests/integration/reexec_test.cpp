@@ -74,7 +74,7 @@ class reexec_server {
     CHECK(how->describe() == "exited 0");
   }
 
-  lines out;
+  prefork::test::line_reader out;
   prefork::child process;
   announcement first;
 };
@@ -112,7 +112,7 @@ TEST_CASE("reexec: PID, socket and counter survive each HUP, and no connection f
       // The courier was reaped by the new image, which says how it ended.
       CHECK(server.out.count("courier") == static_cast<std::size_t>(round));
       CHECK(children_of(first.pid).empty());
-      CHECK(children_of(first.pid, true).empty());
+      CHECK(children_of(first.pid, kids::zombies).empty());
     }
     load.wait_progress(20);
     load.stop();
@@ -167,7 +167,7 @@ TEST_CASE("reexec: a failed exec leaves the server as it was, and a later HUP su
       CHECK(failed.find("still pid " + std::to_string(pid) + ", counter 0") != std::string::npos);
       CHECK(server.ask() == expected_reply(pid, 0));
       CHECK(children_of(pid).empty());  // the courier was reaped
-      CHECK(children_of(pid, true).empty());
+      CHECK(children_of(pid, kids::zombies).empty());
 
       std::filesystem::create_symlink(prefork::test::bin_path("prefork-reexec"), link);
       ::kill(pid, SIGHUP);

@@ -16,7 +16,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <random>
 #include <sstream>
 #include <string>
@@ -25,6 +24,7 @@
 
 #include "helpers.hpp"
 #include "leak_check.hpp"
+#include "proc.hpp"
 
 namespace {
 
@@ -37,12 +37,8 @@ std::vector<int> burst_signals() {
 
 // A hex mask line ("SigCgt:\t0000000000000400") of /proc/PID/status.
 unsigned long long status_mask(pid_t pid, const std::string& key) {
-  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(status, line))
-    if (line.compare(0, key.size() + 1, key + ":") == 0)
-      return std::stoull(line.substr(key.size() + 1), nullptr, 16);
-  return ~0ULL;
+  std::string line = prefork::test::status_line(pid, key + ":");
+  return line.empty() ? ~0ULL : std::stoull(line.substr(key.size() + 1), nullptr, 16);
 }
 
 bool has_bit(unsigned long long mask, int sig) { return (mask >> (sig - 1)) & 1U; }

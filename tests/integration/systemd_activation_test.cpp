@@ -306,9 +306,9 @@ TEST_CASE("httpd under systemd-socket-activate serves on the socket it is given 
 
     // Same PID, new image: exec'd in place, as LISTEN_PID demands.
     CHECK(exe_name(pid) == "prefork-httpd");
-    std::vector<pid_t> all = eco_test::children_of(pid);
+    std::set<pid_t> all = prefork::test::children_of(pid, prefork::test::kids::all);
     CHECK(all.size() == 2);
-    all.push_back(pid);
+    all.insert(pid);
     // Neither the master nor a worker holds a listening socket of its own.
     CHECK(eco_test::listening_sockets_of(all) == given);
     for (int i = 0; i < 4; ++i) CHECK(get(std::stoi(port), "/hello").body == "Hello, World!");
@@ -435,8 +435,8 @@ TEST_CASE("the systemd units verify, and their ExecStart is a valid prefork-http
   prefork::test::leak_check leaks;
   {
     temp_dir dir;
-    std::string service = eco_test::slurp((*units / "prefork-httpd.service").string());
-    std::string socket = eco_test::slurp((*units / "prefork-httpd.socket").string());
+    std::string service = prefork::test::slurp((*units / "prefork-httpd.service").string());
+    std::string socket = prefork::test::slurp((*units / "prefork-httpd.socket").string());
     REQUIRE(!service.empty());
     REQUIRE(!socket.empty());
     CHECK(has_line(service, "Type=notify"));

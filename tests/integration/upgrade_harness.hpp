@@ -1,8 +1,8 @@
 // tests/integration/upgrade_harness.hpp: what the upgrade tests (and the
-// reexec example's test) share: the lines a server prints, read with a
-// deadline; a client loop that keeps connecting while the test upgrades the
-// server, and remembers every connection that did not get its whole answer;
-// and /proc readers for who is whose child.
+// reexec example's test) share: a client loop that keeps connecting while the
+// test upgrades the server, and remembers every connection that did not get
+// its whole answer. The lines a server prints are read with
+// prefork::test::line_reader, who is whose child with proc.hpp.
 //
 // The client loop runs on a thread of the test process. It starts after the
 // server is spawned (spawn is safe with threads; fork is not) and is joined
@@ -12,7 +12,6 @@
 // report; "every connection succeeds" is then a check that the list is empty.
 #pragma once
 
-#include <dirent.h>
 #include <poll.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -22,21 +21,19 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
-#include <fstream>
 #include <functional>
 #include <mutex>
 #include <optional>
-#include <set>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include <prefork/fd.hpp>
-#include <prefork/pipe.hpp>
 #include <prefork/socket.hpp>
 
 #include "catch.hpp"
+#include "line_reader.hpp"
+#include "proc.hpp"
 
 namespace upgrade_test {
 
@@ -47,102 +44,10 @@ using clock = std::chrono::steady_clock;
 // to init, so each one is reaped and seen by the leak check.
 inline const bool subreaper = ::prctl(PR_SET_CHILD_SUBREAPER, 1) == 0;
 
-// Field `field` of /proc/PID/stat (3 = state, 4 = ppid); "" once gone.
-inline std::string proc_stat_field(pid_t pid, int field) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(stat, line)) return "";
-  auto close = line.rfind(')');
-  if (close == std::string::npos) return "";
-  std::istringstream rest(line.substr(close + 2));
-  std::string value;
-  for (int i = 3; i <= field; ++i) rest >> value;
-  return value;
-}
-
-// Children of `pid` from /proc: the live ones, or the zombies.
-inline std::set<pid_t> children_of(pid_t pid, bool zombies = false) {
-  std::set<pid_t> kids;
-  DIR* dir = ::opendir("/proc");
-  if (!dir) return kids;
-  while (dirent* e = ::readdir(dir)) {
-    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-    auto p = static_cast<pid_t>(std::atoi(e->d_name));
-    if (proc_stat_field(p, 4) != std::to_string(pid)) continue;
-    if ((proc_stat_field(p, 3) == "Z") == zombies) kids.insert(p);
-  }
-  ::closedir(dir);
-  return kids;
-}
-
-// The lines written into a pipe by a server and everything it forks.
-class lines {
- public:
-  lines() {
-    prefork::pipe_ends ends = prefork::pipe();
-    read_ = std::move(ends.read);
-    write_ = std::move(ends.write);
-    read_.set_nonblocking(true);
-    ::fcntl(write_.get(), F_SETPIPE_SZ, 1 << 20);  // a chatty server must never block on us
-  }
-  int write_fd() const { return write_.get(); }
-  // Once the server holds its copy: ours would hide the end of file.
-  void close_write() { write_.reset(); }
-
-  // The next line not yet taken that holds `needle`; fails the test with
-  // everything seen so far when none comes within `limit`.
-  std::string wait_for(const std::string& needle, std::chrono::milliseconds limit = 20s) {
-    auto deadline = clock::now() + limit;
-    for (bool open = true;;) {
-      for (std::size_t i = 0; i < lines_.size(); ++i)
-        if (!taken_[i] && lines_[i].find(needle) != std::string::npos) {
-          taken_[i] = true;
-          return lines_[i];
-        }
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock::now()).count();
-      if (left <= 0 || !open)
-        FAIL("no line with \"" << needle << "\" within " << limit.count() << "ms; seen:\n" << transcript());
-      open = pump(static_cast<int>(left));
-    }
-  }
-
-  // Lines holding `needle` seen so far (taken or not).
-  std::size_t count(const std::string& needle) {
-    pump(0);
-    std::size_t n = 0;
-    for (const std::string& l : lines_) n += l.find(needle) != std::string::npos;
-    return n;
-  }
-
-  std::string transcript() const {
-    std::string out;
-    for (const std::string& l : lines_) out += "  " + l + "\n";
-    return out;
-  }
-
- private:
-  // Reads what is there (waiting up to wait_ms for something); false at end of file.
-  bool pump(int wait_ms) {
-    pollfd p{read_.get(), POLLIN, 0};
-    if (::poll(&p, 1, wait_ms) <= 0) return true;
-    char buf[4096];
-    for (;;) {
-      prefork::io_result r = prefork::read_some(read_.get(), buf, sizeof buf);
-      if (r.would_block()) return true;
-      if (!r || r.bytes == 0) return false;
-      partial_.append(buf, r.bytes);
-      for (std::size_t nl; (nl = partial_.find('\n')) != std::string::npos; partial_.erase(0, nl + 1)) {
-        lines_.push_back(partial_.substr(0, nl));
-        taken_.push_back(false);
-      }
-    }
-  }
-
-  prefork::fd read_, write_;
-  std::string partial_;
-  std::vector<std::string> lines_;
-  std::vector<bool> taken_;
-};
+// Who is whose child, from /proc (proc.hpp): children_of(pid) for the live
+// ones, children_of(pid, kids::zombies) for the unreaped.
+using prefork::test::children_of;
+using prefork::test::kids;
 
 // Everything the peer sends until it closes, or an error text: "" plus the
 // bytes on success. Never waits past `deadline`.

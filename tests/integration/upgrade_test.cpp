@@ -211,8 +211,8 @@ class pool_master {
   void check_one_master() {
     CHECK(children_of(::getpid()) == std::set<pid_t>{master.pid()});
     CHECK(children_of(master.pid()).size() == workers_);
-    CHECK(children_of(master.pid(), true).empty());
-    CHECK(children_of(::getpid(), true).empty());
+    CHECK(children_of(master.pid(), kids::zombies).empty());
+    CHECK(children_of(::getpid(), kids::zombies).empty());
   }
 
   void quit() {
@@ -226,7 +226,7 @@ class pool_master {
 
   std::optional<pid_t> pid_in_file() const { return prefork::pid_file::read(pid_path); }
 
-  lines log;
+  prefork::test::line_reader log;
   fs::path dir, pid_path, oldbin_path, switch_path, link_path;
   std::string address;
   prefork::child master;
@@ -410,7 +410,7 @@ TEST_CASE("in_place: a failed exec leaves the old image serving, unchanged",
     std::string failed = m.log.wait_for("upgrade failed");
     CHECK(failed.find("exec " + m.link_path.string() + ": No such file or directory") != std::string::npos);
     CHECK(failed.find("the old image goes on unchanged (courier ") != std::string::npos);
-    CHECK(children_of(pid, true).empty());
+    CHECK(children_of(pid, kids::zombies).empty());
     CHECK(children_of(pid) == workers);  // the courier was reaped, the workers are the same
     load.wait_progress(10);
     fs::create_symlink(prefork::test::self_exe(), m.link_path);
