@@ -129,11 +129,16 @@ inline void check_fd_names(const std::string& who, const std::vector<std::string
   if (!names.empty() && names.size() != fds)
     throw std::invalid_argument(who + ": " + std::to_string(names.size()) + " names for " +
                                 std::to_string(fds) + " descriptors");
-  for (const std::string& name : names)
-    if (name.empty() || name.find_first_of(":=\n", 0) != std::string::npos ||
-        name.find('\0') != std::string::npos)
-      throw std::invalid_argument(who + ": descriptor name \"" + name +
-                                  "\" is empty or holds ':', '=' or a newline");
+  for (const std::string& name : names) {
+    if (!name.empty() && name.find_first_of(":=\n", 0) == std::string::npos &&
+        name.find('\0') == std::string::npos)
+      continue;
+    std::string why = who;
+    why += ": descriptor name \"";
+    why += name;
+    why += "\" is empty or holds ':', '=' or a newline";
+    throw std::invalid_argument(why);
+  }
 }
 
 // `program` is what to execute (searched in PATH when it has no '/');
