@@ -371,9 +371,12 @@ def main(argv):
                   "for figures to quote.\n")
     md.append("\nA noisy 2-core VM: wrk's one thread takes one core, and the fastest servers "
               "saturate it, so near the top the figures measure wrk as much as the server. That "
-              "is why rounds are interleaved (each round rotates the order of the servers), "
+              "is why rounds are interleaved (each round measures every server's keep-alive, "
+              "then every server's close, in an order that rotates from round to round), "
               "medians are quoted, and the server's CPU time per request stands beside req/s: "
-              "it is the figure that says what a server costs.\n")
+              "it is the figure that says what a server costs. The machine also has slow spells "
+              "of a minute or more, in which every server loses about a fifth of its rate at "
+              "once; the table of every round shows them.\n")
 
     md.append("\n## Process creation against RSS\n")
     runs = 7 if meta.get("quick") else 31
