@@ -1,14 +1,22 @@
 // prefork-httpd's evented mode end to end: keep-alive, pipelining, many
-// connections, its timeouts, and a graceful stop with connections open.
+// connections, its timeouts, and a graceful stop with connections open; and
+// the system calls a keep-alive request costs, counted by strace.
 #include <sys/socket.h>
 #include <sys/stat.h>
 
 #include <cstdlib>
 #include <fstream>
+#include <initializer_list>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
 
 #include "catch.hpp"
 #include "httpd_support.hpp"
 #include "leak_check.hpp"
+#include "proc.hpp"
+#include "temp_dir.hpp"
 
 using namespace httpd_test;
 
@@ -37,6 +45,89 @@ TEST_CASE("evented: 1000 requests on one keep-alive connection", "[httpd][evente
     response last = read_response(c.get(), pending);
     CHECK(last.header("connection") == "close");
     CHECK(closed_within(c.get(), 10s));
+    check_clean_stop(s);
+  }
+  CHECK(leaks.problems() == "");
+}
+
+// The system calls a worker makes for `requests` keep-alive requests, one
+// at a time on one connection, counted by strace attached to it; empty when
+// strace is missing or may not trace (the test then says so and passes).
+std::map<std::string, long> syscalls_for(server& s, int requests) {
+  std::map<std::string, long> calls;
+  if (::access("/usr/bin/strace", X_OK) != 0) return calls;
+  std::set<pid_t> workers = prefork::test::children_of(s.pid());
+  REQUIRE(workers.size() == 1);
+  prefork::fd c = connect_to(s.port());
+  std::string pending;
+  send_text(c.get(), hello_request);  // the connection is open and idle in the loop
+  REQUIRE(read_response(c.get(), pending).status == 200);
+
+  prefork::test::temp_dir dir;
+  std::string summary = (dir / "summary").string();
+  auto err = prefork::pipe();
+  prefork::spawn_options options;
+  options.fds = {{err.write.get(), 2}};
+  prefork::child strace = prefork::spawn({"/usr/bin/strace", "-f", "-c", "-U", "name,calls", "-o", summary,
+                                          "-p", std::to_string(*workers.begin())},
+                                         options);
+  err.write.reset();
+  std::string said;
+  auto deadline = steady::now() + patience;
+  while (said.find("attached") == std::string::npos && read_some_until(err.read.get(), said, deadline)) {
+  }
+  if (said.find("attached") == std::string::npos) {
+    strace.wait();
+    WARN("strace could not attach, syscalls not counted: " << said);
+    return calls;
+  }
+  for (int i = 0; i < requests; ++i) {
+    send_text(c.get(), hello_request);
+    REQUIRE(read_response(c.get(), pending).status == 200);
+  }
+  strace.kill(SIGINT);  // detaches, writes the summary, and ends by the same signal
+  strace.wait();
+  std::string text = prefork::test::slurp(summary);
+  INFO("strace's summary:\n" << text);
+  REQUIRE(text.find("total") != std::string::npos);
+  std::istringstream table(text);
+  for (std::string line; std::getline(table, line);) {
+    std::istringstream fields(line);
+    std::string name;
+    long n = 0;
+    if (fields >> name >> n && name != "total") calls[name] = n;
+  }
+  return calls;
+}
+
+TEST_CASE("evented: a keep-alive request costs one read and one write",
+          "[httpd][evented][keepalive][syscalls]") {
+  prefork::test::leak_check leaks;
+  {
+    server s({"-m", "evented", "-w", "1"});
+    const int requests = 200;
+    std::map<std::string, long> calls = syscalls_for(s, requests);
+    if (!calls.empty()) {
+      auto sum = [&](std::initializer_list<const char*> names) {
+        long n = 0;
+        for (const char* name : names) n += calls.count(name) ? calls[name] : 0;
+        return n;
+      };
+      long total = 0;
+      std::string table;
+      for (auto& [name, n] : calls) {
+        total += n;
+        table += "  " + name + " " + std::to_string(n) + "\n";
+      }
+      INFO("strace -c of the worker for " << requests << " requests:\n" << table);
+      // The request arrives, is read once and answered with one write; the
+      // loop waits once in between. A few more: the loop's 1 s tick, and
+      // the last wait still in progress when strace detaches.
+      CHECK(sum({"recvfrom", "read", "recvmsg", "readv"}) == requests);
+      CHECK(sum({"sendto", "write", "sendmsg", "writev"}) == requests);
+      CHECK(sum({"epoll_wait", "epoll_pwait"}) <= requests + 5);
+      CHECK(total <= 3 * requests + 10);
+    }
     check_clean_stop(s);
   }
   CHECK(leaks.problems() == "");
