@@ -72,6 +72,9 @@ Unicorn-style preforking pool: one master binds the sockets, workers accept.
       --header-timeout SEC  time to receive a complete header section (default 10)
       --max-body BYTES      largest request body accepted (default 1048576)
       --max-requests N      replace a worker after N requests, +-10% (0: never)
+      --max-connections N   connections one evented worker holds at once; more
+                            wait in the kernel's queue (default and ceiling:
+                            what the descriptor limit allows, at most 10000)
   -P, --pid FILE            write the master's PID there
       --access-log FILE     one line per request ("-": stdout; default none)
       --error-log FILE      lifecycle and errors (default stderr)
@@ -170,6 +173,10 @@ options parse_command_line(int argc, char** argv) {
     else if (is(nullptr, "--header-timeout")) o.header_timeout = parse_seconds(name, take(), false);
     else if (is(nullptr, "--max-body")) o.max_body = static_cast<std::size_t>(parse_count(name, take(), 1ULL << 40));
     else if (is(nullptr, "--max-requests")) o.max_requests = static_cast<unsigned>(parse_count(name, take(), 4000000000ULL));
+    else if (is(nullptr, "--max-connections")) {
+      o.max_connections = static_cast<std::size_t>(parse_count(name, take(), 10000));
+      if (o.max_connections == 0) bad(name, "needs at least 1 connection");
+    }
     else if (is("-P", "--pid")) {
       std::string p = take();
       if (p.empty()) bad(name, "empty path");

@@ -28,6 +28,7 @@ struct options {
   std::chrono::milliseconds header_timeout{10000};
   std::size_t max_body = 1048576;
   unsigned max_requests = 0;
+  std::size_t max_connections = 0;  // per evented worker; 0: from RLIMIT_NOFILE
   std::filesystem::path pid_file;
   std::string access_log;           // empty: none; "-": stdout
   std::string error_log;            // empty: stderr

@@ -89,6 +89,7 @@ class loop {
   loop(server& srv, prefork::worker& w) : srv_(srv), w_(w) {
     lim_.max_body = srv.opts.max_body;
     cap_ = max_connections();
+    if (srv.opts.max_connections != 0) cap_ = std::min(cap_, srv.opts.max_connections);
     ep_.reset(::epoll_create1(EPOLL_CLOEXEC));
     if (!ep_) prefork::throw_system_error("epoll_create1");
     add_listeners();

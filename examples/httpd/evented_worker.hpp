@@ -11,9 +11,9 @@
 // Bodies are read as they arrive, never by waiting. Timeouts (header,
 // keep-alive, stalled body or send) are swept once per turn against the
 // nearest deadline, which also bounds epoll_wait. A worker holds at most
-// max_connections() connections; beyond that it leaves its listeners out of
-// its epoll set and new connections wait in the kernel's queue or go to a
-// sibling. The loop ticks the heartbeat every turn and watches the master's
+// --max-connections, and never more than max_connections() allows; beyond
+// that it leaves its listeners out of its epoll set and new connections
+// wait in the kernel's queue or go to a sibling. The loop ticks the heartbeat every turn and watches the master's
 // control pipe: USR1 reopens logs between events; QUIT stops accepting,
 // closes idle keep-alive connections at once, lets requests in hand finish
 // with "Connection: close", and returns when none remain or at

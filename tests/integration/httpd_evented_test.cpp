@@ -1,6 +1,7 @@
 // prefork-httpd's evented mode end to end: keep-alive, pipelining, many
 // connections, its timeouts, and a graceful stop with connections open; and
 // the system calls a keep-alive request costs, counted by strace.
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 
@@ -253,6 +254,38 @@ TEST_CASE("evented: 500 concurrent keep-alive connections are all served", "[htt
       }
     }
     CHECK(served == 1000);
+    conns.clear();
+    check_clean_stop(s);
+  }
+  CHECK(leaks.problems() == "");
+}
+
+TEST_CASE("evented: beyond --max-connections new connections wait in the kernel's queue",
+          "[httpd][evented][concurrency]") {
+  prefork::test::leak_check leaks;
+  {
+    server s({"-m", "evented", "-w", "1", "--max-connections", "4"});
+    // Six clients, one request each, one at a time so the worker takes them
+    // in order: four are answered and kept open, two wait.
+    std::vector<prefork::fd> conns;
+    std::vector<std::string> pending(6);
+    for (std::size_t i = 0; i < 6; ++i) {
+      conns.push_back(connect_to(s.port()));
+      send_text(conns.back().get(), hello_request);
+      if (i < 4) CHECK(read_response(conns[i].get(), pending[i]).status == 200);
+    }
+    // Nothing can say "the worker has decided not to answer" but silence:
+    // a bounded wait in which an answer would be the failure.
+    for (std::size_t i = 4; i < 6; ++i) {
+      pollfd p{conns[i].get(), POLLIN, 0};
+      CHECK(::poll(&p, 1, i == 4 ? 500 : 0) == 0);
+    }
+    // The kept ones still work; closing two lets the two waiting in.
+    send_text(conns[0].get(), hello_request);
+    CHECK(read_response(conns[0].get(), pending[0]).status == 200);
+    conns[0].reset();
+    conns[1].reset();
+    for (std::size_t i = 4; i < 6; ++i) CHECK(read_response(conns[i].get(), pending[i]).status == 200);
     conns.clear();
     check_clean_stop(s);
   }

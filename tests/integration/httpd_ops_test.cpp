@@ -146,6 +146,8 @@ TEST_CASE("httpd: the command line", "[httpd][cli]") {
              {{"--timeout", "-1"}, "--timeout"},
              {{"--header-timeout", "soon"}, "--header-timeout"},
              {{"--max-body", "1k"}, "--max-body"},
+             {{"--max-connections", "0"}, "--max-connections"},
+             {{"--max-connections", "10001"}, "--max-connections"},
              {{"--upgrade", "sideways"}, "--upgrade"},
              {{"-u", ":wheel"}, "-u"},
              {{"--listen"}, "--listen"},
