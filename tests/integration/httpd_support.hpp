@@ -312,13 +312,14 @@ struct command_result {
   std::string out;
 };
 
-// Runs a command (curl, say) with stdout captured.
-inline command_result run(const std::vector<std::string>& argv) {
+// Runs a command (curl, say) with stdout captured, and stderr with it when
+// asked (a checker's complaints), else discarded.
+inline command_result run(const std::vector<std::string>& argv, bool with_stderr = false) {
   auto out = prefork::pipe();
   prefork::fd null(::open("/dev/null", O_WRONLY | O_CLOEXEC));
   std::vector<std::string> full = argv;
   if (full[0].find('/') == std::string::npos) full[0] = "/usr/bin/" + full[0];  // curl
-  prefork::child c = start_process(full, out.write.get(), null.get());
+  prefork::child c = start_process(full, out.write.get(), with_stderr ? out.write.get() : null.get());
   out.write.reset();
   command_result r;
   r.out = read_until_close(out.read.get());

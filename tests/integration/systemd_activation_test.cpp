@@ -28,37 +28,20 @@
 #include <regex>
 
 #include "ecosystem_support.hpp"
+#include "env_var.hpp"
 #include "helpers.hpp"
 #include "httpd_support.hpp"
 #include "leak_check.hpp"
 
 namespace {
 
+using prefork::test::env_var;
+
 using namespace httpd_test;
 using eco_test::temp_dir;
 
 const std::string socket_activate = "/usr/bin/systemd-socket-activate";
 const std::string analyze = "/usr/bin/systemd-analyze";
-
-class env_var {
- public:
-  env_var(const char* name, const std::string& value) : name_(name) {
-    if (const char* old = std::getenv(name)) old_ = old;
-    ::setenv(name, value.c_str(), 1);
-  }
-  ~env_var() {
-    if (old_)
-      ::setenv(name_, old_->c_str(), 1);
-    else
-      ::unsetenv(name_);
-  }
-  env_var(const env_var&) = delete;
-  env_var& operator=(const env_var&) = delete;
-
- private:
-  const char* name_;
-  std::optional<std::string> old_;
-};
 
 // Whether text, newline-separated assignments, holds `line` exactly, or,
 // when line is "KEY=", any value of KEY.
@@ -195,33 +178,22 @@ void wait_for_activity(int port, const std::string& what) {
     REQUIRE(steady::now() < deadline);
 }
 
-// Waits for the server to exit while reading its notifications.
-prefork::exit_status stop_reading(server& s, notify_socket& ns) {
+// Waits for the server to exit while reading its notifications: it must
+// exit 0, and nothing may have come from a process other than the master
+// (NotifyAccess=main: systemd would drop anything a worker sent).
+void check_clean_exit(server& s, notify_socket& ns) {
   prefork::fd exited(static_cast<int>(::syscall(SYS_pidfd_open, s.pid(), 0)));  // CLOEXEC by definition
   REQUIRE(exited);
   ns.pump_until_readable(exited.get());
-  return s.stop(0);
+  prefork::exit_status st = s.stop(0);
+  INFO("server log:\n" << s.log());
+  CHECK(st.describe() == "exited 0");
+  CHECK(ns.strangers(s.pid()) == "");
 }
 
 std::string exe_name(pid_t pid) {
   std::error_code ec;
   return std::filesystem::read_symlink("/proc/" + std::to_string(pid) + "/exe", ec).filename().string();
-}
-
-// Runs argv with stdout and stderr together; code and output.
-command_result run_both(const std::vector<std::string>& argv) {
-  auto out = prefork::pipe();
-  prefork::child c = start_process(argv, out.write.get(), out.write.get());
-  out.write.reset();
-  command_result r;
-  r.out = read_until_close(out.read.get());
-  auto status = c.wait_for(std::chrono::duration_cast<std::chrono::milliseconds>(patience));
-  if (!status) {
-    c.kill(SIGKILL);
-    status = c.wait();
-  }
-  r.code = status->exited() ? status->code() : 128 + status->signal();
-  return r;
 }
 
 // examples/httpd/systemd in the source tree: found from this file's path
@@ -347,11 +319,7 @@ TEST_CASE(
 
     s.signal(SIGQUIT);
     ns.wait_for("STOPPING=1");
-    prefork::exit_status st = stop_reading(s, ns);
-    INFO("server log:\n" << s.log());
-    CHECK(st.describe() == "exited 0");
-    // NotifyAccess=main: systemd would drop anything a worker sent.
-    CHECK(ns.strangers(s.pid()) == "");
+    check_clean_exit(s, ns);
   }
   CHECK(leaks.problems() == "");
 }
@@ -380,10 +348,7 @@ TEST_CASE("httpd's in-place upgrade, the unit's ExecReload, keeps MainPID: RELOA
 
     s.signal(SIGQUIT);
     ns.wait_for("STOPPING=1");
-    prefork::exit_status st = stop_reading(s, ns);
-    INFO("server log:\n" << s.log());
-    CHECK(st.describe() == "exited 0");
-    CHECK(ns.strangers(s.pid()) == "");
+    check_clean_exit(s, ns);
   }
   CHECK(leaks.problems() == "");
 }
@@ -416,10 +381,7 @@ TEST_CASE("httpd pings the watchdog and extends the stop timeout while a long re
     ns.pump_until_readable(slow.get());
     std::string answer = read_until_close(slow.get());
     CHECK(answer.rfind("HTTP/1.1 200", 0) == 0);
-    prefork::exit_status st = stop_reading(s, ns);
-    INFO("server log:\n" << s.log());
-    CHECK(st.describe() == "exited 0");
-    CHECK(ns.strangers(s.pid()) == "");
+    check_clean_exit(s, ns);
   }
   CHECK(leaks.problems() == "");
 }
@@ -456,7 +418,7 @@ TEST_CASE("the systemd units verify, and their ExecStart is a valid prefork-http
     // Every option is one prefork-httpd knows, with a value it accepts.
     argv.push_back("--check");
     if (::getpwnam("www-data") == nullptr) WARN("no user www-data here: --check will say so");
-    command_result check = run_both(argv);
+    command_result check = run(argv, true);
     INFO(check.out);
     CHECK(check.code == 0);
     CHECK(check.out.find("configuration OK") != std::string::npos);
@@ -468,8 +430,9 @@ TEST_CASE("the systemd units verify, and their ExecStart is a valid prefork-http
       { std::ofstream(dir.path() / "prefork-httpd.service") << service; }
       { std::ofstream(dir.path() / "prefork-httpd.socket") << socket; }
       command_result verify =
-          run_both({analyze, "verify", "--man=no", (dir.path() / "prefork-httpd.socket").string(),
-                    (dir.path() / "prefork-httpd.service").string()});
+          run({analyze, "verify", "--man=no", (dir.path() / "prefork-httpd.socket").string(),
+               (dir.path() / "prefork-httpd.service").string()},
+              true);
       INFO(verify.out);
       CHECK(verify.code == 0);
       // It exits 0 over settings it ignores, so any word about our units is a failure.

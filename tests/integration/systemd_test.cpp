@@ -17,35 +17,15 @@
 #include <optional>
 #include <string>
 
+#include "env_var.hpp"
 #include "helpers.hpp"
 #include "leak_check.hpp"
 
 namespace {
 
+using prefork::test::env_var;
+
 using namespace std::chrono_literals;
-
-class env_var {
- public:
-  env_var(const char* name, std::optional<std::string> value) : name_(name) {
-    if (const char* old = std::getenv(name)) old_ = old;
-    if (value)
-      ::setenv(name, value->c_str(), 1);
-    else
-      ::unsetenv(name);
-  }
-  ~env_var() {
-    if (old_)
-      ::setenv(name_, old_->c_str(), 1);
-    else
-      ::unsetenv(name_);
-  }
-  env_var(const env_var&) = delete;
-  env_var& operator=(const env_var&) = delete;
-
- private:
-  const char* name_;
-  std::optional<std::string> old_;
-};
 
 // A datagram socket at `name`: a path, or "@..." for the abstract namespace.
 prefork::fd bind_datagram(const std::string& name) {

@@ -121,6 +121,14 @@ class client_loop {
     return failures_;
   }
 
+  // The end of a test under load: ten more exchanges after the last thing
+  // the test did, then the loop stops; none may have failed all along.
+  void finish() {
+    wait_progress(10);
+    stop();
+    CHECK(failures() == std::vector<std::string>{});
+  }
+
  private:
   void run() {
     for (std::uint64_t n = 0; !stop_; ++n) {

@@ -251,9 +251,7 @@ TEST_CASE("fork_exec: 10 upgrades under load, no connection lost", "[upgrade][fo
       CHECK(m.pid_in_file() == next);
       CHECK(!fs::exists(m.oldbin_path));
     }
-    load.wait_progress(10);
-    load.stop();
-    CHECK(load.failures() == std::vector<std::string>{});
+    load.finish();
     m.check_one_master();
     m.quit();
   }
@@ -301,9 +299,7 @@ TEST_CASE("fork_exec: a new master that exits at boot is rolled back", "[upgrade
     // A later USR2 may try again.
     m.clear_switch();
     m.upgrade_fork_exec();
-    load.wait_progress(10);
-    load.stop();
-    CHECK(load.failures() == std::vector<std::string>{});
+    load.finish();
     m.check_one_master();
     m.quit();
   }
@@ -339,9 +335,7 @@ TEST_CASE(
     CHECK(m.pid_in_file() == old);
     CHECK(!fs::exists(m.oldbin_path));
     CHECK(children_of(old) == workers);
-    load.wait_progress(10);
-    load.stop();
-    CHECK(load.failures() == std::vector<std::string>{});
+    load.finish();
     m.check_one_master();
     m.clear_switch();
     m.quit();
@@ -383,9 +377,7 @@ TEST_CASE("in_place: 10 upgrades under load, same PID, workers adopted then reti
       CHECK(m.pid() == pid);
       CHECK(m.pid_in_file() == pid);
     }
-    load.wait_progress(10);
-    load.stop();
-    CHECK(load.failures() == std::vector<std::string>{});
+    load.finish();
     // Every worker now is of generation 11.
     CHECK(m.log.count("spawn 0 11 ") == 1);
     CHECK(m.log.count("spawn 1 11 ") == 1);
@@ -415,9 +407,7 @@ TEST_CASE("in_place: a failed exec leaves the old image serving, unchanged",
     load.wait_progress(10);
     fs::create_symlink(prefork::test::self_exe(), m.link_path);
     m.upgrade_in_place(1);
-    load.wait_progress(10);
-    load.stop();
-    CHECK(load.failures() == std::vector<std::string>{});
+    load.finish();
     m.check_one_master();
     m.quit();
   }
@@ -455,9 +445,7 @@ TEST_CASE(
     m.log.wait_for("upgrade 2 complete: generation 3 ready (2 workers)");
     for (int i = 0; i < 2; ++i) m.log.wait_for("generation 1) exited 0");
     for (int i = 0; i < 2; ++i) m.log.wait_for("generation 2) killed by SIGKILL");
-    load.wait_progress(10);
-    load.stop();
-    CHECK(load.failures() == std::vector<std::string>{});
+    load.finish();
     m.check_one_master();
     m.quit();
   }
