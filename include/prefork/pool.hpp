@@ -98,6 +98,9 @@ class master {
     running_ = true;
     work_ = std::move(work);
     detail::occupy_std_fds();
+    // Inherited descriptors that no listen() and no config took would stay
+    // open, unused, in the master and every worker: they go now.
+    inherited unused = take_inherited_fds();
     if (!config_.pid_file.empty()) pid_file_ = pid_file::create(config_.pid_file);
     detail::ignored_sigpipe no_sigpipe;  // a dead worker's control pipe must give EPIPE, not kill us
     signal_pipe sigs{SIGQUIT, SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP, SIGWINCH, SIGTTIN, SIGTTOU, SIGCHLD};
@@ -117,6 +120,10 @@ class master {
         detail::describe_listeners(config_.listeners) +
         (upgrade_.old_master() ? " (upgrade from pid " + std::to_string(upgrade_.old_master()) + ")" : ""));
     for (const std::string& line : upgrade_.take_messages()) log(line);
+    if (!unused.fds.empty())
+      log("closing " + std::to_string(unused.fds.size()) + " inherited descriptors (" + unused.source +
+          ") that no listener took: " + detail::describe_listeners(unused.fds));
+    unused = inherited();
     if (std::string problem = notifier_.start(); !problem.empty()) log(problem);
     for (;;) {
       next_wake_ = clock::time_point::max();
