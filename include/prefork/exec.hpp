@@ -9,7 +9,9 @@
 // or systemd's socket activation (LISTEN_FDS, LISTEN_FDNAMES, for the process
 // named in LISTEN_PID), takes ownership, marks the descriptors CLOEXEC again
 // and removes the variables so the program's own children do not misread
-// them. If exec fails, every descriptor's flags are put back as they were and
+// them. listen() (socket.hpp) takes the inherited socket of its address
+// first, so a program that binds its listeners itself works unchanged in
+// the new image. If exec fails, every descriptor's flags are put back as they were and
 // std::system_error is thrown: the process goes on unchanged, which is what an
 // in-place upgrade relies on to survive a bad new binary.
 //

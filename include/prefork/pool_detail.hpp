@@ -98,9 +98,9 @@ struct pool_state {
   // number given up with TTOU or WINCH no longer counts.
   bool healthy() const {
     for (std::size_t i = 0; i < health.size() && i < wanted; ++i)
-      if (health[i].fast_deaths >= 2 && std::none_of(workers.begin(), workers.end(), [&](const worker_record& r) {
-            return r.index == i && r.ready;
-          }))
+      if (health[i].fast_deaths >= 2 &&
+          std::none_of(workers.begin(), workers.end(),
+                       [&](const worker_record& r) { return r.index == i && r.ready; }))
         return false;
     return true;
   }

@@ -7,7 +7,7 @@
 // ("listen 127.0.0.1:80: Permission denied"). accept() returns CLOEXEC
 // descriptors and has a non-throwing form for the hot path. This header also
 // brings socket_address (socket_address.hpp) and socket_pair, send_fds and
-// recv_fds (fd_passing.hpp). Stands on socket, setsockopt, bind, listen,
+// recv_fds (fd_passing.hpp). Stands on socket, setsockopt, getsockopt, getsockname, bind, listen,
 // accept4, connect, fchmod, fchmodat and lstat.
 #pragma once
 
@@ -177,7 +177,8 @@ inline bool listens_on(int sock, const socket_address& want) {
   if (want.family() != AF_INET6) return false;
   auto* a = reinterpret_cast<const sockaddr_in6*>(want.get());
   auto* b = reinterpret_cast<const sockaddr_in6*>(have.get());
-  return std::memcmp(&a->sin6_addr, &b->sin6_addr, sizeof(in6_addr)) == 0 && a->sin6_scope_id == b->sin6_scope_id;
+  return std::memcmp(&a->sin6_addr, &b->sin6_addr, sizeof(in6_addr)) == 0 &&
+         a->sin6_scope_id == b->sin6_scope_id;
 }
 
 }  // namespace detail

@@ -61,7 +61,8 @@ std::string isolate() {
                                    fs::path(prefork::test::self_exe()).parent_path().string()};
   std::vector<std::pair<std::string, prefork::fd>> under_tmp;
   for (const std::string& dir : keep)
-    if (dir.rfind("/tmp/", 0) == 0) under_tmp.emplace_back(dir, prefork::fd(::open(dir.c_str(), O_PATH | O_CLOEXEC)));
+    if (dir.rfind("/tmp/", 0) == 0)
+      under_tmp.emplace_back(dir, prefork::fd(::open(dir.c_str(), O_PATH | O_CLOEXEC)));
 
   const uid_t uid = ::geteuid();
   const gid_t gid = ::getegid();
@@ -69,13 +70,14 @@ std::string isolate() {
   if (uid != 0) flags |= CLONE_NEWUSER;
   if (::unshare(flags) == -1) return errno_text("unshare");
   if (uid != 0) {
-    for (const auto& [path, text] :
-         std::vector<std::pair<std::string, std::string>>{{"/proc/self/setgroups", "deny"},
-                                                          {"/proc/self/uid_map", "0 " + std::to_string(uid) + " 1"},
-                                                          {"/proc/self/gid_map", "0 " + std::to_string(gid) + " 1"}})
+    for (const auto& [path, text] : std::vector<std::pair<std::string, std::string>>{
+             {"/proc/self/setgroups", "deny"},
+             {"/proc/self/uid_map", "0 " + std::to_string(uid) + " 1"},
+             {"/proc/self/gid_map", "0 " + std::to_string(gid) + " 1"}})
       if (std::string why = write_proc(path, text); !why.empty()) return why;
   }
-  if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == -1) return errno_text("mount --make-rprivate /");
+  if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == -1)
+    return errno_text("mount --make-rprivate /");
   prefork::fd sock(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
   ifreq lo{};
   std::strcpy(lo.ifr_name, "lo");
@@ -219,8 +221,8 @@ PREFORK_HELPER(inherit_and_listen) {
   try {
     prefork::pool_config config;
     config.listeners.push_back(prefork::listen(argv[0]));
-    prefork::test::line_reader::say(2, "listener fd " + std::to_string(config.listeners[0].get()) +
-                                           ", the other one " + holds_other());
+    prefork::test::line_reader::say(
+        2, "listener fd " + std::to_string(config.listeners[0].get()) + ", the other one " + holds_other());
     config.after_fork = [&](prefork::worker&) {
       prefork::test::line_reader::say(2, "in the worker, the other one " + holds_other());
     };
@@ -234,8 +236,9 @@ PREFORK_HELPER(inherit_and_listen) {
   }
 }
 
-TEST_CASE("listen() returns the inherited socket of its address; the master closes inherited ones nobody took",
-          "[readme][upgrade][inherit]") {
+TEST_CASE(
+    "listen() returns the inherited socket of its address; the master closes inherited ones nobody took",
+    "[readme][upgrade][inherit]") {
   prefork::test::leak_check leaks;
   {
     prefork::fd mine = prefork::listen("127.0.0.1:0");
@@ -248,10 +251,10 @@ TEST_CASE("listen() returns the inherited socket of its address; the master clos
     std::vector<std::string> env{"PREFORK_FDS=3,4"};
     for (char** e = environ; *e; ++e) env.emplace_back(*e);
     options.env = env;
-    prefork::child server =
-        prefork::spawn(prefork::test::helper_argv("inherit_and_listen", {prefork::local_address(mine.get()),
-                                                                         std::to_string(st.st_ino)}),
-                       options);
+    prefork::child server = prefork::spawn(
+        prefork::test::helper_argv("inherit_and_listen",
+                                   {prefork::local_address(mine.get()), std::to_string(st.st_ino)}),
+        options);
     log.close_write();
     CHECK(log.wait_for("listener fd") == "listener fd 3, the other one cloexec");
     std::string closing = log.wait_for("inherited descriptors");
