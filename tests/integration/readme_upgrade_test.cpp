@@ -26,6 +26,7 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -266,6 +267,64 @@ TEST_CASE(
     std::optional<prefork::exit_status> end = server.wait_for(std::chrono::milliseconds(20000));
     REQUIRE(end);
     CHECK(end->describe() == "exited 0");
+  }
+  CHECK(leaks.problems() == "");
+}
+
+// ADDRESS...: listens on each (with PREFORK_FDS set by the test), prints
+// the descriptor numbers listen() returned, one line.
+PREFORK_HELPER(listen_each) {
+  std::string out;
+  try {
+    std::vector<prefork::fd> kept;
+    for (int i = 0; i < argc; ++i) {
+      kept.push_back(prefork::listen(argv[i]));
+      out += (i ? " " : "") + std::to_string(kept.back().get());
+    }
+  } catch (const std::exception& e) {
+    out = std::string("failed: ") + e.what();
+  }
+  prefork::test::line_reader::say(1, out);
+  return 0;
+}
+
+TEST_CASE("listen() matches inherited unix sockets by path or name, and port 0 by address",
+          "[readme][upgrade][inherit]") {
+  prefork::test::leak_check leaks;
+  {
+    char dir_template[] = "/tmp/prefork-listen-XXXXXX";
+    REQUIRE(::mkdtemp(dir_template) != nullptr);
+    const std::string path = std::string(dir_template) + "/s";
+    const std::string abstract = "unix:@prefork-listen-test-" + std::to_string(::getpid());
+    prefork::fd tcp = prefork::listen("127.0.0.1:0");
+    prefork::fd file = prefork::listen("unix:" + path);
+    prefork::fd name = prefork::listen(abstract);
+    prefork::test::line_reader out;
+    prefork::spawn_options options;
+    options.fds = {{0, 0}, {out.write_fd(), 1}, {2, 2}, {tcp.get(), 3}, {file.get(), 4}, {name.get(), 5}};
+    std::vector<std::string> env{"PREFORK_FDS=3,4,5"};
+    for (char** e = environ; *e; ++e) env.emplace_back(*e);
+    options.env = env;
+    // Out of order, and a fourth address that nobody inherited: bound afresh.
+    prefork::child helper = prefork::spawn(
+        prefork::test::helper_argv("listen_each", {abstract, "unix:" + path, "127.0.0.1:0", "127.0.0.1:0"}),
+        options);
+    out.close_write();
+    std::string line = out.wait_for(" ");
+    std::istringstream words(line);
+    int a = 0, b = 0, c = 0, d = 0;
+    words >> a >> b >> c >> d;
+    INFO(line);
+    CHECK(a == 5);
+    CHECK(b == 4);
+    CHECK(c == 3);
+    CHECK(d > 5);
+    std::optional<prefork::exit_status> end = helper.wait_for(std::chrono::milliseconds(20000));
+    REQUIRE(end);
+    CHECK(end->describe() == "exited 0");
+    file.reset();
+    std::error_code ec;
+    fs::remove_all(dir_template, ec);
   }
   CHECK(leaks.problems() == "");
 }
