@@ -462,9 +462,11 @@ class master {
   // first) is asked to stop, and its replacement takes its slot. One worker
   // fewer serves meanwhile, never more than one.
   void make_room(unsigned index, clock::time_point now) {
-    bool in_progress = std::any_of(state_.workers.begin(), state_.workers.end(), [](const auto& r) {
-      return r.quit_sent || r.term_sent || r.killed || (!r.retiring && !r.ready);
-    });
+    bool leaving = std::any_of(state_.workers.begin(), state_.workers.end(),
+                               [](const auto& r) { return r.quit_sent || r.term_sent || r.killed; });
+    bool booting = std::any_of(state_.workers.begin(), state_.workers.end(),
+                               [](const auto& r) { return !r.retiring && !r.ready; });
+    bool in_progress = leaving || booting;
     detail::worker_record* old = nullptr;
     if (!in_progress)
       for (detail::worker_record& r : state_.workers)
@@ -478,7 +480,8 @@ class master {
     } else if (!waiting_for_slot_) {
       waiting_for_slot_ = true;
       log("no free slot for worker " + std::to_string(index) + " (max_workers " +
-          std::to_string(config_.max_workers) + "): waiting for a worker to exit");
+          std::to_string(config_.max_workers) + "): waiting for " +
+          (leaving ? "a worker to exit" : "a new worker to be ready"));
     }
   }
 
