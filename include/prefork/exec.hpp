@@ -9,7 +9,9 @@
 // or systemd's socket activation (LISTEN_FDS, LISTEN_FDNAMES, for the process
 // named in LISTEN_PID), takes ownership, marks the descriptors CLOEXEC again
 // and removes the variables so the program's own children do not misread
-// them. If exec fails, every descriptor's flags are put back as they were and
+// them. listen() (socket.hpp) takes the inherited socket of its address
+// first, so a program that binds its listeners itself works unchanged in
+// the new image. If exec fails, every descriptor's flags are put back as they were and
 // std::system_error is thrown: the process goes on unchanged, which is what an
 // in-place upgrade relies on to survive a bad new binary.
 //
@@ -38,6 +40,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -324,14 +327,12 @@ inline const std::filesystem::path& startup_cwd() { return detail::startup().cwd
   detail::exec_program(program, argv, keep, names);
 }
 
-// Takes the descriptors this process inherited: from PREFORK_FDS (set by
-// exec()), else from systemd's LISTEN_FDS (descriptors 3, 4, ...) when
-// LISTEN_PID is this process (otherwise they are meant for another process
-// and ignored). Each is checked to be open and marked CLOEXEC again, and the
-// variables are removed, so a second call returns nothing. Malformed values
-// throw std::runtime_error naming the variable and its value, before any
-// descriptor is taken.
-inline inherited take_inherited_fds() {
+namespace detail {
+
+// Reads PREFORK_FDS, else LISTEN_FDS for this process, and takes what they
+// list: each checked to be open and marked CLOEXEC at once, the variables
+// removed. Nothing when they are absent (or already read).
+inline inherited load_inherited_fds() {
   inherited out;
   std::vector<int> numbers;
   std::vector<std::string> names;
@@ -390,6 +391,68 @@ inline inherited take_inherited_fds() {
   ::unsetenv("PREFORK_FDNAMES");
   if (listen_pid_matches)
     for (const char* v : {"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}) ::unsetenv(v);
+  return out;
+}
+
+// What was inherited and not yet taken. The environment is read by the
+// first listen() or take_inherited_fds() after it was set; listen() takes
+// the socket of its address from here, take_inherited_fds() the rest.
+struct inherited_store {
+  std::mutex lock;
+  inherited untaken;
+};
+
+inline inherited_store& inherited_fds_store() {
+  static inherited_store store;
+  return store;
+}
+
+// Called with the store locked: what the environment lists now joins it.
+inline inherited& untaken_inherited_fds(inherited_store& store) {
+  inherited fresh = load_inherited_fds();
+  inherited& rest = store.untaken;
+  if (!fresh.source.empty()) rest.source = fresh.source;
+  for (std::size_t i = 0; i < fresh.fds.size(); ++i) {
+    rest.fds.push_back(std::move(fresh.fds[i]));
+    rest.names.push_back(std::move(fresh.names[i]));
+  }
+  return rest;
+}
+
+// The first inherited descriptor, not yet taken, that `wanted` accepts
+// (listen() looks for its address); an invalid fd if none.
+template <class Predicate>
+fd take_inherited_fd_if(Predicate wanted) {
+  inherited_store& store = inherited_fds_store();
+  std::lock_guard<std::mutex> hold(store.lock);
+  inherited& rest = untaken_inherited_fds(store);
+  for (std::size_t i = 0; i < rest.fds.size(); ++i) {
+    if (!wanted(rest.fds[i].get())) continue;
+    fd found = std::move(rest.fds[i]);
+    rest.fds.erase(rest.fds.begin() + static_cast<std::ptrdiff_t>(i));
+    rest.names.erase(rest.names.begin() + static_cast<std::ptrdiff_t>(i));
+    return found;
+  }
+  return fd();
+}
+
+}  // namespace detail
+
+// Takes the descriptors this process inherited: from PREFORK_FDS (set by
+// exec()), else from systemd's LISTEN_FDS (descriptors 3, 4, ...) when
+// LISTEN_PID is this process (otherwise they are meant for another process
+// and ignored), less any that listen() already took for its address. Each
+// is checked to be open and marked CLOEXEC again as soon as it is read, and
+// the variables are removed, so a second call returns nothing. Malformed
+// values throw std::runtime_error naming the variable and its value, before
+// any descriptor is taken. The pool's master calls it as it starts and
+// closes whatever nobody took; another program may call it and drop the
+// result to do the same.
+inline inherited take_inherited_fds() {
+  detail::inherited_store& store = detail::inherited_fds_store();
+  std::lock_guard<std::mutex> hold(store.lock);
+  inherited out = std::move(detail::untaken_inherited_fds(store));
+  store.untaken = inherited();
   return out;
 }
 

@@ -98,6 +98,9 @@ class master {
     running_ = true;
     work_ = std::move(work);
     detail::occupy_std_fds();
+    // Inherited descriptors that no listen() and no config took would stay
+    // open, unused, in the master and every worker: they go now.
+    inherited unused = take_inherited_fds();
     if (!config_.pid_file.empty()) pid_file_ = pid_file::create(config_.pid_file);
     detail::ignored_sigpipe no_sigpipe;  // a dead worker's control pipe must give EPIPE, not kill us
     signal_pipe sigs{SIGQUIT, SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP, SIGWINCH, SIGTTIN, SIGTTOU, SIGCHLD};
@@ -117,6 +120,10 @@ class master {
         detail::describe_listeners(config_.listeners) +
         (upgrade_.old_master() ? " (upgrade from pid " + std::to_string(upgrade_.old_master()) + ")" : ""));
     for (const std::string& line : upgrade_.take_messages()) log(line);
+    if (!unused.fds.empty())
+      log("closing " + std::to_string(unused.fds.size()) + " inherited descriptors (" + unused.source +
+          ") that no listener took: " + detail::describe_listeners(unused.fds));
+    unused = inherited();
     if (std::string problem = notifier_.start(); !problem.empty()) log(problem);
     for (;;) {
       next_wake_ = clock::time_point::max();
@@ -186,40 +193,63 @@ class master {
     PREFORK_SYSCALL(poll)(polls, 2, wait_ms);  // EINTR: a signal, which is what we wait for
   }
 
+  // Waits only for the children the master knows (its workers, a new
+  // master of fork_exec), one waitpid(pid, WNOHANG) each, as libuv does: a
+  // child that a hook spawned (on_reload, a log pipe) is its owner's to wait
+  // for, and waitpid(-1) would steal its exit status. As PID 1 of a pid
+  // namespace the master is also every orphan's parent, and reaps the rest.
   void reap_all_workers() {
+    std::vector<pid_t> known;
+    known.reserve(state_.workers.size() + 1);
+    for (const detail::worker_record& r : state_.workers) known.push_back(r.pid);
+    if (pid_t next = upgrade_.successor_pid()) known.push_back(next);
+    for (pid_t pid : known) {
+      int status = 0;
+      pid_t got = detail::retry([&] { return ::waitpid(pid, &status, WNOHANG); });
+      if (got == pid) {
+        reaped(pid, exit_status(status));
+      } else if (got == -1 && errno == ECHILD) {
+        reaped(pid, std::nullopt);  // someone else's waitpid(-1) took it: gone, status unknown
+      }
+    }
+    if (::getpid() != 1) return;
     for (;;) {
       int status = 0;
       pid_t pid = detail::retry([&] { return ::waitpid(-1, &status, WNOHANG); });
       if (pid <= 0) return;  // 0: none exited; ECHILD: no children at all
-      auto it = std::find_if(state_.workers.begin(), state_.workers.end(),
-                             [&](const detail::worker_record& r) { return r.pid == pid; });
-      exit_status how(status);
-      if (upgrade_.reaped(pid, how, config_, pid_file_)) continue;
-      if (it == state_.workers.end()) {
-        log("reaped unknown child pid " + std::to_string(pid) + ": " + how.describe());
-        continue;
-      }
-      const clock::time_point now = clock::now();
-      auto lived = now - it->spawned;
-      std::string line = name(*it) + " " + how.describe() + " after " + detail::seconds(lived);
-      detail::respawn_health& health = state_.health_of(it->index);
-      bool asked_to_go = it->quit_sent || it->term_sent;
-      if (!asked_to_go && lived < std::chrono::seconds(1)) {
-        ++health.fast_deaths;
-        auto delay = detail::crash_backoff(health.fast_deaths);
-        health.not_before = now + delay;
-        if (delay.count() > 0)
-          line += "; died within a second of starting " + std::to_string(health.fast_deaths) +
-                  " times in a row, respawning in " + detail::seconds(delay);
-      } else {
-        health.fast_deaths = 0;
-      }
-      log(line);
-      detail::slot_cells& c = cells(*it);
-      c.pid.store(0, std::memory_order_relaxed);
-      c.state.store(static_cast<std::int32_t>(worker_state::free), std::memory_order_release);
-      state_.workers.erase(it);
+      reaped(pid, exit_status(status));
     }
+  }
+
+  void reaped(pid_t pid, const std::optional<exit_status>& status) {
+    auto it = std::find_if(state_.workers.begin(), state_.workers.end(),
+                           [&](const detail::worker_record& r) { return r.pid == pid; });
+    if (status && upgrade_.reaped(pid, *status, config_, pid_file_)) return;
+    std::string how = status ? status->describe() : "was reaped by another waitpid (status unknown)";
+    if (it == state_.workers.end()) {
+      if (status) log("reaped unknown child pid " + std::to_string(pid) + ": " + how);
+      return;
+    }
+    const clock::time_point now = clock::now();
+    auto lived = now - it->spawned;
+    std::string line = name(*it) + " " + how + " after " + detail::seconds(lived);
+    detail::respawn_health& health = state_.health_of(it->index);
+    bool asked_to_go = it->quit_sent || it->term_sent;
+    if (!asked_to_go && lived < std::chrono::seconds(1)) {
+      ++health.fast_deaths;
+      auto delay = detail::crash_backoff(health.fast_deaths);
+      health.not_before = now + delay;
+      if (delay.count() > 0)
+        line += "; died within a second of starting " + std::to_string(health.fast_deaths) +
+                " times in a row, respawning in " + detail::seconds(delay);
+    } else {
+      health.fast_deaths = 0;
+    }
+    log(line);
+    detail::slot_cells& c = cells(*it);
+    c.pid.store(0, std::memory_order_relaxed);
+    c.state.store(static_cast<std::int32_t>(worker_state::free), std::memory_order_release);
+    state_.workers.erase(it);
   }
 
   void handle_signal(int sig) {
@@ -396,9 +426,13 @@ class master {
           continue;
         }
         std::optional<std::size_t> slot = state_.free_slot();
-        if (!slot) continue;  // a reap frees one, and SIGCHLD wakes us then
+        if (!slot) {
+          make_room(index, now);  // a reap frees one, and SIGCHLD wakes us then
+          continue;
+        }
         try {
           spawn(index, *slot, now);
+          waiting_for_slot_ = false;
         } catch (const std::exception& e) {
           health.not_before = now + std::chrono::seconds(1);
           wake_by(health.not_before);
@@ -418,6 +452,37 @@ class master {
         log(name(r) + " no longer wanted: asking it to stop");
         send_quit(r, now);
       }
+  }
+
+  // Every slot is taken, by old workers that are to be replaced (HUP,
+  // recycling, an in-place upgrade) and their replacements: max_workers is
+  // workers, or close to it. New first cannot work then, so the workers are
+  // replaced one at a time: once nobody is on the way out and every
+  // replacement started so far is ready, one old worker (this number's own
+  // first) is asked to stop, and its replacement takes its slot. One worker
+  // fewer serves meanwhile, never more than one.
+  void make_room(unsigned index, clock::time_point now) {
+    bool leaving = std::any_of(state_.workers.begin(), state_.workers.end(),
+                               [](const auto& r) { return r.quit_sent || r.term_sent || r.killed; });
+    bool booting = std::any_of(state_.workers.begin(), state_.workers.end(),
+                               [](const auto& r) { return !r.retiring && !r.ready; });
+    bool in_progress = leaving || booting;
+    detail::worker_record* old = nullptr;
+    if (!in_progress)
+      for (detail::worker_record& r : state_.workers)
+        if (r.retiring && (old == nullptr || (r.index == index && old->index != index))) old = &r;
+    if (old != nullptr) {
+      log("no free slot for worker " + std::to_string(index) + " (max_workers " +
+          std::to_string(config_.max_workers) + "): replacing one at a time, asking " + name(*old) +
+          " to stop first");
+      send_quit(*old, now);
+      waiting_for_slot_ = true;
+    } else if (!waiting_for_slot_) {
+      waiting_for_slot_ = true;
+      log("no free slot for worker " + std::to_string(index) + " (max_workers " +
+          std::to_string(config_.max_workers) + "): waiting for " +
+          (leaving ? "a worker to exit" : "a new worker to be ready"));
+    }
   }
 
   void spawn(unsigned index, std::size_t slot, clock::time_point now) {
@@ -501,6 +566,7 @@ class master {
   signal_pipe* sigs_ = nullptr;
   bool running_ = false;
   bool announced_generation_ = false;
+  bool waiting_for_slot_ = false;  // said so in the log
   stop_kind stop_ = stop_kind::none;
   clock::time_point stop_deadline_{};
   clock::time_point next_wake_{};

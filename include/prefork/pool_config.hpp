@@ -48,7 +48,9 @@ struct pool_config {
   std::size_t max_rss = 0;     // replace a worker above this RSS (bytes)
   // Scoreboard slots: the most workers alive at once, old and new together
   // while HUP or recycling replaces them. 0: 2 * workers + 8. TTIN stops
-  // at this many; a replacement waits for a free slot.
+  // at this many. With no slot free (max_workers == workers) workers are
+  // replaced one at a time: the old one stops first, then its replacement
+  // starts in its slot.
   unsigned max_workers = 0;
   std::function<void(worker&)> after_fork;  // in the worker
   std::function<void()> on_reload;          // HUP, in the master

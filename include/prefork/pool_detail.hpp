@@ -91,10 +91,18 @@ struct pool_state {
     return std::nullopt;
   }
 
-  // No worker number is dying at start over and over (its back-off runs).
+  // No wanted worker number is dying at start over and over (its back-off
+  // runs). The count of fast deaths only resets at a later death, so a
+  // number whose worker came up ready and stays up is healthy again (else
+  // the watchdog pings stop and systemd kills a service that serves), and a
+  // number given up with TTOU or WINCH no longer counts.
   bool healthy() const {
-    return std::none_of(health.begin(), health.end(),
-                        [](const respawn_health& h) { return h.fast_deaths >= 2; });
+    for (std::size_t i = 0; i < health.size() && i < wanted; ++i)
+      if (health[i].fast_deaths >= 2 &&
+          std::none_of(workers.begin(), workers.end(),
+                       [&](const worker_record& r) { return r.index == i && r.ready; }))
+        return false;
+    return true;
   }
 };
 

@@ -7,7 +7,7 @@
 // ("listen 127.0.0.1:80: Permission denied"). accept() returns CLOEXEC
 // descriptors and has a non-throwing form for the hot path. This header also
 // brings socket_address (socket_address.hpp) and socket_pair, send_fds and
-// recv_fds (fd_passing.hpp). Stands on socket, setsockopt, bind, listen,
+// recv_fds (fd_passing.hpp). Stands on socket, setsockopt, getsockopt, getsockname, bind, listen,
 // accept4, connect, fchmod, fchmodat and lstat.
 #pragma once
 
@@ -21,7 +21,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -29,6 +31,7 @@
 #include <vector>
 
 #include <prefork/error.hpp>
+#include <prefork/exec.hpp>
 #include <prefork/fd.hpp>
 #include <prefork/fd_passing.hpp>
 #include <prefork/socket_address.hpp>
@@ -151,12 +154,48 @@ inline fd listen_inet(const socket_address& addr, const listen_options& opts, co
   return sock;
 }
 
+// Whether `sock`, an inherited descriptor, is a listening stream socket
+// bound to `want`: the same family and address, and the same port (any
+// port when `want` asks for port 0), or the same unix socket path or
+// abstract name. That is how tableflip and einhorn find a socket again.
+inline bool listens_on(int sock, const socket_address& want) {
+  int value = 0;
+  socklen_t len = sizeof value;
+  if (::getsockopt(sock, SOL_SOCKET, SO_TYPE, &value, &len) == -1 || value != SOCK_STREAM) return false;
+  len = sizeof value;
+  if (::getsockopt(sock, SOL_SOCKET, SO_ACCEPTCONN, &value, &len) == -1 || value == 0) return false;
+  sockaddr_storage ss{};
+  len = sizeof ss;
+  if (::getsockname(sock, reinterpret_cast<sockaddr*>(&ss), &len) == -1 || ss.ss_family != want.family())
+    return false;
+  const socket_address have(reinterpret_cast<const sockaddr*>(&ss), len);
+  if (want.family() == AF_UNIX) return have.to_string() == want.to_string();
+  if (want.port() != 0 && want.port() != have.port()) return false;
+  if (want.family() == AF_INET)
+    return std::memcmp(&reinterpret_cast<const sockaddr_in*>(want.get())->sin_addr,
+                       &reinterpret_cast<const sockaddr_in*>(have.get())->sin_addr, sizeof(in_addr)) == 0;
+  if (want.family() != AF_INET6) return false;
+  auto* a = reinterpret_cast<const sockaddr_in6*>(want.get());
+  auto* b = reinterpret_cast<const sockaddr_in6*>(have.get());
+  return std::memcmp(&a->sin6_addr, &b->sin6_addr, sizeof(in6_addr)) == 0 &&
+         a->sin6_scope_id == b->sin6_scope_id;
+}
+
 }  // namespace detail
 
 // A listening socket for `address`. Errors name it: std::invalid_argument
 // "listen: cannot parse address 'foo:bar': port 'bar' is not a number", or
 // std::system_error "listen 127.0.0.1:80: Permission denied". A host name
 // that resolves to several addresses gets the first one that binds.
+//
+// In the new image of an upgrade (PREFORK_FDS) or under systemd's socket
+// activation (LISTEN_FDS), the inherited socket bound to `address` is
+// returned instead, as it is (its options are the ones it was made with; a
+// pool's listener stays non-blocking, as old workers still accept on it):
+// binding again would fail, the address being taken by that very socket.
+// So the same program works first started and upgraded. Inherited
+// descriptors that no listen() takes are left to take_inherited_fds()
+// (exec.hpp); the pool's master closes them as it starts.
 inline fd listen(std::string_view address, const listen_options& opts = {}) {
   std::string what = "listen " + std::string(address);
   if (opts.backlog < 1) throw std::invalid_argument(what + ": backlog must be positive");
@@ -164,6 +203,11 @@ inline fd listen(std::string_view address, const listen_options& opts = {}) {
   if ((opts.unix_mode & ~mode_t(07777)) != 0) throw std::invalid_argument(what + ": unix_mode is not a mode");
   bool named = false;
   std::vector<socket_address> addrs = detail::resolve("listen", address, &named);
+  fd inherited = detail::take_inherited_fd_if([&](int sock) {
+    return std::any_of(addrs.begin(), addrs.end(),
+                       [&](const socket_address& a) { return detail::listens_on(sock, a); });
+  });
+  if (inherited) return inherited;
   if (addrs.front().family() == AF_UNIX) return detail::listen_unix(addrs.front(), opts, what);
 
   std::error_code first_error;

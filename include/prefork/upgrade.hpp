@@ -261,6 +261,9 @@ class upgrader {
 
   pid_t old_master() const noexcept { return old_master_; }
 
+  // fork_exec: the new master while it is this master's child to reap, or 0.
+  pid_t successor_pid() const noexcept { return successor_.pid(); }
+
   bool in_progress() const noexcept { return successor_.pid() != 0 || pending_; }
 
   std::string progress() const {
