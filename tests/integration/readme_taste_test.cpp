@@ -24,7 +24,8 @@ TEST_CASE("README's A taste: a port in use is one line and exit 1", "[readme][ta
     }
     auto err = prefork::pipe();
     prefork::fd null(::open("/dev/null", O_WRONLY | O_CLOEXEC));
-    prefork::child taste = start_process({prefork::test::bin_path("readme-taste")}, null.get(), err.write.get());
+    prefork::child taste =
+        start_process({prefork::test::bin_path("readme-taste")}, null.get(), err.write.get());
     err.write.reset();
     std::string said = read_until_close(err.read.get());
     std::optional<prefork::exit_status> how = taste.wait_for(patience);
