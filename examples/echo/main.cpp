@@ -7,8 +7,6 @@
 // a time and sends back every byte until the client closes. Signals go to the
 // master: QUIT stops gracefully, TERM at once, HUP replaces the workers,
 // TTIN/TTOU add or remove one, USR2 upgrades to a newly installed binary.
-#include <poll.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -25,18 +23,14 @@ int bad_flag(const std::string& why) {
   return 2;
 }
 
-// Echoes until the client closes, ticking the heartbeat while it waits, so
-// a quiet client is not mistaken for a stuck worker.
+// Echoes until the client closes. Each chunk read is a request, answered
+// before the next wait; w.read() ticks the heartbeat while the client is
+// quiet and returns 0 at once on QUIT, so an idle client cannot hold a stop.
 void echo(prefork::worker& w, int conn) {
   char buf[16384];
-  pollfd p{conn, POLLIN, 0};
-  while (::poll(&p, 1, 1000) >= 0) {
-    w.tick();
-    if (p.revents == 0) continue;
-    prefork::io_result got = prefork::read_some(conn, buf, sizeof buf);
-    std::error_code ec;
-    if (!got || got.bytes == 0 || prefork::write_all(conn, buf, got.bytes, ec) != got.bytes) return;
-  }
+  std::error_code ec;
+  while (std::size_t n = w.read(conn, buf, sizeof buf))
+    if (prefork::write_all(conn, buf, n, ec) != n) return;
 }
 
 }  // namespace
@@ -60,6 +54,8 @@ int main(int argc, char** argv) {
     prefork::pool_config config;
     config.workers = static_cast<unsigned>(workers);
     config.pid_file = pid_file;
+    // Before binding, so a second start says "already running as PID N".
+    if (!pid_file.empty()) prefork::pid_file::check_not_running(pid_file);
     config.listeners = prefork::inherited_fds();  // after a USR2 upgrade: the same socket
     if (config.listeners.empty()) config.listeners.push_back(prefork::listen(address));
     std::printf("listening on %s\n", prefork::local_address(config.listeners[0].get()).c_str());
@@ -71,7 +67,7 @@ int main(int argc, char** argv) {
         w.request_done();
       }
     });
-  } catch (const std::exception& e) {
+  } catch (const std::exception& e) {  // a port in use, say: one line, exit 1
     std::fprintf(stderr, "prefork-echo: %s\n", e.what());
     return 1;
   }

@@ -152,6 +152,9 @@ int main(int argc, char** argv) {
     // Absolute before daemonizing: the daemon runs from "/".
     opts.root = std::filesystem::absolute(opts.root);
     if (!opts.pid_file.empty()) opts.pid_file = std::filesystem::absolute(opts.pid_file);
+    // Before binding: a second start says "already running as PID N", not
+    // "Address already in use" (the master writes the pid file only later).
+    if (!opts.pid_file.empty()) prefork::pid_file::check_not_running(opts.pid_file);
     if (!opts.access_log.empty() && opts.access_log != "-") opts.access_log = std::filesystem::absolute(opts.access_log);
     if (!opts.error_log.empty()) opts.error_log = std::filesystem::absolute(opts.error_log);
     // An upgrade re-executes us with the same arguments: the new master is

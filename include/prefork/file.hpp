@@ -48,6 +48,16 @@ inline std::pair<std::filesystem::path, std::string> split_target(const std::fil
   return {dir.empty() ? std::filesystem::path(".") : dir, name};
 }
 
+// What a system_error was thrown with, without the ": <reason>" that
+// what() appends, so the error can be rethrown with more context.
+inline std::string what_arg(const std::system_error& e) {
+  std::string what = e.what();
+  const std::string reason = ": " + e.code().message();
+  if (what.size() >= reason.size() && what.compare(what.size() - reason.size(), reason.size(), reason) == 0)
+    what.resize(what.size() - reason.size());
+  return what;
+}
+
 inline fd open_directory(const std::filesystem::path& dir) {
   int raw = retry([&] { return PREFORK_SYSCALL(open)(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); });
   if (raw == -1) throw_system_error("open directory " + dir.string());
@@ -289,28 +299,33 @@ inline std::size_t remove_stale_temps(const std::filesystem::path& dir, std::err
 // that reused it; like every pid file, this one cannot tell.)
 class pid_file {
  public:
+  // Creates the file holding our PID; throws "pid file PATH: already running
+  // as PID N" when a live process owns it. Every error names the pid file,
+  // since the call that failed (opening its directory, a temp file beside
+  // it) may not.
   static pid_file create(const std::filesystem::path& path) {
-    auto [dir, name] = detail::split_target(path);
-    fd dirfd = detail::open_directory(dir);
-    const pid_t self = ::getpid();
-    const std::string content = std::to_string(self) + "\n";
-    for (int attempt = 0; attempt < 100; ++attempt) {
-      std::string temp;
-      fd file = detail::create_locked_temp(dirfd.get(), dir, name, 0644, temp);
-      std::error_code ec;
-      write_all(file.get(), content.data(), content.size(), ec);
-      int linked = ec ? -1 : ::linkat(dirfd.get(), temp.c_str(), dirfd.get(), name.c_str(), 0);
-      int err = ec ? ec.value() : errno;
-      ::unlinkat(dirfd.get(), temp.c_str(), 0);
-      file.reset();
-      if (linked == 0) return pid_file(path);
-      if (err != EEXIST) throw_system_error("link " + (dir / temp).string() + " -> " + path.string(), err);
-      switch (examine_existing(dirfd.get(), path, name, self)) {
-        case existing::ours: return pid_file(path);  // we were exec'd in place: adopt it
-        case existing::gone: continue;
-      }
+    try {
+      return create_here(path);
+    } catch (const std::system_error& e) {
+      throw std::system_error(e.code(), "pid file " + path.string() + ": " + detail::what_arg(e));
     }
-    throw std::runtime_error("pid file " + path.string() + " keeps changing; giving up");
+  }
+
+  // The live process, other than this one, that the file at `path` names:
+  // the master already running. nullopt when the file is missing, stale or
+  // ours (a master re-exec'd in place).
+  static std::optional<pid_t> running(const std::filesystem::path& path) noexcept {
+    std::optional<pid_t> owner = read(path);
+    if (owner && *owner != ::getpid() && alive(*owner)) return owner;
+    return std::nullopt;
+  }
+
+  // Throws "pid file PATH: already running as PID N" when running(path).
+  // For a program to call before it binds its sockets: the master creates
+  // the pid file only after, so without this a second start fails with
+  // "Address already in use" instead. create() still decides, atomically.
+  static void check_not_running(const std::filesystem::path& path) {
+    if (std::optional<pid_t> owner = running(path)) throw already_running(path, *owner);
   }
 
   pid_file() noexcept = default;
@@ -366,6 +381,35 @@ class pid_file {
  private:
   explicit pid_file(std::filesystem::path path) : path_(std::move(path)) {}
 
+  static pid_file create_here(const std::filesystem::path& path) {
+    auto [dir, name] = detail::split_target(path);
+    fd dirfd = detail::open_directory(dir);
+    const pid_t self = ::getpid();
+    const std::string content = std::to_string(self) + "\n";
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      std::string temp;
+      fd file = detail::create_locked_temp(dirfd.get(), dir, name, 0644, temp);
+      std::error_code ec;
+      write_all(file.get(), content.data(), content.size(), ec);
+      int linked = ec ? -1 : ::linkat(dirfd.get(), temp.c_str(), dirfd.get(), name.c_str(), 0);
+      int err = ec ? ec.value() : errno;
+      ::unlinkat(dirfd.get(), temp.c_str(), 0);
+      file.reset();
+      if (linked == 0) return pid_file(path);
+      if (err != EEXIST) throw_system_error("link " + (dir / temp).string() + " -> " + path.string(), err);
+      switch (examine_existing(dirfd.get(), path, name, self)) {
+        case existing::ours: return pid_file(path);  // we were exec'd in place: adopt it
+        case existing::gone: continue;
+      }
+    }
+    throw std::runtime_error("pid file " + path.string() + " keeps changing; giving up");
+  }
+
+  static std::runtime_error already_running(const std::filesystem::path& path, pid_t owner) {
+    return std::runtime_error("pid file " + path.string() + ": already running as PID " +
+                              std::to_string(owner));
+  }
+
   enum class existing { ours, gone };
 
   static std::string read_small(int file) noexcept {
@@ -407,9 +451,7 @@ class pid_file {
       return existing::gone;  // another replacer got there first: look again
     std::optional<pid_t> owner = parse(read_small(file.get()));
     if (owner && *owner == self) return existing::ours;
-    if (owner && alive(*owner))
-      throw std::runtime_error("pid file " + path.string() + ": already running as PID " +
-                               std::to_string(*owner));
+    if (owner && alive(*owner)) throw already_running(path, *owner);
     if (::unlinkat(dirfd, name.c_str(), 0) == -1 && errno != ENOENT)
       throw_system_error("unlink stale " + path.string());
     return existing::gone;

@@ -5,15 +5,23 @@
 // on a control pipe, never through signals, so application code never sees
 // EINTR: the master writes a signal number (QUIT: stop after the request in
 // hand; USR1: reopen logs) and the worker reads it between requests, in
-// accept() or stopping(). A graceful stop is the QUIT byte followed by end of
-// file, so stop_fd() stays readable from then on; end of file with no QUIT
-// before it means the master died, and the worker exits at once.
+// accept(), wait_readable() or stopping(). A graceful stop is the QUIT byte
+// followed by end of file, so stop_fd() stays readable from then on. End of
+// file with no QUIT before it means the master died; that too is a graceful
+// stop, not an exit on the spot: a worker that holds a request (a response
+// half sent by an event loop) finishes it, since its client did nothing wrong.
 //
 // accept() waits in poll(2) on every listener and the control pipe at once,
 // waking at least every timeout/4 to tick the heartbeat, so only a worker
 // stuck inside a request is ever killed for silence. The listeners are
 // non-blocking: every idle worker wakes for a connection (poll has no
 // exclusive wake-up), the losers get EAGAIN and go back to poll.
+//
+// A connection-oriented worker (a line protocol, HTTP keep-alive) holds a
+// connection across many requests; its "request in hand" is the one it has
+// read and not yet answered, not the whole connection. wait_readable() and
+// read() wait for the client and for the master at once, so a client that
+// keeps an idle connection open cannot hold a graceful stop.
 //
 // PR_SET_PDEATHSIG is deliberately not used: end of file on the control pipe
 // already tells an idle worker at once, and a busy one finishes the request
@@ -90,11 +98,57 @@ class worker {
     check_rss();
   }
 
-  // True once a graceful stop was asked for. Reads what the master sent
-  // (running on_reopen_logs for USR1) without blocking.
+  // True once a graceful stop was asked for, by QUIT or by the master's death
+  // (end of file on the control pipe). Reads what the master sent (running
+  // on_reopen_logs for USR1) without blocking.
   bool stopping() const {
     read_control();
     return stopping_;
+  }
+
+  // Waits until `conn` is readable (bytes, end of file or an error to read),
+  // ticking the heartbeat, for at most `timeout` (negative: no limit). False
+  // when the time ran out or a graceful stop was asked (stopping() tells
+  // which): a stop wins over a client that spoke at the same moment, so a
+  // chatty client cannot hold QUIT for the whole graceful_timeout. Call it
+  // between requests on a kept connection, never in the middle of one.
+  bool wait_readable(int conn, std::chrono::milliseconds timeout) {
+    const bool forever = timeout.count() < 0;
+    const auto deadline =
+        std::chrono::steady_clock::now() + (forever ? std::chrono::milliseconds(0) : timeout);
+    pollfd p[2] = {{conn, POLLIN, 0}, {control_.get(), POLLIN, 0}};
+    for (;;) {
+      if (stopping_) return false;
+      int wait_ms = tick_ms_;
+      if (!forever) {
+        auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0) return false;
+        wait_ms = static_cast<int>(std::min<std::int64_t>(left.count(), tick_ms_));
+      }
+      int ready = PREFORK_SYSCALL(poll)(p, 2, wait_ms);
+      if (ready == -1 && errno != EINTR) throw_system_error("poll fd " + std::to_string(conn));
+      tick();
+      if (ready <= 0) continue;
+      if (p[1].revents != 0) {
+        control_checked_ns_ = detail::monotonic_ns();
+        read_control();
+        if (stopping_) return false;
+      }
+      if (p[0].revents != 0) return true;
+    }
+  }
+
+  // One read(2) from a client, after wait_readable: the bytes read, or 0
+  // when the connection is done: the client closed it, the read failed, the
+  // timeout passed, or a stop was asked while the client was between
+  // requests. A non-blocking `conn` is waited on again after EAGAIN.
+  std::size_t read(int conn, void* buf, std::size_t size,
+                   std::chrono::milliseconds timeout = std::chrono::milliseconds(-1)) {
+    for (;;) {
+      if (!wait_readable(conn, timeout)) return 0;
+      io_result r = read_some(conn, buf, size);
+      if (!r.would_block()) return r ? r.bytes : 0;
+    }
   }
 
   // Readable when the master has something to say, and for good once a
@@ -276,7 +330,12 @@ class worker {
       if (r.would_block() || !r) break;
       if (r.bytes == 0) {
         control_eof_ = true;
-        if (!stopping_) master_gone();
+        if (!stopping_) {
+          stopping_ = true;
+          detail::log_event(*config_, worker_name() +
+                                          ": end of file on the control pipe, the master is gone; "
+                                          "stopping after the request in hand");
+        }
         break;
       }
       for (std::size_t i = 0; i < r.bytes; ++i) {
@@ -292,16 +351,6 @@ class worker {
         detail::log_event(*config_, worker_name() + ": on_reopen_logs failed: " + e.what());
       }
     }
-  }
-
-  [[noreturn]] void master_gone() const noexcept {
-    try {
-      detail::log_event(*config_,
-                        worker_name() + ": end of file on the control pipe, the master is gone; exiting");
-    } catch (...) {
-    }
-    (void)std::fflush(nullptr);
-    ::_exit(0);
   }
 
   std::string worker_name() const {

@@ -388,7 +388,8 @@ TEST_CASE("chaos: hostile pid file paths fail with a clear error", "[chaos][pidf
       command_result readonly = start({"-P", ro + "/httpd.pid", dir.path});
       INFO(readonly.out);
       CHECK(readonly.code == 1);
-      CHECK(readonly.out.find("cannot start: open " + ro + "/") != std::string::npos);
+      CHECK(readonly.out.find("cannot start: pid file " + ro + "/httpd.pid: open " + ro + "/") !=
+            std::string::npos);
       CHECK(readonly.out.find("Read-only file system") != std::string::npos);
       ::umount2(ro.c_str(), MNT_DETACH);
     } else {
@@ -398,7 +399,8 @@ TEST_CASE("chaos: hostile pid file paths fail with a clear error", "[chaos][pidf
     INFO(missing.out);
     CHECK(missing.code == 1);
     CHECK(missing.out.find("cannot start: ") != std::string::npos);
-    CHECK(missing.out.find(dir.path + "/no/such/dir") != std::string::npos);
+    CHECK(missing.out.find("pid file " + dir.path + "/no/such/dir/httpd.pid: open directory " + dir.path +
+                           "/no/such/dir") != std::string::npos);
     CHECK(missing.out.find("No such file or directory") != std::string::npos);
   }
   CHECK(leaks.problems() == "");
