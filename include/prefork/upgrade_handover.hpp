@@ -31,6 +31,7 @@
 #include <prefork/exec.hpp>
 #include <prefork/fd.hpp>
 #include <prefork/pipe.hpp>
+#include <prefork/pool_detail.hpp>
 #include <prefork/process.hpp>
 #include <prefork/signal.hpp>
 
