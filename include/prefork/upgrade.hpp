@@ -208,6 +208,7 @@ class upgrader {
   // A new master runs that is still ours: the master must not exit before
   // it is reaped.
   bool successor_running() const noexcept { return successor_.pid() != 0; }
+  pid_t successor_pid() const noexcept { return successor_.pid(); }  // 0: none (or handed over)
 
   std::string progress() const {
     if (successor_.pid() != 0) return "new master pid " + std::to_string(successor_.pid()) + " is starting";
