@@ -22,5 +22,6 @@
 #include <prefork/exec.hpp>
 #include <prefork/systemd.hpp>
 #include <prefork/pool.hpp>
+#include <prefork/upgrade_handover.hpp>
 #include <prefork/upgrade.hpp>
 // clang-format on

@@ -128,9 +128,9 @@ class master {
     for (;;) {
       next_wake_ = clock::time_point::max();
       try {
-        // Signals first: a SIGCHLD byte taken here must not stand for a
+        // Signals first: a SIGCHLD record taken here must not stand for a
         // child that exited after the reaping.
-        while (std::optional<int> sig = sigs.next()) handle_signal(*sig);
+        while (std::optional<signal_info> sig = upgrade_.next_signal(sigs)) handle_signal(*sig);
         reap_all_workers();
         detail::drain(state_.wake_read.get());
         const clock::time_point now = clock::now();
@@ -141,7 +141,7 @@ class master {
         if (stop_ == stop_kind::graceful && !state_.workers.empty())
           wake_by(notifier_.draining(now, stop_deadline_ + detail::quick_stop_wait));
         if (stop_ != stop_kind::none) {
-          if (state_.workers.empty()) break;
+          if (state_.workers.empty() && !upgrade_.successor_running()) break;
           enforce_stop_deadline(now);
         } else {
           maintain_worker_count(now);
@@ -224,7 +224,9 @@ class master {
   void reaped(pid_t pid, const std::optional<exit_status>& status) {
     auto it = std::find_if(state_.workers.begin(), state_.workers.end(),
                            [&](const detail::worker_record& r) { return r.pid == pid; });
-    if (status && upgrade_.reaped(pid, *status, config_, pid_file_)) return;
+    // A new master reaped elsewhere is gone all the same: the upgrade must
+    // learn it, or a stop would wait for it forever.
+    if (upgrade_.reaped(pid, status ? *status : exit_status::unknown(), config_, pid_file_)) return;
     std::string how = status ? status->describe() : "was reaped by another waitpid (status unknown)";
     if (it == state_.workers.end()) {
       if (status) log("reaped unknown child pid " + std::to_string(pid) + ": " + how);
@@ -252,12 +254,14 @@ class master {
     state_.workers.erase(it);
   }
 
-  void handle_signal(int sig) {
+  void handle_signal(const signal_info& info) {
+    const int sig = info.signo;
     if (sig == SIGCHLD) return;  // its job was to wake us up to reap
     std::string signame(signal_name(sig));
     switch (sig) {
       case SIGQUIT: {
-        auto meaning = upgrade_.on_quit(config_);
+        // Who sent it decides whether it is a new master's hand-over.
+        auto meaning = upgrade_.on_quit(config_, info);
         if (meaning == detail::upgrader::quit_meaning::ignore) return;
         if (meaning == detail::upgrader::quit_meaning::hand_over)
           notifier_.mute();  // the new master is the service
@@ -267,7 +271,7 @@ class master {
         return begin_stop(config_.graceful_term ? stop_kind::graceful : stop_kind::quick, signame);
       case SIGINT: return begin_stop(stop_kind::quick, signame);
       case SIGUSR1: return detail::reopen_logs(config_, state_);
-      case SIGUSR2: return upgrade_.on_usr2(config_, state_, pid_file_, stop_ != stop_kind::none);
+      case SIGUSR2: return upgrade_.on_usr2(config_, state_, pid_file_, stop_ != stop_kind::none, *sigs_);
       case SIGHUP: return reload();
       case SIGWINCH:
         if (detail::has_controlling_terminal())
@@ -310,6 +314,9 @@ class master {
         ::kill(r.pid, SIGTERM);
       }
     }
+    // Not a hand-over (that one took the new master off our hands): a new
+    // master still starting must not outlive us.
+    upgrade_.on_stop(config_, kind == stop_kind::graceful);
   }
 
   void enforce_stop_deadline(clock::time_point now) {

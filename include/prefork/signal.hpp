@@ -1,21 +1,29 @@
-// prefork/signal.hpp: signals as bytes on a pipe (the self-pipe trick), and a
-// clean signal state for children.
+// prefork/signal.hpp: signals as records on a pipe (the self-pipe trick), and
+// a clean signal state for children.
 //
 // A signal_pipe installs one handler for the signals it is given. The handler
-// does the only thing that is safe there: it writes the signal's number, one
-// byte, to a non-blocking CLOEXEC pipe, keeping errno as it found it. The
-// program waits on fd() with poll(2) like on any other descriptor and takes
-// the signals with next(), in the order the handlers ran, outside any handler.
-// The handler runs with every signal blocked, so handlers never nest and the
-// bytes are written in delivery order. At most one signal_pipe is live per
-// process: a handler has no argument, so it finds the pipe through one global.
+// does the only thing that is safe there: it writes one fixed-size record
+// (signal_info: the signal's number, and from its siginfo_t who sent it and
+// how) to a non-blocking CLOEXEC pipe, keeping errno as it found it. A record
+// is far below PIPE_BUF, so each write is atomic: all of it or (pipe full)
+// none of it, and records never tear or interleave. The program waits on
+// fd() with poll(2) like on any other descriptor and takes the signals with
+// next() (the number) or next_info() (the record), in the order the handlers
+// ran, outside any handler. The handler runs with every signal blocked, so
+// handlers never nest and the records are written in delivery order. At most
+// one signal_pipe is live per process: a handler finds the pipe through one
+// global.
 //
-// SIGCHLD belongs in the master's set: its byte is what wakes the master to
-// reap. The kernel merges a SIGCHLD sent while another is pending, so one byte
-// may stand for several dead children; reap with waitpid(-1, WNOHANG) until it
-// says there are none. SIGCHLD is installed with SA_NOCLDSTOP (a stopped or
-// continued child is no reason to wake), and never ignored (SIG_IGN would make
-// the kernel reap children itself and waitpid fail with ECHILD).
+// The sender matters where a signal is also a message between processes: a
+// master that asked a child to start can tell the child's "I am ready" QUIT
+// from an operator's QUIT only by si_pid.
+//
+// SIGCHLD belongs in the master's set: its record is what wakes the master to
+// reap. The kernel merges a SIGCHLD sent while another is pending, so one
+// record may stand for several dead children (its pid names one of them);
+// reap until none is left. SIGCHLD is installed with SA_NOCLDSTOP (a stopped
+// or continued child is no reason to wake), and never ignored (SIG_IGN would
+// make the kernel reap children itself and waitpid fail with ECHILD).
 //
 // signal_name(15) is "SIGTERM" (signal_name.hpp, included here).
 //
@@ -23,11 +31,14 @@
 // signal mask: what a child wants before exec (caught signals are reset by
 // exec itself, but ignored ones and the mask are inherited).
 //
-// Stands on sigaction(2), sigprocmask(2), pipe2(2), read(2), write(2), poll(2).
+// Stands on sigaction(2) with SA_SIGINFO, sigprocmask(2), pipe2(2), read(2),
+// write(2), poll(2).
 #pragma once
 
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -48,6 +59,23 @@
 #include <prefork/signal_name.hpp>  // signal_name(), offered here too
 
 namespace prefork {
+
+// One signal as the handler saw it. Trivially copyable: it is what goes
+// through the pipe, byte for byte.
+struct signal_info {
+  int signo = 0;
+  // Who sent it: the sending process for kill(2), sigqueue(3) and tgkill(2)
+  // (code <= 0), the child for SIGCHLD; 0 when the kernel raised it for
+  // another reason (a terminal's ^C or ^\, a fault, a timer), where siginfo
+  // has no sender.
+  pid_t pid = 0;
+  uid_t uid = 0;  // the sender's real user ID, where pid is set
+  int code = 0;   // si_code: SI_USER (kill), SI_QUEUE, SI_TKILL, SI_KERNEL, CLD_EXITED...
+
+  // Sent by a process with kill(2) and friends, rather than by the kernel.
+  bool sent_by_process() const noexcept { return code <= 0 && pid > 0; }
+};
+
 namespace detail {
 
 // The write end of the live signal_pipe, or -1. Lock-free atomics are the only
@@ -55,16 +83,28 @@ namespace detail {
 inline std::atomic<int> signal_pipe_write_fd{-1};
 inline std::atomic<bool> signal_pipe_live{false};
 
-inline void signal_pipe_handler(int sig) noexcept {
+static_assert(sizeof(signal_info) <= PIPE_BUF, "a signal record must be written atomically");
+
+inline void signal_pipe_handler(int sig, siginfo_t* info, void*) noexcept {
   // write(2) may set errno (EAGAIN on a full pipe); the interrupted code must
   // not see that, or a check of errno after its own failed call would lie.
   int saved = errno;
   int out = signal_pipe_write_fd.load(std::memory_order_relaxed);
   if (out >= 0) {
-    // A full pipe means 64 KiB of signals nobody has read; dropping this one
-    // is no worse than the kernel merging a pending standard signal.
-    auto byte = static_cast<unsigned char>(sig);
-    [[maybe_unused]] ssize_t ignored = ::write(out, &byte, 1);
+    signal_info record;
+    record.signo = sig;
+    if (info != nullptr) {
+      record.code = info->si_code;
+      // si_pid is a member of a union: it means something only for a signal
+      // a process sent, and for SIGCHLD.
+      if (info->si_code <= 0 || sig == SIGCHLD) {
+        record.pid = info->si_pid;
+        record.uid = info->si_uid;
+      }
+    }
+    // A full pipe means thousands of signals nobody has read; dropping this
+    // one is no worse than the kernel merging a pending standard signal.
+    [[maybe_unused]] ssize_t ignored = ::write(out, &record, sizeof record);
   }
   errno = saved;
 }
@@ -120,15 +160,15 @@ class signal_pipe {
         for (const auto& s : saved_) seen = seen || s.first == sig;
         if (seen) continue;
         struct sigaction action {};
-        action.sa_handler = detail::signal_pipe_handler;
+        action.sa_sigaction = detail::signal_pipe_handler;
         // Every signal blocked while the handler runs: handlers never nest,
-        // so the bytes go into the pipe in the order the kernel delivered.
+        // so the records go into the pipe in the order the kernel delivered.
         sigfillset(&action.sa_mask);
-        // SA_RESTART: the handler only queues a byte, so a read, write or
+        // SA_RESTART: the handler only queues a record, so a read, write or
         // accept it interrupted can simply go on; the application sees far
         // fewer EINTRs. poll(2) and friends still return EINTR (the kernel
         // never restarts them), which is harmless: the pipe is readable.
-        action.sa_flags = SA_RESTART | (sig == SIGCHLD ? SA_NOCLDSTOP : 0);
+        action.sa_flags = SA_SIGINFO | SA_RESTART | (sig == SIGCHLD ? SA_NOCLDSTOP : 0);
         struct sigaction old {};
         if (::sigaction(sig, &action, &old) == -1)
           throw_system_error("sigaction " + detail::signal_label(sig));
@@ -175,30 +215,53 @@ class signal_pipe {
     return out;
   }
 
-  // The oldest signal not yet taken, or nullopt when none is waiting. Never
-  // blocks. One byte per call, so fd() stays readable exactly as long as a
-  // signal is waiting.
-  std::optional<int> next(std::error_code& ec) noexcept {
+  // The oldest signal not yet taken, with its sender, or nullopt when none
+  // is waiting. Never blocks. One record per call, so fd() stays readable
+  // exactly as long as a signal is waiting.
+  std::optional<signal_info> next_info(std::error_code& ec) noexcept {
     ec.clear();
-    unsigned char byte = 0;
-    io_result r = read_some(read_.get(), &byte, 1);
-    if (r && r.bytes == 1) return static_cast<int>(byte);
-    if (!r && !r.would_block()) detail::fail(ec, r.error);
-    return std::nullopt;
+    signal_info record;
+    auto* at = reinterpret_cast<char*>(&record);
+    std::size_t got = 0;
+    while (got < sizeof record) {
+      io_result r = read_some(read_.get(), at + got, sizeof record - got);
+      if (r && r.bytes > 0) {
+        got += r.bytes;
+        continue;
+      }
+      if (got == 0 && (r || r.would_block())) return std::nullopt;  // nothing waiting
+      // Every write is one whole record, so a half record cannot happen.
+      detail::fail(ec, got == 0 ? r.error : EIO);
+      return std::nullopt;
+    }
+    return record;
+  }
+
+  std::optional<signal_info> next_info() {
+    std::error_code ec;
+    std::optional<signal_info> info = next_info(ec);
+    if (ec) throw std::system_error(ec, "read signal pipe " + std::to_string(read_.get()));
+    return info;
+  }
+
+  // The oldest signal's number, for loops that do not ask who sent it.
+  std::optional<int> next(std::error_code& ec) noexcept {
+    std::optional<signal_info> info = next_info(ec);
+    if (!info) return std::nullopt;
+    return info->signo;
   }
 
   std::optional<int> next() {
-    std::error_code ec;
-    std::optional<int> sig = next(ec);
-    if (ec) throw std::system_error(ec, "read signal pipe " + std::to_string(read_.get()));
-    return sig;
+    std::optional<signal_info> info = next_info();
+    if (!info) return std::nullopt;
+    return info->signo;
   }
 
   // Waits up to `timeout` for a signal (a negative timeout waits forever).
   // For programs whose only event source is signals; a loop watching other
   // descriptors polls fd() with them instead.
-  std::optional<int> wait_next(std::chrono::milliseconds timeout) {
-    if (std::optional<int> sig = next()) return sig;
+  std::optional<signal_info> wait_next_info(std::chrono::milliseconds timeout) {
+    if (std::optional<signal_info> info = next_info()) return info;
     auto deadline = std::chrono::steady_clock::now() + timeout;
     for (;;) {
       int wait_ms = -1;
@@ -209,9 +272,15 @@ class signal_pipe {
       pollfd p{read_.get(), POLLIN, 0};
       int n = detail::retry([&] { return PREFORK_SYSCALL(poll)(&p, 1, wait_ms); });
       if (n == -1) throw_system_error("poll signal pipe " + std::to_string(read_.get()));
-      if (std::optional<int> sig = next()) return sig;
+      if (std::optional<signal_info> info = next_info()) return info;
       if (n == 0 && wait_ms >= 0) return std::nullopt;
     }
+  }
+
+  std::optional<int> wait_next(std::chrono::milliseconds timeout) {
+    std::optional<signal_info> info = wait_next_info(timeout);
+    if (!info) return std::nullopt;
+    return info->signo;
   }
 
   // For a child just forked from the process that owns this signal_pipe (a

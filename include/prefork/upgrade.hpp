@@ -25,6 +25,63 @@
 // a new generation not ready within upgrade_timeout leaves the old workers
 // serving (they go only once replaced) and lets the next USR2 through.
 //
+// The phases of an upgrade, and what each signal does in each. Signals not
+// named mean what they always mean (pool.hpp): HUP, USR1, TTIN, TTOU and
+// WINCH act on this master's own workers in every phase, and SIGCHLD wakes
+// the loop to reap. "Stop" is the master's own stop (QUIT graceful, TERM
+// and INT quick; TERM graceful with graceful_term). A QUIT's sender comes
+// from siginfo (signal_info::pid), so it cannot be forged by timing.
+//
+//   idle: no upgrade runs.
+//     USR2             fork_exec: start the new master -> starting;
+//                      in_place: -> exec'ing
+//     QUIT, TERM, INT  stop
+//   starting (fork_exec, old master): the new master boots, for up to
+//   upgrade_timeout.
+//     QUIT from the new master  its workers are ready: hand over (graceful
+//                      stop, silent towards systemd) -> handed_over
+//     QUIT from anyone else     an operator's stop: stop, and QUIT to the
+//                      new master -> stopping_both
+//     TERM, INT        stop, and TERM to the new master (QUIT when the stop
+//                      is graceful) -> stopping_both
+//     USR2             refused
+//     new master exits rollback: pid file renamed back -> idle
+//     upgrade_timeout  QUIT to the new master -> rolling_back
+//   rolling_back (fork_exec, old master): the new master was not ready in
+//   time and was asked to stop; SIGKILL once graceful_timeout +
+//   quick_stop_wait + 1 s have passed.
+//     QUIT from the new master  ignored: it was told to stop, and taking
+//                      its late QUIT as a hand-over would leave nobody
+//     QUIT from anyone else, TERM, INT  stop -> stopping_both (TERM, INT:
+//                      TERM to the new master, to hasten its stop)
+//     USR2             refused
+//     new master exits rolled back -> idle
+//   stopping_both (fork_exec, old master): this master stops, and so does
+//   the new one; the master exits once its workers and the new master are
+//   reaped. SIGKILL to the new master once its stop has had its time.
+//     QUIT from the new master  ignored
+//     TERM, INT        a graceful stop turns quick: TERM to the new master
+//     USR2             ignored while stopping
+//     new master exits reaped, pid file renamed back
+//   handed_over (fork_exec, old master): the new master is the service and
+//   no longer ours; this master drains its workers and exits.
+//     QUIT             already stopping; TERM, INT: quick, for our workers
+//     USR2             ignored while stopping
+//   taking_over (fork_exec, the new master, until it has QUIT the old one):
+//     every signal means what it always means; if the new master stops,
+//     the old one rolls back when it reaps it.
+//   exec'ing (in_place, old image, from USR2 to execve): every signal is
+//     blocked, none is handled. Those already queued behind USR2 go to the
+//     new image with the state and are handled there first, in order; those
+//     sent meanwhile stay pending through execve and are delivered once the
+//     new image has its handlers. If the exec fails, the old image handles
+//     them, in order, -> idle.
+//   adopting (in_place, new image, until the new generation is ready, or
+//   upgrade_timeout passed: -> idle).
+//     QUIT, TERM, INT  stop: old and new workers alike
+//     HUP              reload: yet another generation replaces both
+//     USR2             refused
+//
 // Stands on execve(2), spawn (clone), fork, pipe2, fcntl, close_range, kill.
 #pragma once
 
@@ -36,6 +93,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
@@ -54,45 +112,11 @@
 #include <prefork/scoreboard.hpp>
 #include <prefork/signal.hpp>
 #include <prefork/systemd.hpp>
+#include <prefork/upgrade_handover.hpp>
 
 extern char** environ;
 
 namespace prefork::detail {
-
-inline constexpr char upgrade_from_variable[] = "PREFORK_UPGRADE_FROM";  // fork_exec: the old master's PID
-inline constexpr char handover_variable[] = "PREFORK_UPGRADE_STATE";     // in_place: "PIPE_FD,COURIER_PID"
-
-// Our environment for the next program: without the descriptor protocol's
-// variables (the caller adds PREFORK_FDS; the listeners' names, if any, are
-// added here), our own upgrade variables, and, for a new PID, WATCHDOG_PID
-// (systemd's watchdog then applies to whoever is the main process).
-inline std::vector<std::string> successor_environment(std::vector<std::string> extra,
-                                                      const std::vector<std::string>& names, bool new_pid) {
-  std::vector<std::string> env;
-  auto named = [](std::string_view entry, std::string_view name) {
-    return entry.size() > name.size() && entry.substr(0, name.size()) == name && entry[name.size()] == '=';
-  };
-  for (char** e = environ; e && *e; ++e) {
-    std::string_view entry(*e);
-    if (is_protocol_variable(entry) || named(entry, upgrade_from_variable) ||
-        named(entry, handover_variable) || (new_pid && named(entry, "WATCHDOG_PID")))
-      continue;
-    env.emplace_back(entry);
-  }
-  for (std::string& x : extra) env.push_back(std::move(x));
-  if (!names.empty()) {
-    std::string list = "PREFORK_FDNAMES=";
-    for (std::size_t i = 0; i < names.size(); ++i) list += (i ? ":" : "") + names[i];
-    env.push_back(std::move(list));
-  }
-  return env;
-}
-
-inline std::string fd_list(const std::vector<int>& fds) {
-  std::string out;
-  for (int n : fds) out += (out.empty() ? "" : ",") + std::to_string(n);
-  return out;
-}
 
 // fork_exec: the new master, with stdin, stdout, stderr and the listeners
 // at their numbers, everything else closed, default signal dispositions.
@@ -108,122 +132,25 @@ inline child spawn_successor(const std::vector<int>& listeners, const std::vecto
   return spawn(startup_argv(), options);
 }
 
-// in_place: execs startup_argv() keeping `listeners` (published in
-// PREFORK_FDS) and `hidden` (not published: their numbers travel in the
-// state) at their numbers. Returns only by throwing, with every descriptor
-// flag as it was.
-inline void exec_handing_over(const std::vector<int>& listeners, const std::vector<std::string>& names,
-                              const std::vector<int>& hidden, std::vector<std::string> extra_env) {
-  const std::vector<std::string>& argv = startup_argv();
-  std::string program = argv[0];
-  if (program.find('/') == std::string::npos) {
-    // Looked up in PATH again, so a binary installed elsewhere in PATH since
-    // is what runs.
-    const char* path = std::getenv("PATH");
-    std::string_view dirs = path ? path : "/usr/local/bin:/usr/bin:/bin";
-    std::string found;
-    while (found.empty()) {
-      std::size_t colon = dirs.find(':');
-      std::string dir(dirs.substr(0, colon));
-      std::string candidate = (dir.empty() ? "." : dir) + "/" + program;
-      struct stat st {};
-      if (::stat(candidate.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
-          ::access(candidate.c_str(), X_OK) == 0)
-        found = candidate;
-      if (colon == std::string_view::npos) break;
-      dirs.remove_prefix(colon + 1);
-    }
-    if (found.empty()) throw_system_error("exec " + program + " (searched in PATH)", ENOENT);
-    program = found;
-  } else if (program.front() != '/' && !startup_cwd().empty()) {
-    program = (startup_cwd() / program).string();
-  }
-  extra_env.push_back("PREFORK_FDS=" + fd_list(listeners));
-  std::vector<std::string> env = successor_environment(std::move(extra_env), names, false);
-  std::vector<char*> argv_ptrs, env_ptrs;
-  for (const std::string& a : argv) argv_ptrs.push_back(const_cast<char*>(a.c_str()));
-  argv_ptrs.push_back(nullptr);
-  for (const std::string& e : env) env_ptrs.push_back(const_cast<char*>(e.c_str()));
-  env_ptrs.push_back(nullptr);
-
-  (void)std::fflush(nullptr);  // exec discards stdio buffers
-  std::vector<fd_flags> before = descriptor_flags();
-  try {
-    cloexec_from_3(before);
-    for (const std::vector<int>* list : {&listeners, &hidden})
-      for (int k : *list)
-        if (::fcntl(k, F_SETFD, 0) == -1) throw_system_error("exec: fcntl F_SETFD 0 " + std::to_string(k));
-  } catch (...) {
-    restore_descriptor_flags(before);
-    throw;
-  }
-  ::execve(program.c_str(), argv_ptrs.data(), env_ptrs.data());
-  int err = errno;
-  restore_descriptor_flags(before);
-  throw_system_error("exec " + program, err);
+// Who sent a signal, for the log.
+inline std::string sender_of(const signal_info& info) {
+  if (info.sent_by_process()) return "pid " + std::to_string(info.pid);
+  return "the kernel (a terminal, or no sender; si_code " + std::to_string(info.code) + ")";
 }
 
-// The courier: a child that writes `text` into `out` and exits, so the new
-// image can read state of any size while the old one has already exec'd.
-// Everything is prepared by the caller; the child only closes, writes and
-// exits. Signals must be blocked around this call.
-inline child fork_courier(const std::string& text, pipe_ends& ends) {
-  std::optional<child> forked = prefork::fork();
-  if (!forked) {
-    // Its copies of the control pipes and the rest go at once: a courier
-    // waiting for a slow reader must not keep a worker's pipe open.
-    close_span(3, ~0U, ends.write.get());
-    std::error_code ec;
-    write_all(ends.write.get(), text.data(), text.size(), ec);
-    ::_exit(ec ? 1 : 0);
-  }
-  return std::move(*forked);
-}
+// How long a new master asked to stop may take before SIGKILL, beyond its
+// own stop: a round of its loop and the reaping of its workers.
+inline constexpr std::chrono::milliseconds successor_stop_margin{1000};
 
-// The hand-over variable, read and removed: the courier's pipe and PID.
-struct handover_source {
-  fd pipe;
-  pid_t courier = 0;
-};
-inline std::optional<handover_source> take_handover_variable() {
-  const char* text = std::getenv(handover_variable);
-  if (!text) return std::nullopt;
-  std::string value = text;
-  ::unsetenv(handover_variable);
-  int pipe_fd = -1, courier = 0;
-  std::size_t comma = value.find(',');
-  if (comma == std::string::npos || !parse_int(value.substr(0, comma), pipe_fd) ||
-      !parse_int(value.substr(comma + 1), courier) || courier == 0)
-    throw std::runtime_error("in-place upgrade: malformed " + std::string(handover_variable) + "=\"" + value +
-                             "\"");
-  return handover_source{take_fd(pipe_fd, "state pipe"), static_cast<pid_t>(courier)};
-}
-
-// fork_exec: the old master's PID when this master is its successor.
-inline pid_t take_upgrade_from_variable() {
-  const char* text = std::getenv(upgrade_from_variable);
-  if (!text) return 0;
-  int pid = 0;
-  if (!parse_int(text, pid) || pid <= 0)
-    throw std::runtime_error("malformed " + std::string(upgrade_from_variable) + "=\"" + text + "\"");
-  ::unsetenv(upgrade_from_variable);
-  return static_cast<pid_t>(pid);
-}
-
-// The new image of an in-place upgrade, once its handlers are in place:
-// what arrived while the old one blocked everything for its exec is
-// delivered now.
-inline void unblock_all_signals() noexcept {
-  sigset_t none;
-  sigemptyset(&none);
-  ::sigprocmask(SIG_SETMASK, &none, nullptr);
-}
-
-// The master's side of USR2: what it remembers while an upgrade runs, and
-// what it does at each step. The master calls it from its loop.
+// The master's side of USR2: the phase (the table at the top of this file),
+// what it remembers, and what it does at each step. The master calls it
+// from its loop: next_signal() for each signal; on_usr2, on_quit and
+// on_stop from its handling of them; check() each round; reaped() for each
+// child it reaps.
 class upgrader {
  public:
   using clock = std::chrono::steady_clock;
+  enum class phase { idle, starting, rolling_back, stopping_both, handed_over, adopting };
 
   // In the master's constructor, before the scoreboard exists: a new image
   // of an in-place upgrade adopts the previous one's state here (true), a
@@ -238,8 +165,11 @@ class upgrader {
     child courier = child::adopt(source->courier);
     std::string how = courier.wait().describe();
     const clock::time_point now = clock::now();
-    upgrades_ = adopt_handover(s, text, now);
-    pending_ = true;
+    // The pool's state ends with "end"; the queued signals follow it.
+    std::size_t end = text.find("\nend\n");
+    upgrades_ = adopt_handover(s, end == std::string::npos ? text : text.substr(0, end + 5), now);
+    queued_ = decode_queued(end == std::string::npos ? std::string() : text.substr(end + 5));
+    phase_ = phase::adopting;
     deadline_ = now + config.upgrade_timeout;
     ++s.generation;
     for (worker_record& r : s.workers) r.retiring = true;  // replaced one by one as HUP does
@@ -253,6 +183,9 @@ class upgrader {
     if (s.board->size() < config.max_workers)
       messages_.push_back("keeping the previous image's scoreboard of " + std::to_string(s.board->size()) +
                           " slots (max_workers " + std::to_string(config.max_workers) + " takes a restart)");
+    if (!queued_.empty())
+      messages_.push_back(std::to_string(queued_.size()) +
+                          " signals that came after SIGUSR2 are handled now: " + signal_list(queued_));
     return true;
   }
 
@@ -261,10 +194,21 @@ class upgrader {
 
   pid_t old_master() const noexcept { return old_master_; }
 
-  // fork_exec: the new master while it is this master's child to reap, or 0.
-  pid_t successor_pid() const noexcept { return successor_.pid(); }
+  // The next signal for the master to handle: those an in-place upgrade
+  // handed over (or a failed exec kept) first, they are the older ones.
+  std::optional<signal_info> next_signal(signal_pipe& sigs) {
+    if (queued_.empty()) return sigs.next_info();
+    signal_info oldest = queued_.front();
+    queued_.pop_front();
+    return oldest;
+  }
 
-  bool in_progress() const noexcept { return successor_.pid() != 0 || pending_; }
+  bool in_progress() const noexcept { return successor_.pid() != 0 || phase_ == phase::adopting; }
+
+  // A new master runs that is still ours: the master must not exit before
+  // it is reaped.
+  bool successor_running() const noexcept { return successor_.pid() != 0; }
+  pid_t successor_pid() const noexcept { return successor_.pid(); }  // 0: none (or handed over)
 
   std::string progress() const {
     if (successor_.pid() != 0) return "new master pid " + std::to_string(successor_.pid()) + " is starting";
@@ -272,7 +216,8 @@ class upgrader {
   }
 
   // USR2.
-  void on_usr2(const pool_config& config, const pool_state& s, pid_file& pid, bool stopping) {
+  void on_usr2(const pool_config& config, const pool_state& s, pid_file& pid, bool stopping,
+               signal_pipe& sigs) {
     if (stopping) return log_event(config, "received SIGUSR2: ignored while stopping");
     if (in_progress())
       return log_event(config,
@@ -281,10 +226,10 @@ class upgrader {
     std::vector<int> listeners;
     for (const fd& l : config.listeners) listeners.push_back(l.get());
     if (config.upgrade == upgrade_mode::fork_exec) return start_fork_exec(config, pid, listeners);
-    exec_in_place(config, s, listeners);
+    exec_in_place(config, s, listeners, sigs);
   }
 
-  // fork_exec, on USR2.
+  // fork_exec, on USR2: idle -> starting.
   void start_fork_exec(const pool_config& config, pid_file& pid, const std::vector<int>& listeners) {
     std::string renamed;
     try {
@@ -298,31 +243,44 @@ class upgrader {
       return log_event(config, std::string("upgrade failed: cannot start the new master: ") + e.what() +
                                    restored + "; still serving");
     }
+    phase_ = phase::starting;
     deadline_ = clock::now() + config.upgrade_timeout;
-    quit_sent_ = killed_ = false;
+    successor_signal_ = 0;
+    killed_ = false;
     log_event(config, "received SIGUSR2: upgrading: started new master pid " +
                           std::to_string(successor_.pid()) + " (" + startup_argv()[0] + ")" + renamed +
                           "; waiting up to " + seconds(config.upgrade_timeout) + " for its workers");
   }
 
-  // in_place, on USR2. Returns only if the exec failed; the master then
-  // goes on exactly as before.
-  void exec_in_place(const pool_config& config, const pool_state& s, const std::vector<int>& listeners) {
+  // in_place, on USR2: exec'ing. Returns only if the exec failed; the
+  // master then goes on exactly as before, with the signals that came
+  // after USR2 still to handle.
+  void exec_in_place(const pool_config& config, const pool_state& s, const std::vector<int>& listeners,
+                     signal_pipe& sigs) {
     notify("RELOADING=1");
     const unsigned next = upgrades_ + 1;
     pipe_ends ends = pipe();
-    const std::string text = encode_handover(s, next, clock::now());
     std::vector<int> hidden = hidden_fds(s);
     hidden.push_back(ends.read.get());
     // Blocked until the new image has its handlers (its run() unblocks):
     // a signal now would run our handler in the courier, one during the
-    // exec would meet the default action, which for most is death.
+    // exec would meet the default action, which for most is death. Those
+    // sent from now on stay pending, and pending signals survive execve.
     blocked_signals held;
+    // Those already queued behind this USR2 would die with the pipe: they
+    // go to the new image with the state, in order. SIGCHLD only wakes the
+    // loop, and the new image reaps in its first round anyway.
+    while (std::optional<signal_info> i = sigs.next_info())
+      if (i->signo != SIGCHLD) queued_.push_back(*i);
+    const std::string text = encode_handover(s, next, clock::now()) + encode_queued(queued_);
     child courier = fork_courier(text, ends);
     ends.write.reset();  // the new image's end of file is the courier's exit
     std::string where = startup_argv()[0];
-    log_event(config, "received SIGUSR2: upgrading in place (upgrade " + std::to_string(next) +
-                          "): exec'ing " + where + "; courier pid " + std::to_string(courier.pid()));
+    log_event(
+        config,
+        "received SIGUSR2: upgrading in place (upgrade " + std::to_string(next) + "): exec'ing " + where +
+            "; courier pid " + std::to_string(courier.pid()) +
+            (queued_.empty() ? "" : "; handing over the signals queued since: " + signal_list(queued_)));
     try {
       exec_handing_over(listeners, config.listener_names, hidden,
                         {std::string(handover_variable) + "=" + std::to_string(ends.read.get()) + "," +
@@ -336,29 +294,27 @@ class upgrader {
     }
   }
 
-  // Each round of the loop: the new master's deadline. Returns when to look
-  // again (time_point::max() for never).
+  // Each round of the loop: the deadlines of the phase. Returns when to
+  // look again (time_point::max() for never).
   clock::time_point check(const pool_config& config, clock::time_point now) {
-    if (pending_) {
+    if (phase_ == phase::adopting) {
       // The old workers serve on (they go only once replaced); a fixed
       // binary may now be tried with another USR2.
       if (now < deadline_) return deadline_;
-      pending_ = false;
+      phase_ = phase::idle;
       log_event(config, "upgrade " + std::to_string(upgrades_) +
                             ": the new generation is not ready within upgrade_timeout (" +
                             seconds(config.upgrade_timeout) +
                             "); the old workers keep serving, USR2 is accepted again");
     }
     if (successor_.pid() == 0) return clock::time_point::max();
-    if (!quit_sent_) {
+    if (phase_ == phase::starting) {
       if (now < deadline_) return deadline_;
       log_event(config, "new master (pid " + std::to_string(successor_.pid()) +
                             ") not ready within upgrade_timeout (" + seconds(config.upgrade_timeout) +
                             "): asking it to stop");
-      quit_sent_ = true;
-      successor_.kill(SIGQUIT);
-      // Its own graceful stop takes up to graceful_timeout, then it kills.
-      deadline_ = now + config.graceful_timeout + quick_stop_wait;
+      phase_ = phase::rolling_back;
+      stop_successor(config, SIGQUIT, now);
       return deadline_;
     }
     if (!killed_ && now >= deadline_) {
@@ -370,39 +326,72 @@ class upgrader {
   }
 
   // A reaped child: true if it was the new master, which died before it
-  // took over: roll back.
+  // took over: roll back, or, if this master stops, it is one less to wait for.
   bool reaped(pid_t pid, const exit_status& how, const pool_config& config, pid_file& pid_file) {
     if (successor_.pid() == 0 || pid != successor_.pid()) return false;
     successor_.mark_reaped(how);
     successor_ = child();
-    std::string why = quit_sent_ ? " after it was not ready within upgrade_timeout" : " before it was ready";
+    const phase was = std::exchange(phase_, phase::idle);
     std::string restored = restore_pid_file(config, pid_file);
-    log_event(config, "upgrade failed: new master (pid " + std::to_string(pid) + ") " + how.describe() + why +
-                          restored + "; still serving (send USR2 again to retry)");
+    std::string line = "new master (pid " + std::to_string(pid) + ") " + how.describe();
+    if (was == phase::stopping_both)
+      log_event(config, line + ", stopped with this master" + restored);
+    else
+      log_event(config, "upgrade failed: " + line +
+                            (was == phase::rolling_back ? " after it was not ready within upgrade_timeout"
+                                                        : " before it was ready") +
+                            restored + "; still serving (send USR2 again to retry)");
     return true;
   }
 
-  // What a QUIT means while a new master runs: the hand-over it asked for
-  // (true: stop gracefully, without telling systemd the service stops), or,
-  // if we are already rolling back, nothing (two masters QUITting each
-  // other would leave none).
+  // What a QUIT means while a new master runs. From the new master itself
+  // (its PID in siginfo), while it starts: the hand-over it asks for (stop
+  // gracefully, without telling systemd the service stops). From anyone
+  // else: an operator's stop, of both masters (on_stop follows). From the
+  // new master once it was asked to stop: nothing, since taking it as a
+  // hand-over would leave no master serving.
   enum class quit_meaning { stop, hand_over, ignore };
-  quit_meaning on_quit(const pool_config& config) {
+  quit_meaning on_quit(const pool_config& config, const signal_info& info) {
     if (successor_.pid() == 0) return quit_meaning::stop;
-    if (quit_sent_) {
-      log_event(config, "received SIGQUIT while rolling back the upgrade (new master pid " +
-                            std::to_string(successor_.pid()) +
-                            " was asked to stop): ignored; send it again later");
+    const std::string next = std::to_string(successor_.pid());
+    const bool from_successor = info.sent_by_process() && info.pid == successor_.pid();
+    if (from_successor && phase_ == phase::starting) {
+      successor_.detach();  // it outlives us: never kill or wait for it
+      phase_ = phase::handed_over;
+      log_event(config,
+                "received SIGQUIT: new master pid " + next + " is ready; handing over, stopping gracefully");
+      return quit_meaning::hand_over;
+    }
+    if (from_successor) {
+      log_event(config, "received SIGQUIT from the new master (pid " + next +
+                            "), which was asked to stop: not a hand-over, ignored");
       return quit_meaning::ignore;
     }
-    pid_t next = successor_.detach();  // it outlives us: never kill or wait for it
-    handed_over_ = true;
-    log_event(config, "received SIGQUIT: new master pid " + std::to_string(next) +
-                          " is ready; handing over, stopping gracefully");
-    return quit_meaning::hand_over;
+    log_event(config, "received SIGQUIT from " + sender_of(info) + ", not from the new master (pid " + next +
+                          "): a stop, not a hand-over");
+    return quit_meaning::stop;
   }
 
-  bool handed_over() const noexcept { return handed_over_; }
+  // The master begins a stop that is not a hand-over, or hastens one
+  // (QUIT, then TERM): a new master still ours stops the same way, and the
+  // master exits only once it is reaped. Quick is TERM, not KILL: the new
+  // master then stops its own workers (TERM, SIGKILL after quick_stop_wait)
+  // and removes its pid file, where KILL would orphan its workers, who would
+  // finish their requests, unsupervised, only when they noticed. SIGKILL
+  // comes only if it has not exited by the deadline.
+  void on_stop(const pool_config& config, bool graceful) {
+    if (successor_.pid() == 0 || killed_) return;
+    phase_ = phase::stopping_both;
+    const int sig = graceful ? SIGQUIT : SIGTERM;
+    const std::string next = std::to_string(successor_.pid());
+    if (successor_signal_ == SIGTERM || successor_signal_ == sig)
+      return log_event(config, "the new master (pid " + next + ") is stopping already; waiting for it");
+    stop_successor(config, sig, clock::now());
+    log_event(config, "stopping the new master (pid " + next + ") too: " + signal_label(sig) +
+                          ", SIGKILL after " + seconds(deadline_ - clock::now()));
+  }
+
+  bool handed_over() const noexcept { return phase_ == phase::handed_over; }
 
   // What READY=1 goes with: a new master of fork_exec tells systemd, in the
   // same datagram, that it is the main process now.
@@ -413,8 +402,8 @@ class upgrader {
   // The master's wanted workers are all ready (first start, HUP, upgrade),
   // and systemd was told.
   void generation_ready(const pool_config& config, const pool_state& s, std::size_t ready) {
-    if (pending_) {
-      pending_ = false;
+    if (phase_ == phase::adopting) {
+      phase_ = phase::idle;
       log_event(config, "upgrade " + std::to_string(upgrades_) + " complete: generation " +
                             std::to_string(s.generation) + " ready (" + std::to_string(ready) + " workers)");
     }
@@ -430,7 +419,8 @@ class upgrader {
     ::kill(old, SIGQUIT);
   }
 
-  // The master is done: a new master still starting is left running.
+  // The master is done. The new master was reaped or handed over by now;
+  // should a bug leave one, it is not killed on the way out.
   void release() noexcept { successor_.detach(); }
 
   // READY, RELOADING, MAINPID: worth waiting for, a little.
@@ -447,12 +437,25 @@ class upgrader {
     }
   }
 
-  child successor_;  // fork_exec: the new master until it takes over or dies
+  // Asks the new master to stop (QUIT: gracefully, TERM: quickly); SIGKILL
+  // follows at deadline_ if it has not exited, its own stop taking up to
+  // graceful_timeout (QUIT) and then quick_stop_wait before it kills its
+  // workers.
+  void stop_successor(const pool_config& config, int sig, clock::time_point now) {
+    successor_signal_ = sig;
+    successor_.kill(sig);
+    deadline_ = now + (sig == SIGQUIT ? config.graceful_timeout : std::chrono::milliseconds(0)) +
+                quick_stop_wait + successor_stop_margin;
+  }
+
+  phase phase_ = phase::idle;
+  child successor_;  // fork_exec: the new master until it takes over or is reaped
   clock::time_point deadline_{};
-  bool quit_sent_ = false, killed_ = false, handed_over_ = false;
-  pid_t old_master_ = 0;   // fork_exec, in the new master: whom to QUIT once ready
-  unsigned upgrades_ = 0;  // in_place upgrades so far
-  bool pending_ = false;   // in_place: the new generation is not ready yet
+  int successor_signal_ = 0;        // what the new master was last asked to stop with
+  bool killed_ = false;             // SIGKILL sent to the new master
+  pid_t old_master_ = 0;            // fork_exec, in the new master: whom to QUIT once ready
+  unsigned upgrades_ = 0;           // in_place upgrades so far
+  std::deque<signal_info> queued_;  // in_place: signals to handle before the pipe's
   std::vector<std::string> messages_;
 };
 

@@ -223,10 +223,10 @@ TEST_CASE("errno survives handlers that run while the program works, their write
     CHECK(clobbered == 0);
     CHECK(checks > 0);
     CHECK(wait_exit(helper) == 0);
-    // Exactly the bytes raised before: all 300 handler runs found the pipe full.
+    // Exactly the records raised before: all 300 handler runs found the pipe full.
     std::size_t taken = 0;
     while (sp.next()) ++taken;
-    CHECK(taken == static_cast<std::size_t>(capacity));
+    CHECK(taken == static_cast<std::size_t>(capacity) / sizeof(prefork::signal_info));
   }
   CHECK(leaks.problems() == "");
 }
@@ -367,6 +367,34 @@ TEST_CASE("reset_signals in a child: default dispositions and an empty mask, see
     blocked.restore();
     ::sigaction(SIGPIPE, &old_pipe, nullptr);
     ::sigaction(SIGWINCH, &old_winch, nullptr);
+  }
+  CHECK(leaks.problems() == "");
+}
+
+TEST_CASE("next_info names the process that sent a signal, and the child behind SIGCHLD", "[signal][fork]") {
+  prefork::test::leak_check leaks;
+  {
+    prefork::signal_pipe sp{SIGQUIT, SIGCHLD};
+    pid_t self = ::getpid();
+    pid_t pid = ::fork();
+    REQUIRE(pid != -1);
+    if (pid == 0) {
+      ::kill(self, SIGQUIT);
+      ::_exit(0);
+    }
+    std::optional<prefork::signal_info> quit = sp.wait_next_info(20s);
+    REQUIRE(quit);
+    CHECK(quit->signo == SIGQUIT);
+    CHECK(quit->pid == pid);
+    CHECK(quit->code == SI_USER);
+    CHECK(quit->sent_by_process());
+    std::optional<prefork::signal_info> chld = sp.wait_next_info(20s);
+    REQUIRE(chld);
+    CHECK(chld->signo == SIGCHLD);
+    CHECK(chld->pid == pid);
+    CHECK(chld->code == CLD_EXITED);
+    CHECK_FALSE(chld->sent_by_process());
+    CHECK(wait_exit(pid) == 0);
   }
   CHECK(leaks.problems() == "");
 }

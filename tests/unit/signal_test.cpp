@@ -26,6 +26,12 @@ struct sigaction disposition(int sig) {
 using handler_type = void (*)(int);
 bool handler_is(int sig, handler_type expected) { return disposition(sig).sa_handler == expected; }
 
+// The signal_pipe's handler takes siginfo (SA_SIGINFO), so it is in sa_sigaction.
+bool is_pipe_handler(int sig) {
+  struct sigaction now = disposition(sig);
+  return (now.sa_flags & SA_SIGINFO) != 0 && now.sa_sigaction == prefork::detail::signal_pipe_handler;
+}
+
 bool readable(int fd) {
   pollfd p{fd, POLLIN, 0};
   return ::poll(&p, 1, 0) == 1;
@@ -82,8 +88,37 @@ TEST_CASE("the handler keeps errno, even when the pipe is full and its write fai
     if (errno != mark) ++clobbered;
   }
   CHECK(clobbered == 0);
-  // The pipe did fill: the last 500 writes failed with EAGAIN.
-  CHECK(drain(sp).size() == static_cast<std::size_t>(capacity));
+  // The pipe did fill: the writes after the last whole record failed with
+  // EAGAIN, and no record was torn.
+  CHECK(drain(sp).size() == static_cast<std::size_t>(capacity) / sizeof(prefork::signal_info));
+}
+
+TEST_CASE("next_info says who sent each signal, and how; next() still gives the number") {
+  prefork::signal_pipe sp{SIGUSR1, SIGUSR2, SIGHUP};
+  ::kill(::getpid(), SIGUSR1);
+  ::raise(SIGUSR2);  // tgkill: SI_TKILL
+  sigval value{};
+  ::sigqueue(::getpid(), SIGHUP, value);
+  ::kill(::getpid(), SIGUSR2);
+  std::optional<prefork::signal_info> a = sp.next_info();
+  REQUIRE(a);
+  CHECK(a->signo == SIGUSR1);
+  CHECK(a->pid == ::getpid());
+  CHECK(a->uid == ::getuid());
+  CHECK(a->code == SI_USER);
+  CHECK(a->sent_by_process());
+  std::optional<prefork::signal_info> b = sp.next_info();
+  REQUIRE(b);
+  CHECK(b->signo == SIGUSR2);
+  CHECK(b->code == SI_TKILL);
+  CHECK(b->pid == ::getpid());
+  std::optional<prefork::signal_info> c = sp.next_info();
+  REQUIRE(c);
+  CHECK(c->signo == SIGHUP);
+  CHECK(c->code == SI_QUEUE);
+  CHECK(sp.next() == SIGUSR2);  // a mixed reader takes whole records too
+  CHECK_FALSE(sp.next_info());
+  CHECK_FALSE(readable(sp.fd()));
 }
 
 TEST_CASE("destroying the signal_pipe restores the dispositions found at construction") {
@@ -100,9 +135,9 @@ TEST_CASE("destroying the signal_pipe restores the dispositions found at constru
   REQUIRE(::sigaction(SIGUSR2, &ignore, &old_usr2) == 0);
   {
     prefork::signal_pipe sp{SIGUSR1, SIGUSR2, SIGWINCH};
-    CHECK(handler_is(SIGUSR1, prefork::detail::signal_pipe_handler));
-    CHECK(handler_is(SIGUSR2, prefork::detail::signal_pipe_handler));
-    CHECK(handler_is(SIGWINCH, prefork::detail::signal_pipe_handler));
+    CHECK(is_pipe_handler(SIGUSR1));
+    CHECK(is_pipe_handler(SIGUSR2));
+    CHECK(is_pipe_handler(SIGWINCH));
   }
   CHECK(handler_is(SIGUSR1, custom_handler));
   CHECK((disposition(SIGUSR1).sa_flags & SA_NODEFER) != 0);
@@ -128,7 +163,7 @@ TEST_CASE("only one signal_pipe is live at a time; moving passes the slot on") {
     CHECK_THROWS_AS(prefork::signal_pipe({SIGUSR2}), std::logic_error);
 
     { prefork::signal_pipe gone = std::move(first); }  // an empty one: destroying it restores nothing
-    CHECK(handler_is(SIGUSR1, prefork::detail::signal_pipe_handler));
+    CHECK(is_pipe_handler(SIGUSR1));
     prefork::signal_pipe assigned = std::move(first);  // empty too
     assigned = std::move(moved);
     CHECK(moved.fd() == -1);

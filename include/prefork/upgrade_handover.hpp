@@ -1,0 +1,224 @@
+// prefork/upgrade_handover.hpp: what crosses from one program to the next
+// in an upgrade (upgrade.hpp is the upgrade itself, its phases and signals).
+//
+// The environment of the next program (the descriptor protocol's variables
+// and the upgrade's own, PREFORK_UPGRADE_FROM for fork_exec and
+// PREFORK_UPGRADE_STATE for in_place), in_place's exec keeping chosen
+// descriptors at their numbers, its courier (a child that holds the pool's
+// state until the new image reads it), and the signals that were still
+// queued when the old image exec'd, which travel after the state, so the
+// new image handles them first, in order.
+//
+// Stands on execve(2), fork, fcntl, getenv/unsetenv, sigprocmask.
+#pragma once
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <deque>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <prefork/error.hpp>
+#include <prefork/exec.hpp>
+#include <prefork/fd.hpp>
+#include <prefork/pipe.hpp>
+#include <prefork/pool_detail.hpp>
+#include <prefork/process.hpp>
+#include <prefork/signal.hpp>
+
+extern char** environ;
+
+namespace prefork::detail {
+
+inline constexpr char upgrade_from_variable[] = "PREFORK_UPGRADE_FROM";  // fork_exec: the old master's PID
+inline constexpr char handover_variable[] = "PREFORK_UPGRADE_STATE";     // in_place: "PIPE_FD,COURIER_PID"
+
+// Our environment for the next program: without the descriptor protocol's
+// variables (the caller adds PREFORK_FDS; the listeners' names, if any, are
+// added here), our own upgrade variables, and, for a new PID, WATCHDOG_PID
+// (systemd's watchdog then applies to whoever is the main process).
+inline std::vector<std::string> successor_environment(std::vector<std::string> extra,
+                                                      const std::vector<std::string>& names, bool new_pid) {
+  std::vector<std::string> env;
+  auto named = [](std::string_view entry, std::string_view name) {
+    return entry.size() > name.size() && entry.substr(0, name.size()) == name && entry[name.size()] == '=';
+  };
+  for (char** e = environ; e && *e; ++e) {
+    std::string_view entry(*e);
+    if (is_protocol_variable(entry) || named(entry, upgrade_from_variable) ||
+        named(entry, handover_variable) || (new_pid && named(entry, "WATCHDOG_PID")))
+      continue;
+    env.emplace_back(entry);
+  }
+  for (std::string& x : extra) env.push_back(std::move(x));
+  if (!names.empty()) {
+    std::string list = "PREFORK_FDNAMES=";
+    for (std::size_t i = 0; i < names.size(); ++i) list += (i ? ":" : "") + names[i];
+    env.push_back(std::move(list));
+  }
+  return env;
+}
+
+inline std::string fd_list(const std::vector<int>& fds) {
+  std::string out;
+  for (int n : fds) out += (out.empty() ? "" : ",") + std::to_string(n);
+  return out;
+}
+
+// in_place: execs startup_argv() keeping `listeners` (published in
+// PREFORK_FDS) and `hidden` (not published: their numbers travel in the
+// state) at their numbers. Returns only by throwing, with every descriptor
+// flag as it was.
+inline void exec_handing_over(const std::vector<int>& listeners, const std::vector<std::string>& names,
+                              const std::vector<int>& hidden, std::vector<std::string> extra_env) {
+  const std::vector<std::string>& argv = startup_argv();
+  std::string program = argv[0];
+  if (program.find('/') == std::string::npos) {
+    // Looked up in PATH again, so a binary installed elsewhere in PATH since
+    // is what runs.
+    const char* path = std::getenv("PATH");
+    std::string_view dirs = path ? path : "/usr/local/bin:/usr/bin:/bin";
+    std::string found;
+    while (found.empty()) {
+      std::size_t colon = dirs.find(':');
+      std::string dir(dirs.substr(0, colon));
+      std::string candidate = (dir.empty() ? "." : dir) + "/" + program;
+      struct stat st {};
+      if (::stat(candidate.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
+          ::access(candidate.c_str(), X_OK) == 0)
+        found = candidate;
+      if (colon == std::string_view::npos) break;
+      dirs.remove_prefix(colon + 1);
+    }
+    if (found.empty()) throw_system_error("exec " + program + " (searched in PATH)", ENOENT);
+    program = found;
+  } else if (program.front() != '/' && !startup_cwd().empty()) {
+    program = (startup_cwd() / program).string();
+  }
+  extra_env.push_back("PREFORK_FDS=" + fd_list(listeners));
+  std::vector<std::string> env = successor_environment(std::move(extra_env), names, false);
+  std::vector<char*> argv_ptrs, env_ptrs;
+  for (const std::string& a : argv) argv_ptrs.push_back(const_cast<char*>(a.c_str()));
+  argv_ptrs.push_back(nullptr);
+  for (const std::string& e : env) env_ptrs.push_back(const_cast<char*>(e.c_str()));
+  env_ptrs.push_back(nullptr);
+
+  (void)std::fflush(nullptr);  // exec discards stdio buffers
+  std::vector<fd_flags> before = descriptor_flags();
+  try {
+    cloexec_from_3(before);
+    for (const std::vector<int>* list : {&listeners, &hidden})
+      for (int k : *list)
+        if (::fcntl(k, F_SETFD, 0) == -1) throw_system_error("exec: fcntl F_SETFD 0 " + std::to_string(k));
+  } catch (...) {
+    restore_descriptor_flags(before);
+    throw;
+  }
+  ::execve(program.c_str(), argv_ptrs.data(), env_ptrs.data());
+  int err = errno;
+  restore_descriptor_flags(before);
+  throw_system_error("exec " + program, err);
+}
+
+// The courier: a child that writes `text` into `out` and exits, so the new
+// image can read state of any size while the old one has already exec'd.
+// Everything is prepared by the caller; the child only closes, writes and
+// exits. Signals must be blocked around this call.
+inline child fork_courier(const std::string& text, pipe_ends& ends) {
+  std::optional<child> forked = prefork::fork();
+  if (!forked) {
+    // Its copies of the control pipes and the rest go at once: a courier
+    // waiting for a slow reader must not keep a worker's pipe open.
+    close_span(3, ~0U, ends.write.get());
+    std::error_code ec;
+    write_all(ends.write.get(), text.data(), text.size(), ec);
+    ::_exit(ec ? 1 : 0);
+  }
+  return std::move(*forked);
+}
+
+// The hand-over variable, read and removed: the courier's pipe and PID.
+struct handover_source {
+  fd pipe;
+  pid_t courier = 0;
+};
+inline std::optional<handover_source> take_handover_variable() {
+  const char* text = std::getenv(handover_variable);
+  if (!text) return std::nullopt;
+  std::string value = text;
+  ::unsetenv(handover_variable);
+  int pipe_fd = -1, courier = 0;
+  std::size_t comma = value.find(',');
+  if (comma == std::string::npos || !parse_int(value.substr(0, comma), pipe_fd) ||
+      !parse_int(value.substr(comma + 1), courier) || courier == 0)
+    throw std::runtime_error("in-place upgrade: malformed " + std::string(handover_variable) + "=\"" + value +
+                             "\"");
+  return handover_source{take_fd(pipe_fd, "state pipe"), static_cast<pid_t>(courier)};
+}
+
+// fork_exec: the old master's PID when this master is its successor.
+inline pid_t take_upgrade_from_variable() {
+  const char* text = std::getenv(upgrade_from_variable);
+  if (!text) return 0;
+  int pid = 0;
+  if (!parse_int(text, pid) || pid <= 0)
+    throw std::runtime_error("malformed " + std::string(upgrade_from_variable) + "=\"" + text + "\"");
+  ::unsetenv(upgrade_from_variable);
+  return static_cast<pid_t>(pid);
+}
+
+// The new image of an in-place upgrade, once its handlers are in place:
+// what arrived while the old one blocked everything for its exec is
+// delivered now.
+inline void unblock_all_signals() noexcept {
+  sigset_t none;
+  sigemptyset(&none);
+  ::sigprocmask(SIG_SETMASK, &none, nullptr);
+}
+
+// The signals an in-place upgrade hands to the new image, after the pool's
+// state: one line each in arrival order, then a last line, so that a state
+// cut short cannot lose some silently. The state of an older image has none.
+inline std::string encode_queued(const std::deque<signal_info>& queued) {
+  std::string out;
+  for (const signal_info& i : queued)
+    out += "queued " + std::to_string(i.signo) + " " + std::to_string(i.pid) + " " + std::to_string(i.uid) +
+           " " + std::to_string(i.code) + "\n";
+  return out + "queued-end\n";
+}
+
+inline std::deque<signal_info> decode_queued(const std::string& text) {
+  std::deque<signal_info> out;
+  if (text.empty()) return out;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line == "queued-end") return out;
+    std::istringstream f(line);
+    std::string key;
+    signal_info i;
+    f >> key >> i.signo >> i.pid >> i.uid >> i.code;
+    if (key != "queued" || f.fail() || i.signo <= 0 || i.signo >= NSIG)
+      throw std::runtime_error("in-place upgrade: malformed queued signal from the previous image: \"" +
+                               line + "\"");
+    out.push_back(i);
+  }
+  throw std::runtime_error("in-place upgrade: the queued signals from the previous image were cut short");
+}
+
+inline std::string signal_list(const std::deque<signal_info>& queued) {
+  std::string out;
+  for (const signal_info& i : queued) out += (out.empty() ? "" : ", ") + signal_label(i.signo);
+  return out;
+}
+
+}  // namespace prefork::detail
