@@ -310,7 +310,7 @@ inline parse_result request_parser::on_request_line(std::string_view bytes, std:
   if (target.find('#') != std::string_view::npos) return fail(400, "fragment in the request target");
 
   if (req_.kind == verb::connect) {  // authority-form, and only there
-    if (target[0] == '/' || !detail::valid_authority(target) || target.find(':') == std::string_view::npos)
+    if (!detail::valid_authority(target, detail::port_rule::required))
       return fail(400, "CONNECT needs a host:port target");
     host_[0] = off(t), host_[1] = off(j - t);
     host_from_target_ = true;
@@ -384,7 +384,8 @@ inline parse_result request_parser::on_field_line(std::string_view bytes, std::s
     case 4:
       if (!iequals(name, "host")) break;
       if (++host_count_ > 1) return fail(400, "more than one Host field");
-      if (!detail::valid_authority(value)) return fail(400, "invalid Host field");
+      // Empty is allowed (RFC 9110 7.2); anything else is an authority.
+      if (!value.empty() && !detail::valid_authority(value)) return fail(400, "invalid Host field");
       if (!host_from_target_) host_[0] = off(v), host_[1] = off(ve - v);
       break;
     case 6:
@@ -418,10 +419,15 @@ inline parse_result request_parser::on_field_line(std::string_view bytes, std::s
       if (!iequals(name, "transfer-encoding")) break;
       unsigned before = te_codings_;
       bool ok = detail::for_each_element(value, [this](std::string_view coding) {
-        coding = detail::trim_ows(coding.substr(0, coding.find(';')));
-        if (!is_token(coding)) return false;
+        // A coding with parameters is well-formed but never chunked (chunked
+        // has none): it counts as an unknown coding, so "chunked;q=1" alone
+        // is 400 (the last coding is not chunked), and before a chunked, 501.
+        const std::size_t semi = coding.find(';');
+        const std::string_view bare = detail::trim_ows(coding.substr(0, semi));
+        if (!is_token(bare)) return false;
+        if (semi != std::string_view::npos && !detail::valid_parameters(coding.substr(semi))) return false;
         ++te_codings_;
-        te_last_chunked_ = iequals(coding, "chunked");
+        te_last_chunked_ = semi == std::string_view::npos && iequals(bare, "chunked");
         if (te_last_chunked_) ++te_chunked_;
         return true;
       });
