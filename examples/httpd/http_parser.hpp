@@ -23,6 +23,7 @@
 #pragma once
 
 #include "http_chunked.hpp"
+#include "http_scan.hpp"
 #include "http_syntax.hpp"
 
 #include <cstddef>
@@ -112,9 +113,25 @@ class request_parser {
   enum class stage : std::uint8_t { request_line, fields, done, error };
 
   parse_result fail(int status, const char* reason) noexcept;
+  // The fast path: whole, well-formed lines within the limits, in one pass
+  // each. It gives up on anything else, leaving the line to the line-at-a-
+  // time path below, which is the reference: so every verdict (and its
+  // order of checks) is that path's, however the bytes were split.
+  void fast_request_line(const char* p, std::size_t n) noexcept;
+  void fast_fields(const char* p, std::size_t n) noexcept;
   parse_result on_request_line(std::string_view bytes, std::size_t begin, std::size_t end) noexcept;
+  // What a request line means, once its syntax is known good: method [b, i),
+  // target [t, j); fragment_checked: the target is known to hold no '#'.
+  parse_result on_request_parts(const char* p, std::size_t b, std::size_t i, std::size_t t, std::size_t j,
+                                bool fragment_checked) noexcept;
   parse_result on_field_line(std::string_view bytes, std::size_t begin, std::size_t end) noexcept;
-  parse_result on_head_end(std::string_view bytes) noexcept;
+  // What a field line means, once its syntax is known good: name [b, i),
+  // value [v, ve) without surrounding whitespace.
+  parse_result on_field(const char* p, std::size_t b, std::size_t i, std::size_t v, std::size_t ve) noexcept;
+  parse_result on_head_end() noexcept;
+  // Whether [v, ve) is plainly a valid host: letters, digits, '-' and '.'
+  // (a reg-name), then perhaps ':' and digits. No means "ask valid_authority".
+  bool host_quick(const char* p, std::size_t v, std::size_t ve) const noexcept;
   void materialise(std::string_view bytes) noexcept;
 
   limits lim_;
@@ -207,7 +224,8 @@ inline void request_parser::reset() noexcept {
   line_ = scanned_ = fields_begin_ = header_length_ = 0;
   status_ = 0;
   reason_ = "";
-  for (auto* o : {method_, target_, path_, query_, host_}) o[0] = o[1] = 0;
+  method_[0] = method_[1] = target_[0] = target_[1] = path_[0] = path_[1] = 0;
+  query_[0] = query_[1] = host_[0] = host_[1] = 0;
   path_literal_ = nullptr;
   host_from_target_ = false;
   host_count_ = te_codings_ = te_chunked_ = empty_lines_ = 0;
@@ -234,6 +252,15 @@ inline parse_result request_parser::parse(std::string_view bytes) {
   const char* p = bytes.data();
   const std::size_t n = bytes.size();
   while (true) {
+    if (scanned_ == line_) {  // a line not looked at yet
+      if (stage_ == stage::request_line) fast_request_line(p, n);
+      if (stage_ == stage::fields && scanned_ == line_) fast_fields(p, n);
+      if (stage_ == stage::done) {
+        materialise(bytes);
+        return parse_result::done;
+      }
+      if (stage_ == stage::error) return parse_result::error;
+    }
     const void* lf = scanned_ < n ? std::memchr(p + scanned_, '\n', n - scanned_) : nullptr;
     if (lf == nullptr) {
       scanned_ = n;
@@ -270,7 +297,9 @@ inline parse_result request_parser::parse(std::string_view bytes) {
     } else {
       if (end == line_) {
         header_length_ = next;
-        return on_head_end(bytes);
+        if (on_head_end() == parse_result::error) return parse_result::error;
+        materialise(bytes);
+        return parse_result::done;
       }
       if (on_field_line(bytes, line_, end) == parse_result::error) return parse_result::error;
     }
@@ -301,13 +330,37 @@ inline parse_result request_parser::on_request_line(std::string_view bytes, std:
                                          : "malformed HTTP version");
   if (version[5] != '1') return fail(505, "only HTTP/1.x is supported");
   req_.minor_version = version[7] == '0' ? 0 : 1;
+  return on_request_parts(p, b, i, t, j, false);
+}
+
+inline void request_parser::fast_request_line(const char* p, std::size_t n) noexcept {
+  // method SP target SP "HTTP/1." DIGIT CRLF, nothing else; an empty line
+  // before it, or anything unusual, is the slow path's.
+  const std::size_t b = line_;
+  const std::size_t i = detail::scan_name(p, b, n);
+  if (i == b || i >= n || p[i] != ' ') return;
+  const std::size_t t = i + 1;
+  const std::size_t j = detail::scan_target(p, t, n);
+  if (j == t || n - j < 11 || p[j] != ' ' || std::memcmp(p + j + 1, "HTTP/1.", 7) != 0 || p[j + 8] < '0' ||
+      p[j + 8] > '9' || p[j + 9] != '\r' || p[j + 10] != '\n')
+    return;
+  if (j + 9 - b > lim_.max_request_line) return;
+  req_.minor_version = p[j + 8] == '0' ? 0 : 1;
+  if (on_request_parts(p, b, i, t, j, true) == parse_result::error) return;
+  stage_ = stage::fields;
+  line_ = scanned_ = fields_begin_ = j + 11;
+}
+
+inline parse_result request_parser::on_request_parts(const char* p, std::size_t b, std::size_t i, std::size_t t,
+                                                     std::size_t j, bool fragment_checked) noexcept {
   const std::string_view method(p + b, i - b);
   if (!detail::parse_verb(method, req_.kind)) return fail(501, "unknown method");
   const auto off = [&](std::size_t x) { return static_cast<std::uint32_t>(x); };
   method_[0] = off(b), method_[1] = off(i - b);
   target_[0] = off(t), target_[1] = off(j - t);
   std::string_view target(p + t, j - t);
-  if (target.find('#') != std::string_view::npos) return fail(400, "fragment in the request target");
+  if (!fragment_checked && target.find('#') != std::string_view::npos)
+    return fail(400, "fragment in the request target");
 
   if (req_.kind == verb::connect) {  // authority-form, and only there
     if (!detail::valid_authority(target, detail::port_rule::required))
@@ -352,7 +405,7 @@ inline parse_result request_parser::on_field_line(std::string_view bytes, std::s
   using detail::is;
   const char* p = bytes.data();
   if (detail::is_ows_char(p[b])) return fail(400, "obsolete line folding in the header");
-  if (offsets_.size() >= lim_.max_fields) return fail(431, "too many header fields");
+  if (offsets_.size() >= lim_.max_fields) return fail(431, "too many header fields");  // before the syntax
   std::size_t i = b;
   while (i < e && is(p[i], detail::c_token)) ++i;
   if (i == e) return fail(400, "header field without a colon");
@@ -370,6 +423,66 @@ inline parse_result request_parser::on_field_line(std::string_view bytes, std::s
     if (p[bad] == '\r') return fail(400, "bare CR in a header field value");
     return fail(400, "control character in a header field value");
   }
+  return on_field(p, b, i, v, ve);
+}
+
+inline void request_parser::fast_fields(const char* p, std::size_t n) noexcept {
+  std::size_t b = line_;
+  while (b < n) {
+    if (p[b] == '\r') {  // the empty line ending the head
+      if (n - b < 2 || p[b + 1] != '\n' || b + 2 - fields_begin_ > lim_.max_header_bytes) break;
+      header_length_ = b + 2;
+      on_head_end();
+      return;
+    }
+    const std::size_t i = detail::scan_name(p, b, n);
+    if (i == b || i >= n || p[i] != ':') break;
+    std::size_t v = i + 1;
+    while (v < n && detail::is_ows_char(p[v])) ++v;
+    // One pass finds the line's end and checks the value: the first byte
+    // below 0x20 or 0x7f must be the CR of CRLF (HTAB is passed over).
+    std::size_t e = detail::scan_value(p, v, n);
+    while (e < n && p[e] == '\t') e = detail::scan_value(p, e + 1, n);
+    if (n - e < 2 || p[e] != '\r' || p[e + 1] != '\n') break;
+    if (e + 2 - fields_begin_ > lim_.max_header_bytes || e - b > lim_.max_field_line) break;
+    std::size_t ve = e;
+    while (ve > v && detail::is_ows_char(p[ve - 1])) --ve;
+    if (on_field(p, b, i, v, ve) == parse_result::error) return;
+    b = e + 2;
+    line_ = scanned_ = b;
+  }
+}
+
+namespace detail {
+
+// Whether the token of N - 1 bytes at s is lit (lower case letters and '-'),
+// ignoring case. OR-ing 0x20 into each byte folds case, and can make no
+// other tchar equal to a letter or '-', so words compare exactly.
+template <std::size_t N>
+inline bool token_is(const char* s, const char (&lit)[N]) noexcept {
+  constexpr std::size_t len = N - 1;
+  static_assert(len >= 4, "a word at least");
+  const auto word = [](const char* q, auto w) {
+    std::memcpy(&w, q, sizeof w);
+    return w;
+  };
+  if constexpr (len >= 8) {
+    constexpr std::uint64_t fold = 0x2020202020202020u;
+    for (std::size_t k = 0; k + 8 < len; k += 8)
+      if ((word(s + k, std::uint64_t{}) | fold) != word(lit + k, std::uint64_t{})) return false;
+    return (word(s + len - 8, std::uint64_t{}) | fold) == word(lit + len - 8, std::uint64_t{});
+  } else {
+    constexpr std::uint32_t fold = 0x20202020u;
+    return (word(s, std::uint32_t{}) | fold) == word(lit, std::uint32_t{}) &&
+           (word(s + len - 4, std::uint32_t{}) | fold) == word(lit + len - 4, std::uint32_t{});
+  }
+}
+
+}  // namespace detail
+
+inline parse_result request_parser::on_field(const char* p, std::size_t b, std::size_t i, std::size_t v,
+                                             std::size_t ve) noexcept {
+  if (offsets_.size() >= lim_.max_fields) return fail(431, "too many header fields");
   const auto off = [](std::size_t x) { return static_cast<std::uint32_t>(x); };
   // Member by member: building the record whole and copying it in made the
   // compilers read back four fresh 32-bit stores as one 128-bit load, which
@@ -378,23 +491,25 @@ inline parse_result request_parser::on_field_line(std::string_view bytes, std::s
   rec.name = off(b), rec.name_len = off(i - b), rec.value = off(v), rec.value_len = off(ve - v);
   const std::string_view name(p + b, i - b), value(p + v, ve - v);
 
-  // Fields that decide framing and connection handling, dispatched on length
-  // so most fields cost one switch.
+  // Fields that decide framing and connection handling, dispatched on
+  // length, then the first byte, so most fields cost a switch and a compare.
+  const char first = static_cast<char>(p[b] | 0x20);
   switch (name.size()) {
     case 4:
-      if (!iequals(name, "host")) break;
+      if (first != 'h' || !detail::token_is(p + b, "host")) break;
       if (++host_count_ > 1) return fail(400, "more than one Host field");
       // Empty is allowed (RFC 9110 7.2); anything else is an authority.
-      if (!value.empty() && !detail::valid_authority(value)) return fail(400, "invalid Host field");
+      if (!value.empty() && !host_quick(p, v, ve) && !detail::valid_authority(value))
+        return fail(400, "invalid Host field");
       if (!host_from_target_) host_[0] = off(v), host_[1] = off(ve - v);
       break;
     case 6:
-      if (!iequals(name, "expect")) break;
+      if (first != 'e' || !detail::token_is(p + b, "expect")) break;
       if (iequals(value, "100-continue")) req_.expect_continue = true;
       else expect_other_ = true;
       break;
     case 10:
-      if (!iequals(name, "connection")) break;
+      if (first != 'c' || !detail::token_is(p + b, "connection")) break;
       detail::for_each_element(value, [this](std::string_view token) {
         if (iequals(token, "close")) connection_close_ = true;
         else if (iequals(token, "keep-alive")) connection_keep_alive_ = true;
@@ -402,7 +517,7 @@ inline parse_result request_parser::on_field_line(std::string_view bytes, std::s
       });
       break;
     case 14: {
-      if (!iequals(name, "content-length")) break;
+      if (first != 'c' || !detail::token_is(p + b, "content-length")) break;
       if (value.empty()) return fail(400, "Content-Length is not a number");
       std::uint64_t len = 0;
       for (char c : value) {
@@ -416,7 +531,7 @@ inline parse_result request_parser::on_field_line(std::string_view bytes, std::s
       break;
     }
     case 17: {
-      if (!iequals(name, "transfer-encoding")) break;
+      if (first != 't' || !detail::token_is(p + b, "transfer-encoding")) break;
       unsigned before = te_codings_;
       bool ok = detail::for_each_element(value, [this](std::string_view coding) {
         // A coding with parameters is well-formed but never chunked (chunked
@@ -441,7 +556,16 @@ inline parse_result request_parser::on_field_line(std::string_view bytes, std::s
   return parse_result::incomplete;
 }
 
-inline parse_result request_parser::on_head_end(std::string_view bytes) noexcept {
+inline bool request_parser::host_quick(const char* p, std::size_t v, std::size_t ve) const noexcept {
+  std::size_t k = detail::scan_host_simple(p, v, ve);
+  if (k == v) return false;
+  if (k < ve && p[k] == ':')
+    while (++k < ve && p[k] >= '0' && p[k] <= '9') {
+    }
+  return k == ve;
+}
+
+inline parse_result request_parser::on_head_end() noexcept {
   if (req_.minor_version == 1 && host_count_ == 0) return fail(400, "missing Host field (required in HTTP/1.1)");
   if (te_codings_ != 0) {
     if (req_.minor_version == 0) return fail(400, "Transfer-Encoding in an HTTP/1.0 request");
@@ -461,7 +585,6 @@ inline parse_result request_parser::on_head_end(std::string_view bytes) noexcept
     req_.keep_alive = !connection_close_;
   }
   stage_ = stage::done;
-  materialise(bytes);
   return parse_result::done;
 }
 

@@ -31,6 +31,9 @@ enum : std::uint8_t {
   c_target = 4,  // what a request-target may hold (visible ASCII)
   c_hex = 8,
   c_host = 16,   // what an authority may hold: unreserved, sub-delims, ':', '[', ']', '%'
+  c_regname = 32,       // what a reg-name holds but for %XX: unreserved, sub-delims
+  c_target_plain = 64,  // c_target but '#': a target the fast path takes as it is
+  c_text = 128,         // c_value but HTAB: field-vchar, SP, obs-text
 };
 
 constexpr std::uint8_t char_class(unsigned c) noexcept {
@@ -49,16 +52,20 @@ constexpr std::uint8_t char_class(unsigned c) noexcept {
   if (c == '\t' || (c >= 0x20 && c != 0x7f)) k |= c_value;
   if (c > 0x20 && c < 0x7f) k |= c_target;
   if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')) k |= c_hex;
-  if (alnum) k |= c_host;
+  if (alnum) k |= c_host | c_regname;
   switch (c) {
     case '-': case '.': case '_': case '~': case '!': case '$': case '&': case '\'':
-    case '(': case ')': case '*': case '+': case ',': case ';': case '=': case ':':
-    case '[': case ']': case '%':
+    case '(': case ')': case '*': case '+': case ',': case ';': case '=':
+      k |= c_host | c_regname;
+      break;
+    case ':': case '[': case ']': case '%':
       k |= c_host;
       break;
     default:
       break;
   }
+  if ((k & c_target) && c != '#') k |= c_target_plain;
+  if ((k & c_value) && c != '\t') k |= c_text;
   return k;
 }
 
@@ -205,7 +212,7 @@ inline bool valid_ip_literal(std::string_view s) noexcept {
   while (i < s.size() && hex_value(s[i]) >= 0) ++i;
   if (i == 1 || i == s.size() || s[i] != '.' || ++i == s.size()) return false;
   for (; i < s.size(); ++i)
-    if (!is(s[i], c_host) || s[i] == '[' || s[i] == ']' || s[i] == '%') return false;
+    if (!is(s[i], c_regname) && s[i] != ':') return false;
   return true;
 }
 
@@ -224,13 +231,11 @@ inline bool valid_authority(std::string_view a, port_rule port = port_rule::opti
     if (close == std::string_view::npos || !valid_ip_literal(a.substr(1, close - 1))) return false;
     i = close + 1;
   } else {
-    for (; i < a.size() && a[i] != ':'; ++i) {
-      if (a[i] == '%') {
-        if (a.size() - i < 3 || hex_value(a[i + 1]) < 0 || hex_value(a[i + 2]) < 0) return false;
-        i += 2;
-      } else if (!is(a[i], c_host) || a[i] == '[' || a[i] == ']') {
-        return false;
-      }
+    while (true) {
+      while (i < a.size() && is(a[i], c_regname)) ++i;
+      if (i == a.size() || a[i] != '%') break;
+      if (a.size() - i < 3 || hex_value(a[i + 1]) < 0 || hex_value(a[i + 2]) < 0) return false;
+      i += 3;
     }
     if (i == 0) return false;
   }
