@@ -128,6 +128,10 @@ class request_parser {
   // What a field line means, once its syntax is known good: name [b, i),
   // value [v, ve) without surrounding whitespace.
   parse_result on_field(const char* p, std::size_t b, std::size_t i, std::size_t v, std::size_t ve) noexcept;
+  // Host, Expect, Connection, Content-Length, Transfer-Encoding (or another
+  // name of one of their lengths); out of line, as most fields are none.
+  parse_result on_special_field(const char* p, std::size_t b, std::size_t i, std::size_t v,
+                                std::size_t ve) noexcept;
   parse_result on_head_end() noexcept;
   // Whether [v, ve) is plainly a valid host: letters, digits, '-' and '.'
   // (a reg-name), then perhaps ':' and digits. No means "ask valid_authority".
@@ -212,8 +216,7 @@ inline request_parser::request_parser(limits lim) : lim_(lim) {
 }
 
 inline void request_parser::reset() noexcept {
-  offsets_.clear();
-  req_.fields.clear();
+  offsets_.clear();  // req_.fields keeps its size until the next done or error (see materialise)
   req_.method = req_.target = req_.path = req_.query = req_.host = {};
   req_.kind = verb::get;
   req_.minor_version = 1;
@@ -233,6 +236,7 @@ inline void request_parser::reset() noexcept {
 }
 
 inline parse_result request_parser::fail(int status, const char* reason) noexcept {
+  req_.fields.clear();  // no views of an earlier request left in a failed one
   stage_ = stage::error;
   status_ = status;
   reason_ = reason;
@@ -393,7 +397,12 @@ inline parse_result request_parser::on_request_parts(const char* p, std::size_t 
     path_begin = t + z;
   }
   std::size_t q = path_begin;
-  while (q < j && p[q] != '?') ++q;
+  if (j - path_begin < 16) {  // memchr's call costs more than a short loop
+    while (q < j && p[q] != '?') ++q;
+  } else {
+    const void* question = std::memchr(p + path_begin, '?', j - path_begin);
+    q = question != nullptr ? static_cast<std::size_t>(static_cast<const char*>(question) - p) : j;
+  }
   path_[0] = off(path_begin), path_[1] = off(q - path_begin);
   if (q == path_begin && (q == j || p[q] == '?')) path_literal_ = "/";
   if (q < j) query_[0] = off(q + 1), query_[1] = off(j - q - 1);
@@ -489,6 +498,18 @@ inline parse_result request_parser::on_field(const char* p, std::size_t b, std::
   // cannot be store-forwarded (a stall worth a quarter of this function).
   field_offsets& rec = offsets_.emplace_back();
   rec.name = off(b), rec.name_len = off(i - b), rec.value = off(v), rec.value_len = off(ve - v);
+  // Only names of these lengths can matter below: one test skips the rest.
+  constexpr std::uint32_t special = 1u << 4 | 1u << 6 | 1u << 10 | 1u << 14 | 1u << 17;
+  if (i - b > 17 || (special >> (i - b) & 1u) == 0) return parse_result::incomplete;
+  return on_special_field(p, b, i, v, ve);
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline))
+#endif
+inline parse_result request_parser::on_special_field(const char* p, std::size_t b, std::size_t i, std::size_t v,
+                                                     std::size_t ve) noexcept {
+  const auto off = [](std::size_t x) { return static_cast<std::uint32_t>(x); };
   const std::string_view name(p + b, i - b), value(p + v, ve - v);
 
   // Fields that decide framing and connection handling, dispatched on
@@ -596,9 +617,19 @@ inline void request_parser::materialise(std::string_view bytes) noexcept {
   req_.path = path_literal_ != nullptr ? std::string_view(path_literal_) : view(path_);
   req_.query = view(query_);
   req_.host = view(host_);
-  req_.fields.clear();
-  for (const field_offsets& f : offsets_)
-    req_.fields.push_back({std::string_view(p + f.name, f.name_len), std::string_view(p + f.value, f.value_len)});
+  // Sized once, then filled through a plain pointer: push_back would store
+  // and reload the vector's end for every field, a chain through memory
+  // that cost more than the parsing of the fields. reset() leaves the size
+  // alone, so a server whose requests carry as many fields as the last one's
+  // does not resize at all; there is never an allocation (the capacity was
+  // reserved at construction).
+  const std::size_t count = offsets_.size();
+  if (req_.fields.size() != count) req_.fields.resize(count);
+  const field_offsets* from = offsets_.data();
+  header_field* out = req_.fields.data();
+  for (std::size_t k = 0; k < count; ++k)
+    out[k] = {std::string_view(p + from[k].name, from[k].name_len),
+              std::string_view(p + from[k].value, from[k].value_len)};
 }
 
 }  // namespace httpd
