@@ -117,8 +117,10 @@ class request_parser {
   // each. It gives up on anything else, leaving the line to the line-at-a-
   // time path below, which is the reference: so every verdict (and its
   // order of checks) is that path's, however the bytes were split.
-  void fast_request_line(const char* p, std::size_t n) noexcept;
-  void fast_fields(const char* p, std::size_t n) noexcept;
+  // From line_: done, error, or incomplete for "the line at line_ is the
+  // slow path's". Positions stay in registers, members are written on the
+  // way out: reading back fresh stores was a good part of a short head's cost.
+  parse_result fast_head(const char* p, std::size_t n) noexcept;
   parse_result on_request_line(std::string_view bytes, std::size_t begin, std::size_t end) noexcept;
   // What a request line means, once its syntax is known good: method [b, i),
   // target [t, j); fragment_checked: the target is known to hold no '#'.
@@ -257,13 +259,9 @@ inline parse_result request_parser::parse(std::string_view bytes) {
   const std::size_t n = bytes.size();
   while (true) {
     if (scanned_ == line_) {  // a line not looked at yet
-      if (stage_ == stage::request_line) fast_request_line(p, n);
-      if (stage_ == stage::fields && scanned_ == line_) fast_fields(p, n);
-      if (stage_ == stage::done) {
-        materialise(bytes);
-        return parse_result::done;
-      }
-      if (stage_ == stage::error) return parse_result::error;
+      const parse_result r = fast_head(p, n);
+      if (r == parse_result::done) materialise(bytes);
+      if (r != parse_result::incomplete) return r;
     }
     const void* lf = scanned_ < n ? std::memchr(p + scanned_, '\n', n - scanned_) : nullptr;
     if (lf == nullptr) {
@@ -337,22 +335,47 @@ inline parse_result request_parser::on_request_line(std::string_view bytes, std:
   return on_request_parts(p, b, i, t, j, false);
 }
 
-inline void request_parser::fast_request_line(const char* p, std::size_t n) noexcept {
-  // method SP target SP "HTTP/1." DIGIT CRLF, nothing else; an empty line
-  // before it, or anything unusual, is the slow path's.
-  const std::size_t b = line_;
-  const std::size_t i = detail::scan_name(p, b, n);
-  if (i == b || i >= n || p[i] != ' ') return;
-  const std::size_t t = i + 1;
-  const std::size_t j = detail::scan_target(p, t, n);
-  if (j == t || n - j < 11 || p[j] != ' ' || std::memcmp(p + j + 1, "HTTP/1.", 7) != 0 || p[j + 8] < '0' ||
-      p[j + 8] > '9' || p[j + 9] != '\r' || p[j + 10] != '\n')
-    return;
-  if (j + 9 - b > lim_.max_request_line) return;
-  req_.minor_version = p[j + 8] == '0' ? 0 : 1;
-  if (on_request_parts(p, b, i, t, j, true) == parse_result::error) return;
-  stage_ = stage::fields;
-  line_ = scanned_ = fields_begin_ = j + 11;
+inline parse_result request_parser::fast_head(const char* p, std::size_t n) noexcept {
+  std::size_t b = line_, fields_begin = fields_begin_;
+  if (stage_ == stage::request_line) {
+    // method SP target SP "HTTP/1." DIGIT CRLF, nothing else; an empty line
+    // before it, or anything unusual, is the slow path's.
+    const std::size_t i = detail::scan_name(p, b, n);
+    if (i == b || i >= n || p[i] != ' ') return parse_result::incomplete;
+    const std::size_t t = i + 1;
+    const std::size_t j = detail::scan_target(p, t, n);
+    if (j == t || n - j < 11 || p[j] != ' ' || std::memcmp(p + j + 1, "HTTP/1.", 7) != 0 || p[j + 8] < '0' ||
+        p[j + 8] > '9' || p[j + 9] != '\r' || p[j + 10] != '\n' || j + 9 - b > lim_.max_request_line)
+      return parse_result::incomplete;
+    req_.minor_version = p[j + 8] == '0' ? 0 : 1;
+    if (on_request_parts(p, b, i, t, j, true) == parse_result::error) return parse_result::error;
+    stage_ = stage::fields;
+    b = fields_begin = fields_begin_ = j + 11;
+  }
+  const std::size_t max_header = lim_.max_header_bytes, max_line = lim_.max_field_line;
+  while (b < n) {
+    if (p[b] == '\r') {  // the empty line ending the head
+      if (n - b < 2 || p[b + 1] != '\n' || b + 2 - fields_begin > max_header) break;
+      header_length_ = b + 2;
+      return on_head_end();
+    }
+    const std::size_t i = detail::scan_name(p, b, n);
+    if (i == b || i >= n || p[i] != ':') break;
+    std::size_t v = i + 1;
+    while (v < n && detail::is_ows_char(p[v])) ++v;
+    // One pass finds the line's end and checks the value: the first byte
+    // below 0x20 or 0x7f must be the CR of CRLF (HTAB is passed over).
+    std::size_t e = detail::scan_value(p, v, n);
+    while (e < n && p[e] == '\t') e = detail::scan_value(p, e + 1, n);
+    if (n - e < 2 || p[e] != '\r' || p[e + 1] != '\n') break;
+    if (e + 2 - fields_begin > max_header || e - b > max_line) break;
+    std::size_t ve = e;
+    while (ve > v && detail::is_ows_char(p[ve - 1])) --ve;
+    if (on_field(p, b, i, v, ve) == parse_result::error) return parse_result::error;
+    b = e + 2;
+  }
+  line_ = scanned_ = b;
+  return parse_result::incomplete;
 }
 
 inline parse_result request_parser::on_request_parts(const char* p, std::size_t b, std::size_t i, std::size_t t,
@@ -433,33 +456,6 @@ inline parse_result request_parser::on_field_line(std::string_view bytes, std::s
     return fail(400, "control character in a header field value");
   }
   return on_field(p, b, i, v, ve);
-}
-
-inline void request_parser::fast_fields(const char* p, std::size_t n) noexcept {
-  std::size_t b = line_;
-  while (b < n) {
-    if (p[b] == '\r') {  // the empty line ending the head
-      if (n - b < 2 || p[b + 1] != '\n' || b + 2 - fields_begin_ > lim_.max_header_bytes) break;
-      header_length_ = b + 2;
-      on_head_end();
-      return;
-    }
-    const std::size_t i = detail::scan_name(p, b, n);
-    if (i == b || i >= n || p[i] != ':') break;
-    std::size_t v = i + 1;
-    while (v < n && detail::is_ows_char(p[v])) ++v;
-    // One pass finds the line's end and checks the value: the first byte
-    // below 0x20 or 0x7f must be the CR of CRLF (HTAB is passed over).
-    std::size_t e = detail::scan_value(p, v, n);
-    while (e < n && p[e] == '\t') e = detail::scan_value(p, e + 1, n);
-    if (n - e < 2 || p[e] != '\r' || p[e + 1] != '\n') break;
-    if (e + 2 - fields_begin_ > lim_.max_header_bytes || e - b > lim_.max_field_line) break;
-    std::size_t ve = e;
-    while (ve > v && detail::is_ows_char(p[ve - 1])) --ve;
-    if (on_field(p, b, i, v, ve) == parse_result::error) return;
-    b = e + 2;
-    line_ = scanned_ = b;
-  }
 }
 
 namespace detail {
