@@ -4,7 +4,9 @@
 // also brings the chunked body decoder (http_chunked.hpp) and the helpers a
 // server needs around both (http_syntax.hpp: limits, percent decoding, target
 // splitting). No syscalls, no allocation per request: the parser reads the
-// bytes the server has buffered and hands back string_views into them. It is strict where leniency lets two parsers disagree about
+// bytes the server has buffered and hands back string_views into them. Its
+// inner loops use SSE2 or AVX2 where the build allows (http_scan.hpp).
+// It is strict where leniency lets two parsers disagree about
 // where a message ends (request smuggling): CRLF line ends only, no obs-fold,
 // no whitespace before the colon, one unambiguous framing per request.
 //
@@ -162,14 +164,22 @@ class request_parser {
   unsigned empty_lines_ = 0;
 };
 
-// Implementation. Each line is found with memchr and then checked once, when
-// its LF has arrived, so re-feeding a growing buffer costs only the new bytes.
+// Implementation. A line seen whole for the first time goes through
+// fast_head(): one vector scan per run (name, value up to its CR, target),
+// the checks that matter, no second pass. Anything it does not take as it
+// is (a partial line, an error, an odd but legal shape, a limit reached)
+// goes to the line-at-a-time path: each line found with memchr and checked
+// once, when its LF has arrived, so re-feeding a growing buffer costs only
+// the new bytes. That path is the reference: the fast one only ever agrees
+// with it, so no verdict depends on how the bytes were split (the fuzzer
+// checks this).
 
 inline const header_field* request::find(std::string_view name) const noexcept {
   for (const header_field& f : fields)
     if (iequals(f.name, name)) return &f;
   return nullptr;
 }
+
 
 namespace detail {
 
@@ -465,32 +475,6 @@ inline parse_result request_parser::on_field_line(std::string_view bytes, std::s
   return on_field(p, b, i, v, ve);
 }
 
-namespace detail {
-
-// Whether the token of N - 1 bytes at s is lit (lower case letters and '-'),
-// ignoring case. OR-ing 0x20 into each byte folds case, and can make no
-// other tchar equal to a letter or '-', so words compare exactly.
-template <std::size_t N>
-inline bool token_is(const char* s, const char (&lit)[N]) noexcept {
-  constexpr std::size_t len = N - 1;
-  static_assert(len >= 4, "a word at least");
-  const auto word = [](const char* q, auto w) {
-    std::memcpy(&w, q, sizeof w);
-    return w;
-  };
-  if constexpr (len >= 8) {
-    constexpr std::uint64_t fold = 0x2020202020202020u;
-    for (std::size_t k = 0; k + 8 < len; k += 8)
-      if ((word(s + k, std::uint64_t{}) | fold) != word(lit + k, std::uint64_t{})) return false;
-    return (word(s + len - 8, std::uint64_t{}) | fold) == word(lit + len - 8, std::uint64_t{});
-  } else {
-    constexpr std::uint32_t fold = 0x20202020u;
-    return (word(s, std::uint32_t{}) | fold) == word(lit, std::uint32_t{}) &&
-           (word(s + len - 4, std::uint32_t{}) | fold) == word(lit + len - 4, std::uint32_t{});
-  }
-}
-
-}  // namespace detail
 
 inline parse_result request_parser::on_field(const char* p, std::size_t b, std::size_t i, std::size_t v,
                                              std::size_t ve) noexcept {

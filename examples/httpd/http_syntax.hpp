@@ -274,6 +274,29 @@ inline std::size_t find_bad_value_char(const char* p, std::size_t n) noexcept {
   return n;
 }
 
+// Whether the token of N - 1 bytes at s is lit (lower case letters and '-'),
+// ignoring case. OR-ing 0x20 into each byte folds case, and can make no
+// other tchar equal to a letter or '-', so words compare exactly.
+template <std::size_t N>
+inline bool token_is(const char* s, const char (&lit)[N]) noexcept {
+  constexpr std::size_t len = N - 1;
+  static_assert(len >= 4, "a word at least");
+  const auto word = [](const char* q, auto w) {
+    std::memcpy(&w, q, sizeof w);
+    return w;
+  };
+  if constexpr (len >= 8) {
+    constexpr std::uint64_t fold = 0x2020202020202020u;
+    for (std::size_t k = 0; k + 8 < len; k += 8)
+      if ((word(s + k, std::uint64_t{}) | fold) != word(lit + k, std::uint64_t{})) return false;
+    return (word(s + len - 8, std::uint64_t{}) | fold) == word(lit + len - 8, std::uint64_t{});
+  } else {
+    constexpr std::uint32_t fold = 0x20202020u;
+    return (word(s, std::uint32_t{}) | fold) == word(lit, std::uint32_t{}) &&
+           (word(s + len - 4, std::uint32_t{}) | fold) == word(lit + len - 4, std::uint32_t{});
+  }
+}
+
 }  // namespace detail
 
 /// ASCII case-insensitive equality, as field names and codings compare.
