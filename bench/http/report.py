@@ -334,6 +334,11 @@ def compare_figures(results):
 
 def parser_section(results):
     md = ["\n## The HTTP parser\n"]
+    meta_path = os.path.join(results, "meta.json")
+    meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {}
+    if meta.get("date"):
+        md.append(f"Measured on {meta['date']}, commit {meta.get('commit', '?')} "
+                  "(`bench/run parser` rewrites this section alone).\n\n")
     md.append("prefork-httpd's request parser (examples/httpd/http_parser.hpp) against "
               "picohttpparser, h2o's parser and the usual reference for speed, as Debian ships it "
               "(`phr_parse_request` from libh2o-evloop0.13), on the same bytes "
@@ -363,8 +368,6 @@ def parser_section(results):
                       f"| {build} | {req} | {ours[0]:.1f} | n/a | ")
                 t += (f"{r:.2f}× | " if r else "n/a | ")
                 t += f"{ours[1]:.0f}-{ours[2]:.0f} | " + (f"{pico[1]:.0f}-{pico[2]:.0f} |\n" if pico else "n/a |\n")
-        meta_path = os.path.join(results, "meta.json")
-        meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {}
         if meta.get("load_start"):
             t += (f"\nLoad average (1 min) when this run began: {meta['load_start']} on "
                   f"{meta.get('cores', '?')} cores. On a shared machine the ns figures move by tens of "
