@@ -475,7 +475,6 @@ inline parse_result request_parser::on_field_line(std::string_view bytes, std::s
   return on_field(p, b, i, v, ve);
 }
 
-
 inline parse_result request_parser::on_field(const char* p, std::size_t b, std::size_t i, std::size_t v,
                                              std::size_t ve) noexcept {
   if (offsets_.size() >= lim_.max_fields) return fail(431, "too many header fields");
