@@ -1,60 +1,38 @@
 // Benchmarks of prefork-httpd's request parser and chunked decoder
-// (examples/httpd/http_parser.hpp): a minimal GET, a browser-like GET with
-// about 1 KiB of headers and cookies, a POST with a chunked body, and a head
-// fed one byte at a time. Figures only; never a test of speed.
+// (examples/httpd/http_parser.hpp): a minimal GET, a browser GET with 19
+// fields in 1.2 KiB, a POST with a chunked body, and a head fed one byte at a
+// time; and the two GETs side by side with picohttpparser when the build
+// found Debian's libh2o-evloop (bench/http/pico.hpp). Figures only; never a
+// test of speed.
 //   bench_http_parser                      Catch2 BENCHMARK statistics
 //   bench_http_parser '[report]'           requests/s and bytes/s per CPU second, as a table
+//   bench_http_parser '[compare]'          ns per request, prefork against picohttpparser:
+//                                          interleaved rounds (PREFORK_BENCH_ROUNDS, default 9), medians
 #include "catch.hpp"
 
+#include "http/pico.hpp"
+#include "http/requests.hpp"
 #include "httpd/http_parser.hpp"
 
 #include <time.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <functional>
 #include <stdexcept>
 #include <string>
+#include <vector>
+
+#ifndef PREFORK_BENCH_BUILD
+#define PREFORK_BENCH_BUILD "default flags"
+#endif
 
 namespace {
 
-const std::string minimal_get = "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
-
-const std::string browser_get =
-    "GET /assets/js/application-5f1c0a3e.js?v=20240101 HTTP/1.1\r\n"
-    "Host: www.example.com\r\n"
-    "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    "Chrome/120.0.0.0 Safari/537.36\r\n"
-    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
-    "image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7\r\n"
-    "Accept-Encoding: gzip, deflate, br\r\n"
-    "Accept-Language: en-GB,en-US;q=0.9,en;q=0.8,fr;q=0.7\r\n"
-    "Cache-Control: max-age=0\r\n"
-    "Connection: keep-alive\r\n"
-    "Cookie: _ga=GA1.2.1234567890.1700000000; _gid=GA1.2.987654321.1700000000; "
-    "session_id=4f8a1b2c3d4e5f60718293a4b5c6d7e8f9012345; csrftoken=Zk3sQ9xV2mT7pL0aB4nR8wE1yU6iO5cH; "
-    "preferences=%7B%22theme%22%3A%22dark%22%2C%22lang%22%3A%22en%22%2C%22tz%22%3A%22Europe%2FLondon%22%7D; "
-    "_fbp=fb.1.1700000000000.1234567890; ab_test_bucket=variant-b\r\n"
-    "If-Modified-Since: Mon, 01 Jan 2024 00:00:00 GMT\r\n"
-    "If-None-Match: W/\"5f1c0a3e-1a2b3c\"\r\n"
-    "Referer: https://www.example.com/products/category/widgets?page=2&sort=price\r\n"
-    "Sec-Ch-Ua: \"Not_A Brand\";v=\"8\", \"Chromium\";v=\"120\", \"Google Chrome\";v=\"120\"\r\n"
-    "Sec-Ch-Ua-Mobile: ?0\r\n"
-    "Sec-Ch-Ua-Platform: \"Linux\"\r\n"
-    "Sec-Fetch-Dest: script\r\n"
-    "Sec-Fetch-Mode: no-cors\r\n"
-    "Sec-Fetch-Site: same-origin\r\n"
-    "Upgrade-Insecure-Requests: 1\r\n"
-    "\r\n";
-
-std::string make_chunked_post() {
-  std::string s =
-      "POST /api/upload HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/octet-stream\r\n"
-      "Transfer-Encoding: chunked\r\n\r\n";
-  const std::string chunk(1000, 'x');
-  for (int i = 0; i < 4; ++i) s += "3e8\r\n" + chunk + "\r\n";
-  s += "0\r\n\r\n";
-  return s;
-}
-const std::string chunked_post = make_chunked_post();
+using bench_requests::browser_get;
+using bench_requests::chunked_post;
+using bench_requests::minimal_get;
 
 // One request as a server handles it: parse the head, decode any chunked body.
 struct handler {
@@ -137,6 +115,73 @@ TEST_CASE("request parser throughput", "[.report][report]") {
     std::printf("%-30s %8zu %14.0f %12.1f %10.1f\n", r.name, r.input->size(), per_second,
                 per_second * static_cast<double>(r.input->size()) / 1e6, 1e9 / per_second);
   }
+  std::printf("(checksum %zu)\n", sink);
+  CHECK(sink > 0);
+}
+
+namespace {
+
+// ns per call of f, on CPU time, over about `budget` CPU seconds after a
+// calibration; f returns something to keep the work from being optimised out.
+double ns_per_call(const std::function<std::size_t()>& f, double budget, std::size_t& sink) {
+  std::size_t iterations = 1000;
+  while (true) {
+    const double start = cpu_seconds();
+    for (std::size_t i = 0; i < iterations; ++i) sink += f();
+    const double seconds = cpu_seconds() - start;
+    if (seconds >= budget) return seconds * 1e9 / static_cast<double>(iterations);
+    iterations = seconds < budget / 20 ? iterations * 10
+                                        : static_cast<std::size_t>(static_cast<double>(iterations) * budget * 1.1 / seconds);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("prefork's parser against picohttpparser", "[.compare][compare]") {
+  handler h;
+  struct contender {
+    std::string request, parser;
+    std::function<std::size_t()> run;
+    std::vector<double> ns;
+  };
+  std::vector<contender> all;
+  for (const std::string* in : {&minimal_get, &browser_get}) {
+    const std::string name = in == &minimal_get ? "minimal GET" : "browser GET";
+    all.push_back({name, "prefork", [&h, in] { return h.whole(*in); }, {}});
+#ifdef PREFORK_BENCH_PICO
+    all.push_back({name, "picohttpparser", [in] {
+                     static bench_pico::parser pico;
+                     const std::size_t r = pico.parse(in->data(), in->size());
+                     if (r == 0) throw std::runtime_error("picohttpparser refuses a bench input");
+                     return r;
+                   },
+                   {}});
+#endif
+  }
+  const char* env = std::getenv("PREFORK_BENCH_ROUNDS");
+  const int rounds = env != nullptr && std::atoi(env) > 0 ? std::atoi(env) : 9;
+  std::size_t sink = 0;
+  // Rounds interleave the contenders, starting with a different one each
+  // time, so a slow spell of the machine falls on all of them alike.
+  for (int r = 0; r < rounds; ++r)
+    for (std::size_t k = 0; k < all.size(); ++k) {
+      contender& c = all[(k + static_cast<std::size_t>(r)) % all.size()];
+      c.ns.push_back(ns_per_call(c.run, 0.05, sink));
+    }
+  std::printf("\nbuild: %s; %d interleaved rounds of 0.05 s CPU each; ns per request\n", PREFORK_BENCH_BUILD, rounds);
+#ifndef PREFORK_BENCH_PICO
+  std::printf("picohttpparser: skipped (built without libh2o-evloop; install libh2o-evloop0.13 and reconfigure)\n");
+#endif
+  std::printf("%-12s %-15s %9s %9s %9s\n", "request", "parser", "median", "min", "max");
+  for (contender& c : all) {
+    std::sort(c.ns.begin(), c.ns.end());
+    std::printf("%-12s %-15s %9.1f %9.1f %9.1f\n", c.request.c_str(), c.parser.c_str(), c.ns[c.ns.size() / 2],
+                c.ns.front(), c.ns.back());
+  }
+  // One line per figure for bench/http/report.py.
+  for (const contender& c : all)
+    std::printf("compare|%s|%s|%s|%.2f|%.2f|%.2f\n", PREFORK_BENCH_BUILD, c.request.c_str(), c.parser.c_str(),
+                c.ns[c.ns.size() / 2], c.ns.front(), c.ns.back());
   std::printf("(checksum %zu)\n", sink);
   CHECK(sink > 0);
 }

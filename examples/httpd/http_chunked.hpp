@@ -4,7 +4,8 @@
 // A byte-at-a-time state machine, so it takes any split of its input and never
 // needs bytes fed twice: the server hands it whatever arrived after the head,
 // then each read's bytes. Chunk sizes are hex with an overflow check, chunk
-// extensions are skipped, trailer fields are checked for syntax and ignored,
+// extensions are checked against their grammar (RFC 9112 7.1.1) and ignored,
+// trailer fields are checked for syntax and ignored,
 // and the CRLF after each chunk's data is enforced (a missing one is how
 // smuggled requests hide). No allocation beyond what the caller's sink does.
 #pragma once
@@ -59,7 +60,16 @@ class chunked_decoder {
   enum class state : std::uint8_t {
     size_first,   // the first hex digit of a chunk size
     size,         // more hex digits, or the end of the size
-    ext,          // a chunk extension, skipped up to CR
+    // chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
+    ext_semi,     // BWS before a ';' (after the size or a value)
+    ext_name_ws,  // BWS after ';', up to the name's first tchar
+    ext_name,     // more of the name
+    ext_name_end, // BWS after the name: '=' or ';' must follow
+    ext_value_ws, // BWS after '=', up to a token or a quoted-string
+    ext_token,    // more of a token value
+    ext_quoted,   // inside a quoted-string value
+    ext_escape,   // after a backslash in a quoted-string
+    ext_closed,   // after the closing quote
     size_lf,      // LF after the chunk-size line
     data,         // chunk data, remaining_ bytes of it
     data_cr,      // CR after the data
@@ -72,6 +82,14 @@ class chunked_decoder {
     done,
     error,
   };
+
+  // Whether a chunk-size line may end (CR) in the current extension state.
+  bool ext_may_end() const noexcept {
+    return state_ == state::ext_name || state_ == state::ext_token || state_ == state::ext_closed;
+  }
+  // One byte of a chunk extension, other than the CR that ends it; false if
+  // the grammar forbids it here.
+  bool ext_step(char c) noexcept;
 
   chunk_progress fail(int status, const char* reason, std::size_t consumed) noexcept {
     state_ = state::error;
@@ -100,6 +118,45 @@ inline void chunked_decoder::reset() noexcept {
   last_chunk_ = false;
   status_ = 0;
   reason_ = "";
+}
+
+inline bool chunked_decoder::ext_step(char c) noexcept {
+  using detail::is;
+  const bool ws = detail::is_ows_char(c), tchar = is(c, detail::c_token);
+  switch (state_) {
+    case state::ext_semi:
+      if (c == ';') return state_ = state::ext_name_ws, true;
+      return ws;
+    case state::ext_name_ws:
+      if (tchar) return state_ = state::ext_name, true;
+      return ws;
+    case state::ext_name:
+    case state::ext_name_end:
+      if (c == '=') return state_ = state::ext_value_ws, true;
+      if (c == ';') return state_ = state::ext_name_ws, true;
+      if (ws) return state_ = state::ext_name_end, true;
+      return tchar && state_ == state::ext_name;
+    case state::ext_value_ws:
+      if (c == '"') return state_ = state::ext_quoted, true;
+      if (tchar) return state_ = state::ext_token, true;
+      return ws;
+    case state::ext_token:
+    case state::ext_closed:
+      if (c == ';') return state_ = state::ext_name_ws, true;
+      if (ws) return state_ = state::ext_semi, true;
+      return tchar && state_ == state::ext_token;
+    case state::ext_quoted:
+      // qdtext = HTAB / SP / %x21 / %x23-5B / %x5D-7E / obs-text
+      if (c == '"') return state_ = state::ext_closed, true;
+      if (c == '\\') return state_ = state::ext_escape, true;
+      return is(c, detail::c_value);
+    case state::ext_escape:
+      // quoted-pair = "\" ( HTAB / SP / VCHAR / obs-text )
+      state_ = state::ext_quoted;
+      return is(c, detail::c_value);
+    default:
+      return false;
+  }
 }
 
 template <class Sink>
@@ -142,30 +199,37 @@ chunk_progress chunked_decoder::feed(std::string_view in, Sink&& sink) {
         last_chunk_ = remaining_ == 0;
         if (c == '\r') {
           state_ = state::size_lf;
-        } else if (c == ';' || c == ' ' || c == '\t') {  // BWS may precede ';'
-          if (++line_bytes_ > max_line_) return fail(400, "chunk size line too long", i);
-          state_ = state::ext;
+        } else if (c == ';') {
+          state_ = state::ext_name_ws;
+        } else if (detail::is_ows_char(c)) {  // BWS, which only ';' may follow
+          state_ = state::ext_semi;
         } else {
           return fail(400, "invalid character after the chunk size", i);
         }
+        if (c != '\r' && ++line_bytes_ > max_line_) return fail(400, "chunk size line too long", i);
         ++i;
         break;
       }
-      case state::ext: {
-        // Extensions carry nothing we use; skip them, refusing only what could
-        // end the line early for another parser (controls, bare LF).
-        std::size_t k = i;
-        while (k < n && is(p[k], detail::c_value)) ++k;
-        // Fail at the first byte over the limit, as a byte-at-a-time feed would.
-        if (k - i > max_line_ - line_bytes_) return fail(400, "chunk size line too long", i + (max_line_ - line_bytes_));
-        line_bytes_ += k - i;
-        i = k;
-        if (i == n) break;
-        if (p[i] != '\r') return fail(400, "invalid character in a chunk extension", i);
-        state_ = state::size_lf;
+      // Extensions carry nothing we use, but they are held to their grammar:
+      // a lenient skip (any byte up to CR) is where two parsers start to
+      // disagree about where a chunk's data begins.
+      case state::ext_semi:
+      case state::ext_name_ws:
+      case state::ext_name:
+      case state::ext_name_end:
+      case state::ext_value_ws:
+      case state::ext_token:
+      case state::ext_quoted:
+      case state::ext_escape:
+      case state::ext_closed:
+        if (c == '\r' && ext_may_end()) {
+          state_ = state::size_lf;
+        } else {
+          if (!ext_step(c)) return fail(400, "invalid chunk extension", i);
+          if (++line_bytes_ > max_line_) return fail(400, "chunk size line too long", i);
+        }
         ++i;
         break;
-      }
       case state::size_lf:
         if (c != '\n') return fail(400, "chunk size line not ended by CRLF", i);
         state_ = last_chunk_ ? state::trailer_start : state::data;

@@ -4,7 +4,9 @@
 // also brings the chunked body decoder (http_chunked.hpp) and the helpers a
 // server needs around both (http_syntax.hpp: limits, percent decoding, target
 // splitting). No syscalls, no allocation per request: the parser reads the
-// bytes the server has buffered and hands back string_views into them. It is strict where leniency lets two parsers disagree about
+// bytes the server has buffered and hands back string_views into them. Its
+// inner loops use SSE2 or AVX2 where the build allows (http_scan.hpp).
+// It is strict where leniency lets two parsers disagree about
 // where a message ends (request smuggling): CRLF line ends only, no obs-fold,
 // no whitespace before the colon, one unambiguous framing per request.
 //
@@ -23,6 +25,7 @@
 #pragma once
 
 #include "http_chunked.hpp"
+#include "http_scan.hpp"
 #include "http_syntax.hpp"
 
 #include <cstddef>
@@ -112,9 +115,31 @@ class request_parser {
   enum class stage : std::uint8_t { request_line, fields, done, error };
 
   parse_result fail(int status, const char* reason) noexcept;
+  // The fast path: whole, well-formed lines within the limits, in one pass
+  // each. It gives up on anything else, leaving the line to the line-at-a-
+  // time path below, which is the reference: so every verdict (and its
+  // order of checks) is that path's, however the bytes were split.
+  // From line_: done, error, or incomplete for "the line at line_ is the
+  // slow path's". Positions stay in registers, members are written on the
+  // way out: reading back fresh stores was a good part of a short head's cost.
+  parse_result fast_head(const char* p, std::size_t n) noexcept;
   parse_result on_request_line(std::string_view bytes, std::size_t begin, std::size_t end) noexcept;
+  // What a request line means, once its syntax is known good: method [b, i),
+  // target [t, j); fragment_checked: the target is known to hold no '#'.
+  parse_result on_request_parts(const char* p, std::size_t b, std::size_t i, std::size_t t, std::size_t j,
+                                bool fragment_checked) noexcept;
   parse_result on_field_line(std::string_view bytes, std::size_t begin, std::size_t end) noexcept;
-  parse_result on_head_end(std::string_view bytes) noexcept;
+  // What a field line means, once its syntax is known good: name [b, i),
+  // value [v, ve) without surrounding whitespace.
+  parse_result on_field(const char* p, std::size_t b, std::size_t i, std::size_t v, std::size_t ve) noexcept;
+  // Host, Expect, Connection, Content-Length, Transfer-Encoding (or another
+  // name of one of their lengths); out of line, as most fields are none.
+  parse_result on_special_field(const char* p, std::size_t b, std::size_t i, std::size_t v,
+                                std::size_t ve) noexcept;
+  parse_result on_head_end() noexcept;
+  // Whether [v, ve) is plainly a valid host: letters, digits, '-' and '.'
+  // (a reg-name), then perhaps ':' and digits. No means "ask valid_authority".
+  bool host_quick(const char* p, std::size_t v, std::size_t ve) const noexcept;
   void materialise(std::string_view bytes) noexcept;
 
   limits lim_;
@@ -139,14 +164,22 @@ class request_parser {
   unsigned empty_lines_ = 0;
 };
 
-// Implementation. Each line is found with memchr and then checked once, when
-// its LF has arrived, so re-feeding a growing buffer costs only the new bytes.
+// Implementation. A line seen whole for the first time goes through
+// fast_head(): one vector scan per run (name, value up to its CR, target),
+// the checks that matter, no second pass. Anything it does not take as it
+// is (a partial line, an error, an odd but legal shape, a limit reached)
+// goes to the line-at-a-time path: each line found with memchr and checked
+// once, when its LF has arrived, so re-feeding a growing buffer costs only
+// the new bytes. That path is the reference: the fast one only ever agrees
+// with it, so no verdict depends on how the bytes were split (the fuzzer
+// checks this).
 
 inline const header_field* request::find(std::string_view name) const noexcept {
   for (const header_field& f : fields)
     if (iequals(f.name, name)) return &f;
   return nullptr;
 }
+
 
 namespace detail {
 
@@ -195,9 +228,15 @@ inline request_parser::request_parser(limits lim) : lim_(lim) {
 }
 
 inline void request_parser::reset() noexcept {
-  offsets_.clear();
-  req_.fields.clear();
-  req_.method = req_.target = req_.path = req_.query = req_.host = {};
+  offsets_.clear();  // req_.fields keeps its size until the next done or error (see materialise)
+  // One by one: a chained a = b = {} made the compilers store the empty view
+  // as two 8-byte halves and read it back as one 16-byte load, which cannot
+  // be store-forwarded (a stall that was most of reset()'s time).
+  req_.method = std::string_view();
+  req_.target = std::string_view();
+  req_.path = std::string_view();
+  req_.query = std::string_view();
+  req_.host = std::string_view();
   req_.kind = verb::get;
   req_.minor_version = 1;
   req_.content_length.reset();
@@ -207,7 +246,8 @@ inline void request_parser::reset() noexcept {
   line_ = scanned_ = fields_begin_ = header_length_ = 0;
   status_ = 0;
   reason_ = "";
-  for (auto* o : {method_, target_, path_, query_, host_}) o[0] = o[1] = 0;
+  method_[0] = method_[1] = target_[0] = target_[1] = path_[0] = path_[1] = 0;
+  query_[0] = query_[1] = host_[0] = host_[1] = 0;
   path_literal_ = nullptr;
   host_from_target_ = false;
   host_count_ = te_codings_ = te_chunked_ = empty_lines_ = 0;
@@ -215,6 +255,7 @@ inline void request_parser::reset() noexcept {
 }
 
 inline parse_result request_parser::fail(int status, const char* reason) noexcept {
+  req_.fields.clear();  // no views of an earlier request left in a failed one
   stage_ = stage::error;
   status_ = status;
   reason_ = reason;
@@ -234,6 +275,11 @@ inline parse_result request_parser::parse(std::string_view bytes) {
   const char* p = bytes.data();
   const std::size_t n = bytes.size();
   while (true) {
+    if (scanned_ == line_) {  // a line not looked at yet
+      const parse_result r = fast_head(p, n);
+      if (r == parse_result::done) materialise(bytes);
+      if (r != parse_result::incomplete) return r;
+    }
     const void* lf = scanned_ < n ? std::memchr(p + scanned_, '\n', n - scanned_) : nullptr;
     if (lf == nullptr) {
       scanned_ = n;
@@ -270,7 +316,9 @@ inline parse_result request_parser::parse(std::string_view bytes) {
     } else {
       if (end == line_) {
         header_length_ = next;
-        return on_head_end(bytes);
+        if (on_head_end() == parse_result::error) return parse_result::error;
+        materialise(bytes);
+        return parse_result::done;
       }
       if (on_field_line(bytes, line_, end) == parse_result::error) return parse_result::error;
     }
@@ -301,16 +349,65 @@ inline parse_result request_parser::on_request_line(std::string_view bytes, std:
                                          : "malformed HTTP version");
   if (version[5] != '1') return fail(505, "only HTTP/1.x is supported");
   req_.minor_version = version[7] == '0' ? 0 : 1;
+  return on_request_parts(p, b, i, t, j, false);
+}
+
+inline parse_result request_parser::fast_head(const char* p, std::size_t n) noexcept {
+  std::size_t b = line_, fields_begin = fields_begin_;
+  if (stage_ == stage::request_line) {
+    // method SP target SP "HTTP/1." DIGIT CRLF, nothing else; an empty line
+    // before it, or anything unusual, is the slow path's.
+    const std::size_t i = detail::scan_name(p, b, n);
+    if (i == b || i >= n || p[i] != ' ') return parse_result::incomplete;
+    const std::size_t t = i + 1;
+    const std::size_t j = detail::scan_target(p, t, n);
+    if (j == t || n - j < 11 || p[j] != ' ' || std::memcmp(p + j + 1, "HTTP/1.", 7) != 0 || p[j + 8] < '0' ||
+        p[j + 8] > '9' || p[j + 9] != '\r' || p[j + 10] != '\n' || j + 9 - b > lim_.max_request_line)
+      return parse_result::incomplete;
+    req_.minor_version = p[j + 8] == '0' ? 0 : 1;
+    if (on_request_parts(p, b, i, t, j, true) == parse_result::error) return parse_result::error;
+    stage_ = stage::fields;
+    b = fields_begin = fields_begin_ = j + 11;
+  }
+  const std::size_t max_header = lim_.max_header_bytes, max_line = lim_.max_field_line;
+  while (b < n) {
+    if (p[b] == '\r') {  // the empty line ending the head
+      if (n - b < 2 || p[b + 1] != '\n' || b + 2 - fields_begin > max_header) break;
+      header_length_ = b + 2;
+      return on_head_end();
+    }
+    const std::size_t i = detail::scan_name(p, b, n);
+    if (i == b || i >= n || p[i] != ':') break;
+    std::size_t v = i + 1;
+    while (v < n && detail::is_ows_char(p[v])) ++v;
+    // One pass finds the line's end and checks the value: the first byte
+    // below 0x20 or 0x7f must be the CR of CRLF (HTAB is passed over).
+    std::size_t e = detail::scan_value(p, v, n);
+    while (e < n && p[e] == '\t') e = detail::scan_value(p, e + 1, n);
+    if (n - e < 2 || p[e] != '\r' || p[e + 1] != '\n') break;
+    if (e + 2 - fields_begin > max_header || e - b > max_line) break;
+    std::size_t ve = e;
+    while (ve > v && detail::is_ows_char(p[ve - 1])) --ve;
+    if (on_field(p, b, i, v, ve) == parse_result::error) return parse_result::error;
+    b = e + 2;
+  }
+  line_ = scanned_ = b;
+  return parse_result::incomplete;
+}
+
+inline parse_result request_parser::on_request_parts(const char* p, std::size_t b, std::size_t i, std::size_t t,
+                                                     std::size_t j, bool fragment_checked) noexcept {
   const std::string_view method(p + b, i - b);
   if (!detail::parse_verb(method, req_.kind)) return fail(501, "unknown method");
   const auto off = [&](std::size_t x) { return static_cast<std::uint32_t>(x); };
   method_[0] = off(b), method_[1] = off(i - b);
   target_[0] = off(t), target_[1] = off(j - t);
   std::string_view target(p + t, j - t);
-  if (target.find('#') != std::string_view::npos) return fail(400, "fragment in the request target");
+  if (!fragment_checked && target.find('#') != std::string_view::npos)
+    return fail(400, "fragment in the request target");
 
   if (req_.kind == verb::connect) {  // authority-form, and only there
-    if (target[0] == '/' || !detail::valid_authority(target) || target.find(':') == std::string_view::npos)
+    if (!detail::valid_authority(target, detail::port_rule::required))
       return fail(400, "CONNECT needs a host:port target");
     host_[0] = off(t), host_[1] = off(j - t);
     host_from_target_ = true;
@@ -340,7 +437,12 @@ inline parse_result request_parser::on_request_line(std::string_view bytes, std:
     path_begin = t + z;
   }
   std::size_t q = path_begin;
-  while (q < j && p[q] != '?') ++q;
+  if (j - path_begin < 16) {  // memchr's call costs more than a short loop
+    while (q < j && p[q] != '?') ++q;
+  } else {
+    const void* question = std::memchr(p + path_begin, '?', j - path_begin);
+    q = question != nullptr ? static_cast<std::size_t>(static_cast<const char*>(question) - p) : j;
+  }
   path_[0] = off(path_begin), path_[1] = off(q - path_begin);
   if (q == path_begin && (q == j || p[q] == '?')) path_literal_ = "/";
   if (q < j) query_[0] = off(q + 1), query_[1] = off(j - q - 1);
@@ -352,7 +454,7 @@ inline parse_result request_parser::on_field_line(std::string_view bytes, std::s
   using detail::is;
   const char* p = bytes.data();
   if (detail::is_ows_char(p[b])) return fail(400, "obsolete line folding in the header");
-  if (offsets_.size() >= lim_.max_fields) return fail(431, "too many header fields");
+  if (offsets_.size() >= lim_.max_fields) return fail(431, "too many header fields");  // before the syntax
   std::size_t i = b;
   while (i < e && is(p[i], detail::c_token)) ++i;
   if (i == e) return fail(400, "header field without a colon");
@@ -370,30 +472,51 @@ inline parse_result request_parser::on_field_line(std::string_view bytes, std::s
     if (p[bad] == '\r') return fail(400, "bare CR in a header field value");
     return fail(400, "control character in a header field value");
   }
+  return on_field(p, b, i, v, ve);
+}
+
+inline parse_result request_parser::on_field(const char* p, std::size_t b, std::size_t i, std::size_t v,
+                                             std::size_t ve) noexcept {
+  if (offsets_.size() >= lim_.max_fields) return fail(431, "too many header fields");
   const auto off = [](std::size_t x) { return static_cast<std::uint32_t>(x); };
   // Member by member: building the record whole and copying it in made the
   // compilers read back four fresh 32-bit stores as one 128-bit load, which
   // cannot be store-forwarded (a stall worth a quarter of this function).
   field_offsets& rec = offsets_.emplace_back();
   rec.name = off(b), rec.name_len = off(i - b), rec.value = off(v), rec.value_len = off(ve - v);
+  // Only names of these lengths can matter below: one test skips the rest.
+  constexpr std::uint32_t special = 1u << 4 | 1u << 6 | 1u << 10 | 1u << 14 | 1u << 17;
+  if (i - b > 17 || (special >> (i - b) & 1u) == 0) return parse_result::incomplete;
+  return on_special_field(p, b, i, v, ve);
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline))
+#endif
+inline parse_result request_parser::on_special_field(const char* p, std::size_t b, std::size_t i, std::size_t v,
+                                                     std::size_t ve) noexcept {
+  const auto off = [](std::size_t x) { return static_cast<std::uint32_t>(x); };
   const std::string_view name(p + b, i - b), value(p + v, ve - v);
 
-  // Fields that decide framing and connection handling, dispatched on length
-  // so most fields cost one switch.
+  // Fields that decide framing and connection handling, dispatched on
+  // length, then the first byte, so most fields cost a switch and a compare.
+  const char first = static_cast<char>(p[b] | 0x20);
   switch (name.size()) {
     case 4:
-      if (!iequals(name, "host")) break;
+      if (first != 'h' || !detail::token_is(p + b, "host")) break;
       if (++host_count_ > 1) return fail(400, "more than one Host field");
-      if (!detail::valid_authority(value)) return fail(400, "invalid Host field");
+      // Empty is allowed (RFC 9110 7.2); anything else is an authority.
+      if (!value.empty() && !host_quick(p, v, ve) && !detail::valid_authority(value))
+        return fail(400, "invalid Host field");
       if (!host_from_target_) host_[0] = off(v), host_[1] = off(ve - v);
       break;
     case 6:
-      if (!iequals(name, "expect")) break;
+      if (first != 'e' || !detail::token_is(p + b, "expect")) break;
       if (iequals(value, "100-continue")) req_.expect_continue = true;
       else expect_other_ = true;
       break;
     case 10:
-      if (!iequals(name, "connection")) break;
+      if (first != 'c' || !detail::token_is(p + b, "connection")) break;
       detail::for_each_element(value, [this](std::string_view token) {
         if (iequals(token, "close")) connection_close_ = true;
         else if (iequals(token, "keep-alive")) connection_keep_alive_ = true;
@@ -401,7 +524,7 @@ inline parse_result request_parser::on_field_line(std::string_view bytes, std::s
       });
       break;
     case 14: {
-      if (!iequals(name, "content-length")) break;
+      if (first != 'c' || !detail::token_is(p + b, "content-length")) break;
       if (value.empty()) return fail(400, "Content-Length is not a number");
       std::uint64_t len = 0;
       for (char c : value) {
@@ -415,13 +538,18 @@ inline parse_result request_parser::on_field_line(std::string_view bytes, std::s
       break;
     }
     case 17: {
-      if (!iequals(name, "transfer-encoding")) break;
+      if (first != 't' || !detail::token_is(p + b, "transfer-encoding")) break;
       unsigned before = te_codings_;
       bool ok = detail::for_each_element(value, [this](std::string_view coding) {
-        coding = detail::trim_ows(coding.substr(0, coding.find(';')));
-        if (!is_token(coding)) return false;
+        // A coding with parameters is well-formed but never chunked (chunked
+        // has none): it counts as an unknown coding, so "chunked;q=1" alone
+        // is 400 (the last coding is not chunked), and before a chunked, 501.
+        const std::size_t semi = coding.find(';');
+        const std::string_view bare = detail::trim_ows(coding.substr(0, semi));
+        if (!is_token(bare)) return false;
+        if (semi != std::string_view::npos && !detail::valid_parameters(coding.substr(semi))) return false;
         ++te_codings_;
-        te_last_chunked_ = iequals(coding, "chunked");
+        te_last_chunked_ = semi == std::string_view::npos && iequals(bare, "chunked");
         if (te_last_chunked_) ++te_chunked_;
         return true;
       });
@@ -435,7 +563,16 @@ inline parse_result request_parser::on_field_line(std::string_view bytes, std::s
   return parse_result::incomplete;
 }
 
-inline parse_result request_parser::on_head_end(std::string_view bytes) noexcept {
+inline bool request_parser::host_quick(const char* p, std::size_t v, std::size_t ve) const noexcept {
+  std::size_t k = detail::scan_host_simple(p, v, ve);
+  if (k == v) return false;
+  if (k < ve && p[k] == ':')
+    while (++k < ve && p[k] >= '0' && p[k] <= '9') {
+    }
+  return k == ve;
+}
+
+inline parse_result request_parser::on_head_end() noexcept {
   if (req_.minor_version == 1 && host_count_ == 0) return fail(400, "missing Host field (required in HTTP/1.1)");
   if (te_codings_ != 0) {
     if (req_.minor_version == 0) return fail(400, "Transfer-Encoding in an HTTP/1.0 request");
@@ -455,7 +592,6 @@ inline parse_result request_parser::on_head_end(std::string_view bytes) noexcept
     req_.keep_alive = !connection_close_;
   }
   stage_ = stage::done;
-  materialise(bytes);
   return parse_result::done;
 }
 
@@ -467,9 +603,19 @@ inline void request_parser::materialise(std::string_view bytes) noexcept {
   req_.path = path_literal_ != nullptr ? std::string_view(path_literal_) : view(path_);
   req_.query = view(query_);
   req_.host = view(host_);
-  req_.fields.clear();
-  for (const field_offsets& f : offsets_)
-    req_.fields.push_back({std::string_view(p + f.name, f.name_len), std::string_view(p + f.value, f.value_len)});
+  // Sized once, then filled through a plain pointer: push_back would store
+  // and reload the vector's end for every field, a chain through memory
+  // that cost more than the parsing of the fields. reset() leaves the size
+  // alone, so a server whose requests carry as many fields as the last one's
+  // does not resize at all; there is never an allocation (the capacity was
+  // reserved at construction).
+  const std::size_t count = offsets_.size();
+  if (req_.fields.size() != count) req_.fields.resize(count);
+  const field_offsets* from = offsets_.data();
+  header_field* out = req_.fields.data();
+  for (std::size_t k = 0; k < count; ++k)
+    out[k] = {std::string_view(p + from[k].name, from[k].name_len),
+              std::string_view(p + from[k].value, from[k].value_len)};
 }
 
 }  // namespace httpd

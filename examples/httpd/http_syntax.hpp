@@ -31,6 +31,9 @@ enum : std::uint8_t {
   c_target = 4,  // what a request-target may hold (visible ASCII)
   c_hex = 8,
   c_host = 16,   // what an authority may hold: unreserved, sub-delims, ':', '[', ']', '%'
+  c_regname = 32,       // what a reg-name holds but for %XX: unreserved, sub-delims
+  c_target_plain = 64,  // c_target but '#': a target the fast path takes as it is
+  c_text = 128,         // c_value but HTAB: field-vchar, SP, obs-text
 };
 
 constexpr std::uint8_t char_class(unsigned c) noexcept {
@@ -49,16 +52,20 @@ constexpr std::uint8_t char_class(unsigned c) noexcept {
   if (c == '\t' || (c >= 0x20 && c != 0x7f)) k |= c_value;
   if (c > 0x20 && c < 0x7f) k |= c_target;
   if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')) k |= c_hex;
-  if (alnum) k |= c_host;
+  if (alnum) k |= c_host | c_regname;
   switch (c) {
     case '-': case '.': case '_': case '~': case '!': case '$': case '&': case '\'':
-    case '(': case ')': case '*': case '+': case ',': case ';': case '=': case ':':
-    case '[': case ']': case '%':
+    case '(': case ')': case '*': case '+': case ',': case ';': case '=':
+      k |= c_host | c_regname;
+      break;
+    case ':': case '[': case ']': case '%':
       k |= c_host;
       break;
     default:
       break;
   }
+  if ((k & c_target) && c != '#') k |= c_target_plain;
+  if ((k & c_value) && c != '\t') k |= c_text;
   return k;
 }
 
@@ -107,9 +114,136 @@ bool for_each_element(std::string_view list, F&& f) {
   }
 }
 
-inline bool valid_authority(std::string_view a) noexcept {
-  for (char c : a)
-    if (!is(c, c_host)) return false;
+// The parameters of a transfer-coding (RFC 9112 7): *( OWS ";" OWS token BWS
+// "=" BWS ( token / quoted-string ) ), for p starting at its first ';'. Used
+// on one element of a list already split at commas, so a quoted comma fails.
+inline bool valid_parameters(std::string_view p) noexcept {
+  std::size_t i = 0;
+  const auto skip_ows = [&] {
+    while (i < p.size() && is_ows_char(p[i])) ++i;
+  };
+  while (true) {
+    skip_ows();
+    if (i == p.size()) return true;
+    if (p[i++] != ';') return false;
+    skip_ows();
+    const std::size_t name = i;
+    while (i < p.size() && is(p[i], c_token)) ++i;
+    if (i == name) return false;
+    skip_ows();
+    if (i == p.size() || p[i++] != '=') return false;
+    skip_ows();
+    if (i < p.size() && p[i] == '"') {
+      for (++i;; ++i) {
+        if (i == p.size()) return false;
+        if (p[i] == '"') break;
+        if (p[i] == '\\' && ++i == p.size()) return false;
+        if (!is(p[i], c_value)) return false;
+      }
+      ++i;
+    } else {
+      const std::size_t value = i;
+      while (i < p.size() && is(p[i], c_token)) ++i;
+      if (i == value) return false;
+    }
+  }
+}
+
+// IPv6address of RFC 3986 3.2.2: eight groups of 1-4 hex digits, or fewer
+// around one "::", the last two groups possibly written as an IPv4 address.
+inline bool valid_ipv4(std::string_view s) noexcept {
+  int parts = 0;
+  std::size_t i = 0;
+  while (true) {
+    std::size_t start = i;
+    unsigned v = 0;
+    while (i < s.size() && s[i] >= '0' && s[i] <= '9' && i - start < 3) v = v * 10 + unsigned(s[i++] - '0');
+    const std::size_t len = i - start;
+    // dec-octet: no leading zero, at most 255
+    if (len == 0 || v > 255 || (len > 1 && s[start] == '0')) return false;
+    if (++parts == 4) return i == s.size();
+    if (i == s.size() || s[i] != '.') return false;
+    ++i;
+  }
+}
+
+inline bool valid_ipv6(std::string_view s) noexcept {
+  int groups = 0;  // 16-bit groups seen, an IPv4 tail counting two
+  bool gap = false;
+  std::size_t i = 0;
+  if (s.size() >= 2 && s[0] == ':' && s[1] == ':') {
+    gap = true;
+    i = 2;
+    if (i == s.size()) return true;
+  } else if (!s.empty() && s[0] == ':') {
+    return false;
+  }
+  while (true) {
+    std::size_t start = i;
+    while (i < s.size() && i - start < 4 && hex_value(s[i]) >= 0) ++i;
+    if (i < s.size() && s[i] == '.') {  // ls32 as an IPv4 address ends the address
+      if (!valid_ipv4(s.substr(start))) return false;
+      groups += 2;
+      break;
+    }
+    if (i == start) return false;
+    ++groups;
+    if (i == s.size()) break;
+    if (s[i] != ':') return false;
+    ++i;
+    if (i < s.size() && s[i] == ':') {
+      if (gap) return false;
+      gap = true;
+      ++i;
+      if (i == s.size()) break;
+    } else if (i == s.size()) {
+      return false;  // a single trailing ':'
+    }
+  }
+  return gap ? groups <= 7 : groups == 8;
+}
+
+// IP-literal = "[" ( IPv6address / IPvFuture ) "]", the brackets removed;
+// IPvFuture = "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" ).
+inline bool valid_ip_literal(std::string_view s) noexcept {
+  if (s.empty()) return false;
+  if (s[0] != 'v' && s[0] != 'V') return valid_ipv6(s);
+  std::size_t i = 1;
+  while (i < s.size() && hex_value(s[i]) >= 0) ++i;
+  if (i == 1 || i == s.size() || s[i] != '.' || ++i == s.size()) return false;
+  for (; i < s.size(); ++i)
+    if (!is(s[i], c_regname) && s[i] != ':') return false;
+  return true;
+}
+
+enum class port_rule : std::uint8_t { optional, required };
+
+// RFC 9112 3.2 and RFC 3986 3.2.2-3.2.3: uri-host [ ":" port ], where
+// uri-host is an IP-literal in brackets, or a reg-name (which covers IPv4):
+// unreserved, sub-delims and %XX escapes; port is digits. The host may not be
+// empty (RFC 9110 4.2.1: an http URI with an empty host is invalid), so an
+// empty authority is refused too: the caller decides whether that is allowed.
+// With port_rule::required (CONNECT's authority-form) the port must be there.
+inline bool valid_authority(std::string_view a, port_rule port = port_rule::optional) noexcept {
+  std::size_t i = 0;
+  if (!a.empty() && a[0] == '[') {
+    const std::size_t close = a.find(']');
+    if (close == std::string_view::npos || !valid_ip_literal(a.substr(1, close - 1))) return false;
+    i = close + 1;
+  } else {
+    while (true) {
+      while (i < a.size() && is(a[i], c_regname)) ++i;
+      if (i == a.size() || a[i] != '%') break;
+      if (a.size() - i < 3 || hex_value(a[i + 1]) < 0 || hex_value(a[i + 2]) < 0) return false;
+      i += 3;
+    }
+    if (i == 0) return false;
+  }
+  if (i == a.size()) return port == port_rule::optional;
+  if (a[i] != ':') return false;
+  if (++i == a.size()) return port == port_rule::optional;  // "host:" (an empty port) is allowed
+  for (; i < a.size(); ++i)
+    if (a[i] < '0' || a[i] > '9') return false;
   return true;
 }
 
@@ -138,6 +272,29 @@ inline std::size_t find_bad_value_char(const char* p, std::size_t n) noexcept {
   for (; i < n; ++i)
     if (!is(p[i], c_value)) return i;
   return n;
+}
+
+// Whether the token of N - 1 bytes at s is lit (lower case letters and '-'),
+// ignoring case. OR-ing 0x20 into each byte folds case, and can make no
+// other tchar equal to a letter or '-', so words compare exactly.
+template <std::size_t N>
+inline bool token_is(const char* s, const char (&lit)[N]) noexcept {
+  constexpr std::size_t len = N - 1;
+  static_assert(len >= 4, "a word at least");
+  const auto word = [](const char* q, auto w) {
+    std::memcpy(&w, q, sizeof w);
+    return w;
+  };
+  if constexpr (len >= 8) {
+    constexpr std::uint64_t fold = 0x2020202020202020u;
+    for (std::size_t k = 0; k + 8 < len; k += 8)
+      if ((word(s + k, std::uint64_t{}) | fold) != word(lit + k, std::uint64_t{})) return false;
+    return (word(s + len - 8, std::uint64_t{}) | fold) == word(lit + len - 8, std::uint64_t{});
+  } else {
+    constexpr std::uint32_t fold = 0x20202020u;
+    return (word(s, std::uint32_t{}) | fold) == word(lit, std::uint32_t{}) &&
+           (word(s + len - 4, std::uint32_t{}) | fold) == word(lit + len - 4, std::uint32_t{});
+  }
 }
 
 }  // namespace detail
