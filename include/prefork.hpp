@@ -16,7 +16,9 @@
 #include <prefork/socket.hpp>
 #include <prefork/signal.hpp>
 #include <prefork/process.hpp>
+#include <prefork/spawn_setup.hpp>
 #include <prefork/spawn.hpp>
+#include <prefork/run.hpp>
 #include <prefork/daemon.hpp>
 #include <prefork/exec.hpp>
 #include <prefork/systemd.hpp>

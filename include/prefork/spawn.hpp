@@ -7,7 +7,8 @@
 // function's frame, sharing the parent's memory, so no page table is copied
 // however large the parent is. The child makes only system calls: it resets
 // every signal disposition and the mask, applies the fd mapping, closes every
-// other descriptor (close_range, else /proc/self/fd), changes directory and
+// other descriptor (close_range, else /proc/self/fd), changes directory, sets
+// what spawn_setup.hpp offers (umask, limits, user, parent-death signal) and
 // execs. A failure is written as errno through a close-on-exec pipe (a
 // successful exec closes it, so the parent reads end of file), and the parent
 // throws it with the program's name. Signal state is reset with raw
@@ -41,6 +42,7 @@
 #include <prefork/fd.hpp>
 #include <prefork/pipe.hpp>
 #include <prefork/process.hpp>
+#include <prefork/spawn_setup.hpp>
 
 // AddressSanitizer keeps a shadow of every stack frame. The CLONE_VM child
 // poisons the red zones of its own frames inside our stack buffer, in memory
@@ -89,6 +91,22 @@ struct spawn_options {
   std::filesystem::path cwd;
   bool new_process_group = false;  // setpgid(0, 0)
   bool new_session = false;        // setsid(): also a new process group
+  // With new_session: fd 0, a terminal, becomes the session's controlling
+  // terminal (TIOCSCTTY), as spawn_pty does with its pty.
+  bool controlling_terminal = false;
+
+  // "NAME=value", added or replacing, on top of env (or the parent's).
+  std::vector<std::string> env_set;
+  std::vector<std::string> env_unset;  // names removed from env (or the parent's)
+  // PR_SET_PDEATHSIG: the child gets this signal when the thread that
+  // spawned it ends, and also at once if the parent died before it was set.
+  int parent_death_signal = 0;
+  std::optional<mode_t> umask;
+  std::vector<std::pair<int, rlimit>> rlimits;  // setrlimit(resource, value) in the child
+  // As root: setgroups({gid}, or {} with only uid), setgid, setuid, in that
+  // order; a failure fails the spawn as an exec error does.
+  std::optional<uid_t> uid;
+  std::optional<gid_t> gid;
 };
 
 namespace detail {
@@ -110,7 +128,7 @@ inline constexpr int spawn_clone_flags = CLONE_VM | CLONE_VFORK | SIGCHLD;
 #endif
 
 // What a failed child reports: errno and where it failed.
-enum class spawn_step : int { none, session, group, fds, close, chdir, exec };
+enum class spawn_step : int { none, session, group, fds, close, chdir, setup, exec };
 struct spawn_report {
   int error;
   spawn_step step;
@@ -132,6 +150,7 @@ struct spawn_plan {
   int park_at;  // above every number in play
   int report_fd;
   const char* cwd;
+  const child_setup* setup;
   bool new_group, new_session;
   int rt_min;  // SIGRTMIN: a function call in glibc, so asked before the clone
   sigset_t empty_mask;
@@ -251,6 +270,9 @@ inline int spawn_child(void* arg) noexcept {
     goto fail;
   }
 
+  report.step = spawn_step::setup;
+  if ((report.detail = apply_child_setup(*p.setup)) != 0) goto fail;
+
   ::syscall(SYS_rt_sigprocmask, SIG_SETMASK, &p.empty_mask, nullptr, kernel_sigset_bytes);
 
   // As execvp: try each PATH candidate; EACCES on one is reported only if no
@@ -291,6 +313,9 @@ inline std::string spawn_failure(const std::string& program, const spawn_report&
     case spawn_step::fds: return what + ": fd " + std::to_string(r.detail);
     case spawn_step::close: return what + ": closing inherited fds";
     case spawn_step::chdir: return what + ": chdir " + options.cwd.string();
+    case spawn_step::setup:
+      return what + ": " +
+             setup_failure(r.detail, options.rlimits, options.uid, options.gid, options.parent_death_signal);
     default: return what;
   }
 }
@@ -364,11 +389,15 @@ inline child spawn(const std::vector<std::string>& argv, const spawn_options& op
   args.reserve(argv.size() + 1);
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
+  std::vector<std::string> edited;
+  const bool edit_env = !options.env_set.empty() || !options.env_unset.empty();
+  if (edit_env) edited = detail::edited_environment(options.env, options.env_set, options.env_unset, program);
   std::vector<char*> envs;
-  if (options.env) {
-    for (const auto& e : *options.env) envs.push_back(const_cast<char*>(e.c_str()));
+  if (edit_env || options.env) {
+    for (const auto& e : edit_env ? edited : *options.env) envs.push_back(const_cast<char*>(e.c_str()));
     envs.push_back(nullptr);
   }
+  const detail::child_setup setup = detail::make_child_setup(options, program);
   std::string cwd = options.cwd.string();
 
   // The report pipe's write end must survive the fd plan: keep it off every
@@ -383,7 +412,7 @@ inline child spawn(const std::vector<std::string>& argv, const spawn_options& op
   detail::spawn_plan plan{};
   plan.paths = paths.data();
   plan.argv = args.data();
-  plan.envp = options.env ? envs.data() : environ;
+  plan.envp = envs.empty() ? environ : envs.data();
   plan.moves = moves.data();
   plan.parked = parked.data();
   plan.move_count = moves.size();
@@ -392,6 +421,7 @@ inline child spawn(const std::vector<std::string>& argv, const spawn_options& op
   plan.park_at = std::max(highest, report.write.get()) + 1;
   plan.report_fd = report.write.get();
   plan.cwd = cwd.empty() ? nullptr : cwd.c_str();
+  plan.setup = &setup;
   plan.new_group = options.new_process_group;
   plan.new_session = options.new_session;
   plan.rt_min = SIGRTMIN;
@@ -438,6 +468,20 @@ inline child spawn(const std::vector<std::string>& argv, const spawn_options& op
   if (got.bytes != sizeof failure)
     throw std::runtime_error("spawn " + program + ": truncated report from child");
   throw_system_error(detail::spawn_failure(program, failure, options), failure.error);
+}
+
+// The same for a caller that must not throw on a system error: `ec` gets the
+// errno the throwing spawn would carry (ENOENT for a missing program, the
+// child's errno for a failed setup step), and the child returned is empty.
+// Misuse (an empty argv, a malformed option) still throws.
+inline child spawn(const std::vector<std::string>& argv, const spawn_options& options, std::error_code& ec) {
+  ec.clear();
+  try {
+    return spawn(argv, options);
+  } catch (const std::system_error& e) {
+    ec = e.code();
+    return child();
+  }
 }
 
 }  // namespace prefork
