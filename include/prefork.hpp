@@ -19,6 +19,7 @@
 #include <prefork/spawn_setup.hpp>
 #include <prefork/spawn.hpp>
 #include <prefork/run.hpp>
+#include <prefork/pty.hpp>
 #include <prefork/daemon.hpp>
 #include <prefork/exec.hpp>
 #include <prefork/systemd.hpp>
