@@ -14,6 +14,7 @@
 #include <prefork/socket_address.hpp>
 #include <prefork/fd_passing.hpp>
 #include <prefork/socket.hpp>
+#include <prefork/signal_name.hpp>
 #include <prefork/signal.hpp>
 #include <prefork/process.hpp>
 #include <prefork/spawn_setup.hpp>

@@ -23,7 +23,8 @@
 // was started even after chdir.
 //
 // Stands on execve(2), close_range(2) with CLOSE_RANGE_CLOEXEC (5.11; older
-// kernels: fcntl on each descriptor listed in /proc/self/fd), fcntl(2),
+// kernels and seccomp profiles that refuse it: fcntl on each descriptor
+// listed in /proc/self/fd), fcntl(2),
 // /proc/self/cmdline and getcwd(3).
 #pragma once
 
@@ -94,12 +95,13 @@ inline void restore_descriptor_flags(const std::vector<fd_flags>& saved) noexcep
 }
 
 // Marks every descriptor from 3 up CLOEXEC: one close_range call where the
-// kernel has it, else each descriptor of the snapshot (never a loop up to
-// RLIMIT_NOFILE, which may be a million).
+// kernel allows it, else each descriptor of the snapshot (never a loop up to
+// RLIMIT_NOFILE, which may be a million). Any close_range error falls back:
+// ENOSYS and EINVAL from kernels before 5.11, and EPERM (or anything else)
+// from a container's seccomp profile.
 inline void cloexec_from_3(const std::vector<fd_flags>& open_now) {
 #ifdef SYS_close_range
   if (::syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) == 0) return;
-  if (errno != ENOSYS && errno != EINVAL) throw_system_error("exec: close_range CLOSE_RANGE_CLOEXEC");
 #endif
   for (const fd_flags& f : open_now)
     if (f.fd >= 3 && !(f.flags & FD_CLOEXEC) && ::fcntl(f.fd, F_SETFD, f.flags | FD_CLOEXEC) == -1)

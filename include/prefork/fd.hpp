@@ -23,7 +23,10 @@
 
 namespace prefork {
 
-class fd {
+// [[nodiscard]]: every function that returns a new descriptor (dup, listen,
+// accept, connect...) hands over the only owner of it; dropping that closes
+// the descriptor at once.
+class [[nodiscard]] fd {
  public:
   fd() noexcept = default;
   explicit fd(int raw) noexcept : raw_(raw) {}
@@ -57,7 +60,7 @@ class fd {
   }
 
   // A second descriptor for the same open file, CLOEXEC from birth.
-  fd dup() const {
+  [[nodiscard]] fd dup() const {
     int raw = ::fcntl(raw_, F_DUPFD_CLOEXEC, 0);
     if (raw == -1) throw_system_error("fcntl F_DUPFD_CLOEXEC " + std::to_string(raw_));
     return fd(raw);

@@ -37,7 +37,7 @@ namespace prefork {
 
 // A connected pair of unix sockets, both CLOEXEC. type: SOCK_STREAM,
 // SOCK_SEQPACKET or SOCK_DGRAM, optionally | SOCK_NONBLOCK.
-inline std::pair<fd, fd> socket_pair(int type = SOCK_STREAM) {
+[[nodiscard]] inline std::pair<fd, fd> socket_pair(int type = SOCK_STREAM) {
   int base = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
   if (base != SOCK_STREAM && base != SOCK_SEQPACKET && base != SOCK_DGRAM)
     throw std::invalid_argument("socket_pair: unsupported type " + std::to_string(type));
@@ -151,7 +151,7 @@ inline void send_fds(int sock, const std::vector<int>& fds, std::string_view mes
 // the descriptors could not all be received (MSG_CTRUNC, EMFILE); the
 // message is read to its end first, so a stream stays in step, and every
 // descriptor that did arrive is closed.
-inline std::vector<fd> recv_fds(int sock, std::size_t max, std::string* message = nullptr) {
+[[nodiscard]] inline std::vector<fd> recv_fds(int sock, std::size_t max, std::string* message = nullptr) {
   std::string what = detail::fd_passing_what("recv_fds", sock);
   if (max > max_fds_per_message)
     throw std::invalid_argument(what + ": max " + std::to_string(max) + " is above the kernel's " +

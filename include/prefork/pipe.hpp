@@ -17,13 +17,14 @@
 
 namespace prefork {
 
-struct pipe_ends {
+// [[nodiscard]]: a pipe nobody keeps is two descriptors opened and closed.
+struct [[nodiscard]] pipe_ends {
   fd read;
   fd write;
 };
 
 // flags: O_NONBLOCK, O_DIRECT (packet mode); O_CLOEXEC is implied.
-inline pipe_ends pipe(int flags = 0) {
+[[nodiscard]] inline pipe_ends pipe(int flags = 0) {
   if ((flags & ~(O_NONBLOCK | O_DIRECT | O_CLOEXEC)) != 0)
     throw std::invalid_argument("pipe: unsupported flags " + std::to_string(flags) +
                                 " (only O_NONBLOCK and O_DIRECT are meaningful)");

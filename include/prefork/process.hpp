@@ -3,19 +3,24 @@
 //
 // prefork::fork() returns a prefork::child in the parent; a child owns the
 // process until it has been reaped, and its destructor SIGKILLs and reaps one
-// that is still running. Where the kernel has them (5.3+), a child holds a
-// pidfd: signals go through pidfd_send_signal and waits through
+// that is still running, so a child handle is [[nodiscard]] and
+// child::detach() is the explicit way to let one outlive its handle. fork()
+// refuses to run while other threads exist (fork_even_with_threads() is the
+// opt-in for a child that only execs). Where the kernel has them (5.3+), a
+// child holds a pidfd: signals go through pidfd_send_signal and waits through
 // waitid(P_PIDFD), so a recycled PID can never be signalled or reaped by
 // mistake, and wait_for() sleeps in poll(2) on the pidfd instead of polling.
 // On older kernels the same calls fall back to kill(2) and waitid(P_PID).
-// exit_status decodes what wait returns; signal_name() names a signal without
-// allocating. Stands on fork, pidfd_open, pidfd_send_signal, kill, waitid and
-// poll.
+// exit_status decodes what wait returns (or says the status is unknown, for
+// a child the kernel reaped because SIGCHLD is ignored); signal_name()
+// (signal_name.hpp) names a signal without allocating. Stands on fork,
+// pidfd_open, pidfd_send_signal, kill, waitid, poll and /proc/self/status.
 //
 // This header also brings in spawn.hpp (prefork::spawn, vfork-style
 // fork+exec) and daemon.hpp (daemonize, become_user), which build on it.
 #pragma once
 
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/syscall.h>
@@ -26,6 +31,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cstring>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -36,6 +42,7 @@
 
 #include <prefork/error.hpp>
 #include <prefork/fd.hpp>
+#include <prefork/signal_name.hpp>
 
 namespace prefork {
 
@@ -56,83 +63,20 @@ inline constexpr long sys_pidfd_send_signal = 424;
 // idtype_t P_PIDFD (Linux 5.4); glibc only names it from 2.36.
 inline constexpr idtype_t p_pidfd = static_cast<idtype_t>(3);
 
-// "signal N" for every N a wait status can carry (7 bits), built at compile
-// time so signal_name() can return a view that stays valid.
-struct numbered_names {
-  std::array<std::array<char, 12>, 128> text{};
-  std::array<unsigned char, 128> size{};
-  constexpr numbered_names(const char* prefix, int first) {
-    for (int n = 0; n < 128; ++n) {
-      auto& out = text[static_cast<std::size_t>(n)];
-      std::size_t len = 0;
-      for (const char* p = prefix; *p != '\0'; ++p) out[len++] = *p;
-      int value = n - first;
-      if (value >= 100) out[len++] = static_cast<char>('0' + value / 100);
-      if (value >= 10) out[len++] = static_cast<char>('0' + value / 10 % 10);
-      out[len++] = static_cast<char>('0' + (value < 0 ? 0 : value) % 10);
-      size[static_cast<std::size_t>(n)] = static_cast<unsigned char>(len);
-    }
-  }
-  constexpr std::string_view operator[](int n) const {
-    return {text[static_cast<std::size_t>(n)].data(), size[static_cast<std::size_t>(n)]};
-  }
-};
-inline constexpr numbered_names plain_signal_names("signal ", 0);
-inline constexpr numbered_names realtime_signal_names("SIGRTMIN+", 0);
-
 }  // namespace detail
 
-// "SIGTERM", "SIGRTMIN+2", or "signal 77" for a number without a name. Never
-// allocates, so it is safe in a signal handler and in the pool's log lines.
-inline std::string_view signal_name(int sig) noexcept {
-  switch (sig) {
-    case SIGHUP: return "SIGHUP";
-    case SIGINT: return "SIGINT";
-    case SIGQUIT: return "SIGQUIT";
-    case SIGILL: return "SIGILL";
-    case SIGTRAP: return "SIGTRAP";
-    case SIGABRT: return "SIGABRT";
-    case SIGBUS: return "SIGBUS";
-    case SIGFPE: return "SIGFPE";
-    case SIGKILL: return "SIGKILL";
-    case SIGUSR1: return "SIGUSR1";
-    case SIGSEGV: return "SIGSEGV";
-    case SIGUSR2: return "SIGUSR2";
-    case SIGPIPE: return "SIGPIPE";
-    case SIGALRM: return "SIGALRM";
-    case SIGTERM: return "SIGTERM";
-#ifdef SIGSTKFLT
-    case SIGSTKFLT: return "SIGSTKFLT";
-#endif
-    case SIGCHLD: return "SIGCHLD";
-    case SIGCONT: return "SIGCONT";
-    case SIGSTOP: return "SIGSTOP";
-    case SIGTSTP: return "SIGTSTP";
-    case SIGTTIN: return "SIGTTIN";
-    case SIGTTOU: return "SIGTTOU";
-    case SIGURG: return "SIGURG";
-    case SIGXCPU: return "SIGXCPU";
-    case SIGXFSZ: return "SIGXFSZ";
-    case SIGVTALRM: return "SIGVTALRM";
-    case SIGPROF: return "SIGPROF";
-    case SIGWINCH: return "SIGWINCH";
-    case SIGIO: return "SIGIO";
-#if defined(SIGPWR) && SIGPWR != SIGIO
-    case SIGPWR: return "SIGPWR";
-#endif
-    case SIGSYS: return "SIGSYS";
-    default: break;
-  }
-  // SIGRTMIN is a function call in glibc (it keeps the first two for threads).
-  if (sig >= SIGRTMIN && sig <= SIGRTMAX && sig - SIGRTMIN < 128)
-    return detail::realtime_signal_names[sig - SIGRTMIN];
-  if (sig >= 0 && sig < 128) return detail::plain_signal_names[sig];
-  return "invalid signal number";
-}
-
-// How a child ended: exited with a code, or killed by a signal.
+// How a child ended: exited with a code, or killed by a signal; or, when
+// someone else reaped it (the kernel does when SIGCHLD is ignored, or a
+// waitpid(-1) elsewhere in the program), that it ended and nobody knows how.
 class exit_status {
  public:
+  // The status of a child that was reaped by someone else.
+  static exit_status unknown() noexcept {
+    exit_status s;
+    s.known_ = false;
+    return s;
+  }
+
   // From the status waitpid(2) stores. Stop and continue reports are not
   // endings, so they are refused.
   explicit exit_status(int wait_status) {
@@ -160,18 +104,25 @@ class exit_status {
     }
   }
 
-  bool exited() const noexcept { return !signaled_; }
-  int code() const noexcept { return signaled_ ? -1 : value_; }  // -1 unless exited()
+  // False for unknown(): then exited(), signaled() and success() are all false.
+  bool known() const noexcept { return known_; }
+  bool exited() const noexcept { return known_ && !signaled_; }
+  int code() const noexcept { return exited() ? value_ : -1; }  // -1 unless exited()
   bool signaled() const noexcept { return signaled_; }
   int signal() const noexcept { return signaled_ ? value_ : 0; }  // 0 unless signaled()
   bool core_dumped() const noexcept { return core_; }
-  bool success() const noexcept { return !signaled_ && value_ == 0; }
+  bool success() const noexcept { return exited() && value_ == 0; }
 
-  // The status as waitpid(2) would have stored it.
-  int wait_status() const noexcept { return signaled_ ? (value_ | (core_ ? 0x80 : 0)) : (value_ << 8); }
+  // The status as waitpid(2) would have stored it; -1 when unknown.
+  int wait_status() const noexcept {
+    if (!known_) return -1;
+    return signaled_ ? (value_ | (core_ ? 0x80 : 0)) : (value_ << 8);
+  }
 
-  // "exited 0", "exited 3", "killed by SIGKILL", "killed by SIGSEGV (core dumped)".
+  // "exited 0", "exited 3", "killed by SIGKILL", "killed by SIGSEGV (core
+  // dumped)", "ended, status unknown (reaped elsewhere: ...)".
   std::string describe() const {
+    if (!known_) return "ended, status unknown (reaped elsewhere: SIGCHLD ignored, or a waitpid(-1))";
     if (!signaled_) return "exited " + std::to_string(value_);
     std::string out = "killed by ";
     out += signal_name(value_);
@@ -180,14 +131,17 @@ class exit_status {
   }
 
   friend bool operator==(const exit_status& a, const exit_status& b) noexcept {
-    return a.signaled_ == b.signaled_ && a.value_ == b.value_ && a.core_ == b.core_;
+    return a.known_ == b.known_ && a.signaled_ == b.signaled_ && a.value_ == b.value_ && a.core_ == b.core_;
   }
   friend bool operator!=(const exit_status& a, const exit_status& b) noexcept { return !(a == b); }
 
  private:
+  exit_status() noexcept = default;
+
   int value_ = 0;
   bool signaled_ = false;
   bool core_ = false;
+  bool known_ = true;
 };
 
 namespace detail {
@@ -205,8 +159,10 @@ inline fd open_pidfd(pid_t pid, std::error_code& ec) noexcept {
 }  // namespace detail
 
 // Owns one child process. Moving transfers ownership; a moved-from or
-// default-constructed child owns nothing (pid() == 0).
-class child {
+// default-constructed child owns nothing (pid() == 0). [[nodiscard]]: a child
+// dropped on the floor is killed at once by its destructor; detach() is how
+// to let one outlive its handle on purpose.
+class [[nodiscard]] child {
  public:
   child() noexcept = default;
 
@@ -266,19 +222,28 @@ class child {
   // The status once reaped (by wait, try_wait, wait_for or mark_reaped).
   const std::optional<exit_status>& status() const noexcept { return status_; }
 
-  // Blocks until the child ends and reaps it.
+  // Blocks until the child ends and reaps it. A child someone else reaped
+  // (ECHILD: SIGCHLD is ignored, so the kernel reaps, or a waitpid(-1)
+  // elsewhere got there first) is over too: exit_status::unknown().
   exit_status wait() {
     check_waitable("wait");
     siginfo_t info{};
-    if (waitid(&info, WEXITED) == -1) throw_system_error("waitid " + std::to_string(pid_));
+    if (waitid(&info, WEXITED) == -1) {
+      if (errno == ECHILD) return reaped_elsewhere();
+      throw_system_error("waitid " + std::to_string(pid_));
+    }
     return reaped(info);
   }
 
-  // Reaps the child if it has ended; std::nullopt while it runs.
+  // Reaps the child if it has ended; std::nullopt while it runs. As wait()
+  // for one reaped elsewhere.
   std::optional<exit_status> try_wait() {
     check_waitable("try_wait");
     siginfo_t info{};
-    if (waitid(&info, WEXITED | WNOHANG) == -1) throw_system_error("waitid " + std::to_string(pid_));
+    if (waitid(&info, WEXITED | WNOHANG) == -1) {
+      if (errno == ECHILD) return reaped_elsewhere();
+      throw_system_error("waitid " + std::to_string(pid_));
+    }
     if (info.si_pid == 0) return std::nullopt;
     return reaped(info);
   }
@@ -368,8 +333,10 @@ class child {
     }
   }
 
-  // Gives up ownership without waiting: the caller must reap the PID
-  // returned (0 if nothing was owned or it was already reaped).
+  // Gives up ownership without waiting, so the child outlives this handle:
+  // the explicit way to keep a child running past the end of its owner's
+  // scope. The caller must reap the PID returned (0 if nothing was owned or
+  // it was already reaped), or have SIGCHLD ignored so the kernel does.
   pid_t detach() noexcept {
     pid_t pid = status_ ? 0 : pid_;
     pid_ = 0;
@@ -421,6 +388,12 @@ class child {
     return *status_;
   }
 
+  exit_status reaped_elsewhere() noexcept {
+    status_ = exit_status::unknown();
+    pidfd_.reset();
+    return *status_;
+  }
+
   void abandon() noexcept {
     if (pid_ != 0 && !status_) {
       std::error_code ec;
@@ -438,22 +411,87 @@ class child {
   std::optional<exit_status> status_;
 };
 
-// Forks. In the parent: the child, owned. In the child: std::nullopt.
-//
+namespace detail {
+
+// How many threads this process has, from /proc/self/status, read into a
+// stack buffer; 0 when that cannot be read (no /proc), which the check
+// below takes as "cannot tell" rather than as a reason to refuse.
+inline unsigned thread_count_now() noexcept {
+  int file = ::open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+  if (file == -1) return 0;
+  char buf[8192];
+  std::size_t used = 0;
+  for (;;) {
+    io_result r = read_some(file, buf + used, sizeof buf - 1 - used);
+    if (!r || r.bytes == 0) break;
+    used += r.bytes;
+    if (used == sizeof buf - 1) break;
+  }
+  ::close(file);
+  buf[used] = '\0';
+  const char* line = std::strstr(buf, "\nThreads:");
+  if (!line) return 0;
+  unsigned n = 0;
+  for (const char* c = line + 9; *c != '\n' && *c != '\0'; ++c)
+    if (*c >= '0' && *c <= '9') n = n * 10 + static_cast<unsigned>(*c - '0');
+  return n;
+}
+
+// ThreadSanitizer's runtime keeps a background thread of its own and takes
+// care of it around fork; it is not the program's.
+#if defined(__SANITIZE_THREAD__)
+inline constexpr unsigned sanitizer_thread_count = 1;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+inline constexpr unsigned sanitizer_thread_count = 1;
+#else
+inline constexpr unsigned sanitizer_thread_count = 0;
+#endif
+#else
+inline constexpr unsigned sanitizer_thread_count = 0;
+#endif
+
 // The pidfd is opened in the parent right after fork(2) rather than taken
 // from clone3(CLONE_PIDFD): a raw clone3 would bypass the C library's fork
 // handling (its locks and atfork handlers), and nothing can recycle the PID
 // in between, since only a wait by this process could free it.
-inline std::optional<child> fork() {
+inline std::optional<child> fork_now() {
   pid_t pid = ::fork();
   if (pid == -1) throw_system_error("fork");
   if (pid == 0) return std::nullopt;
   std::error_code ec;
-  fd pidfd = detail::open_pidfd(pid, ec);
+  fd pidfd = open_pidfd(pid, ec);
   child c(pid, std::move(pidfd));
   if (ec) throw std::system_error(ec, "pidfd_open " + std::to_string(pid));  // c kills and reaps it
   return c;
 }
+
+}  // namespace detail
+
+// Forks. In the parent: the child, owned. In the child: std::nullopt.
+//
+// Refuses (std::logic_error, before forking) when the process has other
+// threads: the child would get only the calling one, and a lock another
+// thread held at that moment (in malloc, in stdio, in the program's own
+// code) would stay locked in the child forever. Fork before starting
+// threads; to run a program from a threaded process use spawn(), which is
+// safe there.
+[[nodiscard]] inline std::optional<child> fork() {
+  unsigned threads = detail::thread_count_now();
+  if (threads > 1 + detail::sanitizer_thread_count)
+    throw std::logic_error("fork: refusing to fork with " +
+                           std::to_string(threads - detail::sanitizer_thread_count) +
+                           " threads running (the child would have only this one, and a lock another "
+                           "thread holds would stay locked in it); fork before starting threads, use "
+                           "spawn() to run a program, or fork_even_with_threads() if the child calls only "
+                           "async-signal-safe functions until it execs or _exits");
+  return detail::fork_now();
+}
+
+// fork() without the thread check, for a child that calls only
+// async-signal-safe functions (dup2, sigprocmask, execve, _exit...) until it
+// execs or exits, which is safe whatever other threads hold.
+[[nodiscard]] inline std::optional<child> fork_even_with_threads() { return detail::fork_now(); }
 
 }  // namespace prefork
 

@@ -29,7 +29,8 @@
 
 namespace prefork {
 
-struct pty_child {
+// [[nodiscard]]: its child is killed when it goes out of scope.
+struct [[nodiscard]] pty_child {
   child process;
   fd master;  // read the child's output, write its input
 };
@@ -39,7 +40,8 @@ struct pty_child {
 // gets SIGWINCH). Other mappings in `options.fds` are kept; new_session and
 // controlling_terminal are implied. Output arrives as a terminal sends it:
 // with "\r\n" line ends and the input echoed, unless the child changes that.
-inline pty_child spawn_pty(const std::vector<std::string>& argv, const spawn_options& options = {}) {
+[[nodiscard]] inline pty_child spawn_pty(const std::vector<std::string>& argv,
+                                         const spawn_options& options = {}) {
   fd master(::posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
   if (!master) throw_system_error("posix_openpt");
   if (::grantpt(master.get()) == -1) throw_system_error("grantpt " + std::to_string(master.get()));

@@ -17,6 +17,8 @@
 // continued child is no reason to wake), and never ignored (SIG_IGN would make
 // the kernel reap children itself and waitpid fail with ECHILD).
 //
+// signal_name(15) is "SIGTERM" (signal_name.hpp, included here).
+//
 // reset_signals() gives the calling process default dispositions and an empty
 // signal mask: what a child wants before exec (caught signals are reset by
 // exec itself, but ignored ones and the mask are inherited).
@@ -43,6 +45,7 @@
 #include <prefork/error.hpp>
 #include <prefork/fd.hpp>
 #include <prefork/pipe.hpp>
+#include <prefork/signal_name.hpp>  // signal_name(), offered here too
 
 namespace prefork {
 namespace detail {

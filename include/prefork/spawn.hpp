@@ -7,16 +7,20 @@
 // function's frame, sharing the parent's memory, so no page table is copied
 // however large the parent is. The child makes only system calls: it resets
 // every signal disposition and the mask, applies the fd mapping, closes every
-// other descriptor (close_range, else /proc/self/fd), changes directory, sets
-// what spawn_setup.hpp offers (umask, limits, user, parent-death signal) and
-// execs. A failure is written as errno through a close-on-exec pipe (a
-// successful exec closes it, so the parent reads end of file), and the parent
-// throws it with the program's name. Signal state is reset with raw
+// other descriptor (close_range; on any error, as under a seccomp profile
+// that answers EPERM, /proc/self/fd), changes directory, sets what
+// spawn_setup.hpp offers (umask, limits, user, parent-death signal) and
+// execs. A failure is written as errno into memory the parent reads once the
+// clone returns (as glibc's spawni does): CLONE_VFORK holds the parent until
+// the child has exec'd or exited, so there is nothing to wait for, and no
+// descriptor that a fork on another thread could inherit and hold open.
+// The parent throws the errno with the program's name. Signal state is reset with raw
 // rt_sigaction and rt_sigprocmask: an interposed sigaction that keeps its own
 // table of handlers (a sanitizer's, Java's libjsig) would update it in the
 // memory the child shares with the parent, and take the parent's handlers
-// away. Stands on clone, pipe2, fcntl, dup2, close_range, getdents64,
-// rt_sigaction, rt_sigprocmask, setsid, setpgid, chdir, execve and exit_group.
+// away. Stands on clone, fcntl, dup2, close_range, getdents64, rt_sigaction,
+// rt_sigprocmask, setsid, setpgid, chdir, execve, exit_group (and mmap under
+// ThreadSanitizer).
 #pragma once
 
 #include <dirent.h>
@@ -24,6 +28,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -32,6 +37,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <new>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -40,7 +46,6 @@
 
 #include <prefork/error.hpp>
 #include <prefork/fd.hpp>
-#include <prefork/pipe.hpp>
 #include <prefork/process.hpp>
 #include <prefork/spawn_setup.hpp>
 
@@ -63,8 +68,8 @@
 // child, assuming the child has its own copy of memory. With CLONE_VM that
 // bookkeeping lands in the parent's thread state: afterwards the parent's
 // interceptors are off and its signal handlers never run. Under TSan the
-// child therefore gets copied memory (fork's cost, same behaviour); the child
-// writes nothing the parent reads, so nothing else changes.
+// child therefore gets copied memory (fork's cost, same behaviour), and its
+// report goes into a MAP_SHARED page, which a copy still shares.
 #if defined(__SANITIZE_THREAD__)
 #define PREFORK_TSAN 1
 #elif defined(__has_feature)
@@ -80,10 +85,19 @@
 namespace prefork {
 
 struct spawn_options {
-  // {fd in the parent, number in the child}. Exactly these reach the child;
-  // every other descriptor is closed. Empty: the parent's 0, 1 and 2 (those
-  // that are open), at the same numbers.
+  // {fd in the parent, number in the child}. Any numbers work: a source at
+  // 0, 1 or 2, mappings that swap ({1, 2}, {2, 1}), a source that is
+  // another's target. The same pair twice counts once; two sources for one
+  // number is an error. Every descriptor neither mapped nor inherited below
+  // is closed in the child.
   std::vector<std::pair<int, int>> fds;
+  // The parent's 0, 1 and 2 that `fds` does not give another source reach
+  // the child unchanged, as with posix_spawn, so mapping a socket to 3 does
+  // not leave the child without a stdin for its next open() to take. As
+  // with posix_spawn, one that is close-on-exec does not: it is a private
+  // descriptor that took a free number, not a standard stream. false:
+  // exactly `fds` reach the child.
+  bool inherit_stdio = true;
   // "NAME=value" entries; std::nullopt inherits the parent's environment.
   std::optional<std::vector<std::string>> env;
   // Empty inherits the parent's. A relative program path, and relative PATH
@@ -134,10 +148,9 @@ struct spawn_report {
   spawn_step step;
   int detail;  // the fd concerned, for the fds step
 };
-static_assert(sizeof(spawn_report) <= PIPE_BUF, "one write(2), so it arrives whole");
 
 // Everything the child reads, built before the clone. The child writes only
-// into `parked`, memory the parent allocated for it.
+// into `parked` and `report`, memory the parent allocated for it.
 struct spawn_plan {
   const char* const* paths;  // candidates for execve, null-terminated
   char* const* argv;
@@ -147,8 +160,8 @@ struct spawn_plan {
   std::size_t move_count;
   const int* keep;  // sorted target numbers
   std::size_t keep_count;
-  int park_at;  // above every number in play
-  int report_fd;
+  int park_at;           // above every number in play
+  spawn_report* report;  // error stays 0 unless the child failed
   const char* cwd;
   const child_setup* setup;
   bool new_group, new_session;
@@ -156,20 +169,11 @@ struct spawn_plan {
   sigset_t empty_mask;
 };
 
-// Closes [lo, hi] except `spare`, the report pipe, which exec closes later.
-inline int close_span(unsigned lo, unsigned hi, int spare) noexcept {
-  auto one = [](unsigned a, unsigned b) { return a > b ? 0L : ::syscall(sys_close_range, a, b, 0U); };
-  if (spare >= 0 && static_cast<unsigned>(spare) >= lo && static_cast<unsigned>(spare) <= hi) {
-    auto s = static_cast<unsigned>(spare);
-    if (s > lo && one(lo, s - 1) == -1) return -1;
-    return s < hi ? static_cast<int>(one(s + 1, hi)) : 0;
-  }
-  return static_cast<int>(one(lo, hi));
-}
-
-// Without close_range (Linux < 5.9): walk /proc/self/fd with raw getdents64
-// into a stack buffer, since opendir() would allocate.
-inline int close_listed(const spawn_plan& p) noexcept {
+// Closes every descriptor in [lo, hi] but those in `keep` (sorted) by
+// walking /proc/self/fd with raw getdents64 into a stack buffer (opendir()
+// would allocate): for kernels without close_range (before 5.9) and for
+// seccomp profiles that refuse it.
+inline int close_listed(unsigned lo, unsigned hi, const int* keep, std::size_t keep_count) noexcept {
   int dir = ::open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dir == -1) return -1;
   alignas(8) char buf[1024];
@@ -189,15 +193,42 @@ inline int close_listed(const spawn_plan& p) noexcept {
       };
       const auto* e = reinterpret_cast<const entry*>(buf + at);
       at += e->reclen;
-      int num = 0;
+      unsigned long num = 0;
       const char* c = e->name;
       if (*c < '0' || *c > '9') continue;
-      for (; *c >= '0' && *c <= '9'; ++c) num = num * 10 + (*c - '0');
-      if (num == dir || num == p.report_fd || std::binary_search(p.keep, p.keep + p.keep_count, num))
-        continue;
-      ::close(num);
+      for (; *c >= '0' && *c <= '9'; ++c) num = num * 10 + static_cast<unsigned long>(*c - '0');
+      if (num < lo || num > hi || num > INT_MAX) continue;
+      int fd = static_cast<int>(num);
+      if (fd == dir || std::binary_search(keep, keep + keep_count, fd)) continue;
+      ::close(fd);
     }
   }
+}
+
+// The same with close_range, one call per gap between kept numbers.
+inline int close_ranges(unsigned lo, unsigned hi, const int* keep, std::size_t keep_count) noexcept {
+  for (std::size_t i = 0; i < keep_count; ++i) {
+    auto k = static_cast<unsigned>(keep[i]);
+    if (k < lo) continue;
+    if (k > hi) break;
+    if (k > lo && ::syscall(sys_close_range, lo, k - 1, 0U) == -1) return -1;
+    lo = k + 1;
+  }
+  return lo <= hi ? static_cast<int>(::syscall(sys_close_range, lo, hi, 0U)) : 0;
+}
+
+// close_range where it works; on any error (ENOSYS on old kernels, EPERM or
+// anything else from a container's seccomp profile) /proc/self/fd, as glibc's
+// closefrom and CPython do.
+inline int close_all_but(unsigned lo, unsigned hi, const int* keep, std::size_t keep_count) noexcept {
+  if (close_ranges(lo, hi, keep, keep_count) == 0) return 0;
+  return close_listed(lo, hi, keep, keep_count);
+}
+
+// Closes [lo, hi] except `spare` (-1: none).
+inline int close_span(unsigned lo, unsigned hi, int spare) noexcept {
+  const int keep[1] = {spare};
+  return close_all_but(lo, hi, keep, spare >= 0 ? 1 : 0);
 }
 
 // The child. It shares the parent's memory and runs on a borrowed stack, so it
@@ -252,18 +283,7 @@ inline int spawn_child(void* arg) noexcept {
   }
 
   report.step = spawn_step::close;
-  {
-    unsigned lo = 0;
-    int r = 0;
-    for (std::size_t i = 0; i < p.keep_count && r == 0; ++i) {
-      auto k = static_cast<unsigned>(p.keep[i]);
-      if (k > lo) r = close_span(lo, k - 1, p.report_fd);
-      lo = k + 1;
-    }
-    if (r == 0) r = close_span(lo, ~0U, p.report_fd);
-    if (r == -1 && errno == ENOSYS) r = close_listed(p);
-    if (r == -1) goto fail;
-  }
+  if (close_all_but(0, ~0U, p.keep, p.keep_count) == -1) goto fail;
 
   if (p.cwd && ::chdir(p.cwd) == -1) {
     report.step = spawn_step::chdir;
@@ -295,9 +315,11 @@ inline int spawn_child(void* arg) noexcept {
   }
 
 fail:
-  report.error = errno;
-  // Smaller than PIPE_BUF, so it arrives whole or not at all.
-  [[maybe_unused]] ssize_t ignored = ::write(p.report_fd, &report, sizeof report);
+  // Field by field: a struct copy may become a call to memcpy. error last,
+  // and never 0, since it is what tells the parent the child failed.
+  p.report->step = report.step;
+  p.report->detail = report.detail;
+  p.report->error = errno != 0 ? errno : EIO;
   // Not _exit: a sanitizer's _exit wrapper does its end-of-process work,
   // which here would run on the parent's memory.
   ::syscall(SYS_exit_group, 127);
@@ -320,6 +342,35 @@ inline std::string spawn_failure(const std::string& program, const spawn_report&
   }
 }
 
+// The child's report: in this frame when the child shares our memory, in a
+// MAP_SHARED page when it gets a copy (under ThreadSanitizer).
+class spawn_report_slot {
+ public:
+#ifdef PREFORK_TSAN
+  spawn_report_slot() {
+    void* page =
+        ::mmap(nullptr, sizeof(spawn_report), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (page == MAP_FAILED) throw_system_error("mmap spawn report");
+    at_ = new (page) spawn_report{0, spawn_step::none, -1};
+  }
+  ~spawn_report_slot() { ::munmap(at_, sizeof(spawn_report)); }
+#else
+  spawn_report_slot() noexcept = default;
+  ~spawn_report_slot() = default;
+#endif
+  spawn_report_slot(const spawn_report_slot&) = delete;
+  spawn_report_slot& operator=(const spawn_report_slot&) = delete;
+  spawn_report* get() noexcept { return at_; }
+
+ private:
+#ifdef PREFORK_TSAN
+  spawn_report* at_;
+#else
+  spawn_report own_{0, spawn_step::none, -1};
+  spawn_report* at_ = &own_;
+#endif
+};
+
 }  // namespace detail
 
 // Runs argv[0] (searched in PATH when it has no '/', as execvp does, using the
@@ -327,10 +378,16 @@ inline std::string spawn_failure(const std::string& program, const spawn_report&
 // running; if it could not be started (missing, not executable, a bad cwd,
 // a bad fd), throws std::system_error with the child's errno and the
 // program's name. The child starts with default signal dispositions, an
-// empty signal mask, and only the descriptors `options.fds` names. A file
+// empty signal mask, the descriptors `options.fds` maps and (unless
+// options.inherit_stdio is false) the parent's other 0, 1 and 2. A file
 // that is neither a binary nor a #! script fails with ENOEXEC: unlike
 // execvp, and like posix_spawnp, there is no retry with /bin/sh.
-inline child spawn(const std::vector<std::string>& argv, const spawn_options& options = {}) {
+//
+// [[nodiscard]]: the child handle kills the program when it goes out of
+// scope; to let the program outlive it, call detach() (and reap the PID, or
+// ignore SIGCHLD). Safe to call while other threads run and fork: nothing
+// the child needs passes through a descriptor they could inherit.
+[[nodiscard]] inline child spawn(const std::vector<std::string>& argv, const spawn_options& options = {}) {
   if (argv.empty()) throw std::invalid_argument("spawn: argv is empty (argv[0] names the program)");
   if (argv[0].empty()) throw std::invalid_argument("spawn: argv[0] is empty");
   for (std::size_t i = 0; i < argv.size(); ++i)
@@ -344,27 +401,33 @@ inline child spawn(const std::vector<std::string>& argv, const spawn_options& op
 
   // The fd plan. Sources are checked here so a closed one is a clear error
   // instead of a failure in the child.
-  std::vector<std::pair<int, int>> moves = options.fds;
-  if (moves.empty()) {
-    for (int n = 0; n <= 2; ++n)
-      if (::fcntl(n, F_GETFD) != -1) moves.emplace_back(n, n);
-  }
-  std::vector<int> keep;
-  int highest = 2;
-  for (auto [from, to] : moves) {
+  std::vector<std::pair<int, int>> moves;
+  for (auto [from, to] : options.fds) {
     if (from < 0 || to < 0)
       throw std::invalid_argument("spawn " + program + ": negative fd in mapping {" + std::to_string(from) +
                                   " -> " + std::to_string(to) + "}");
     if (::fcntl(from, F_GETFD) == -1)
       throw_system_error("spawn " + program + ": fd " + std::to_string(from) + " (to be " +
                          std::to_string(to) + " in the child)");
+    if (std::find(moves.begin(), moves.end(), std::make_pair(from, to)) == moves.end())
+      moves.emplace_back(from, to);
+  }
+  if (options.inherit_stdio)
+    for (int n = 0; n <= 2; ++n) {
+      bool mapped = std::any_of(moves.begin(), moves.end(), [n](const auto& m) { return m.second == n; });
+      int flags = ::fcntl(n, F_GETFD);
+      if (!mapped && flags != -1 && !(flags & FD_CLOEXEC)) moves.emplace_back(n, n);
+    }
+  std::vector<int> keep;
+  int highest = 2;
+  for (auto [from, to] : moves) {
     keep.push_back(to);
     highest = std::max({highest, from, to});
   }
   std::sort(keep.begin(), keep.end());
   if (auto dup = std::adjacent_find(keep.begin(), keep.end()); dup != keep.end())
     throw std::invalid_argument("spawn " + program + ": fd " + std::to_string(*dup) +
-                                " in the child is mapped more than once");
+                                " in the child is mapped from two different descriptors");
   std::vector<int> parked(moves.size(), -1);
 
   std::vector<std::string> candidates;
@@ -399,15 +462,7 @@ inline child spawn(const std::vector<std::string>& argv, const spawn_options& op
   }
   const detail::child_setup setup = detail::make_child_setup(options, program);
   std::string cwd = options.cwd.string();
-
-  // The report pipe's write end must survive the fd plan: keep it off every
-  // target number.
-  auto report = prefork::pipe();
-  if (std::binary_search(keep.begin(), keep.end(), report.write.get())) {
-    int moved = ::fcntl(report.write.get(), F_DUPFD_CLOEXEC, highest + 1);
-    if (moved == -1) throw_system_error("fcntl F_DUPFD_CLOEXEC " + std::to_string(report.write.get()));
-    report.write.reset(moved);
-  }
+  detail::spawn_report_slot report;
 
   detail::spawn_plan plan{};
   plan.paths = paths.data();
@@ -418,8 +473,8 @@ inline child spawn(const std::vector<std::string>& argv, const spawn_options& op
   plan.move_count = moves.size();
   plan.keep = keep.data();
   plan.keep_count = keep.size();
-  plan.park_at = std::max(highest, report.write.get()) + 1;
-  plan.report_fd = report.write.get();
+  plan.park_at = highest + 1;
+  plan.report = report.get();
   plan.cwd = cwd.empty() ? nullptr : cwd.c_str();
   plan.setup = &setup;
   plan.new_group = options.new_process_group;
@@ -451,22 +506,22 @@ inline child spawn(const std::vector<std::string>& argv, const spawn_options& op
 #endif
   ::pthread_sigmask(SIG_SETMASK, &saved_mask, nullptr);
   ::pthread_setcancelstate(saved_cancel, nullptr);
-  report.write.reset();
   if (pid == -1) throw_system_error("clone " + program, clone_error);
 
   fd owned_pidfd(pidfd);
   std::error_code ec;
   if (!owned_pidfd) owned_pidfd = detail::open_pidfd(pid, ec);  // kernels that ignored CLONE_PIDFD
   child started(pid, std::move(owned_pidfd));
-  if (ec) throw std::system_error(ec, "pidfd_open " + std::to_string(pid));
-
-  detail::spawn_report failure{};
-  io_result got = read_some(report.read.get(), &failure, sizeof failure);
-  if (!got) throw std::system_error(got.error, std::generic_category(), "read spawn report of " + program);
-  if (got.bytes == 0) return started;  // end of file: the exec closed the pipe
-  started.wait();                      // it has exited already, with 127
-  if (got.bytes != sizeof failure)
-    throw std::runtime_error("spawn " + program + ": truncated report from child");
+  // The child has exec'd or exited by now (CLONE_VFORK): its report is final.
+  const detail::spawn_report failure = *report.get();
+  if (failure.error == 0) {
+    if (ec) throw std::system_error(ec, "pidfd_open " + std::to_string(pid));
+    return started;
+  }
+  // It has exited with 127. With SIGCHLD ignored the kernel has reaped it
+  // already, which wait() reports as an unknown status: the errno is what
+  // matters.
+  started.wait();
   throw_system_error(detail::spawn_failure(program, failure, options), failure.error);
 }
 
@@ -474,7 +529,8 @@ inline child spawn(const std::vector<std::string>& argv, const spawn_options& op
 // errno the throwing spawn would carry (ENOENT for a missing program, the
 // child's errno for a failed setup step), and the child returned is empty.
 // Misuse (an empty argv, a malformed option) still throws.
-inline child spawn(const std::vector<std::string>& argv, const spawn_options& options, std::error_code& ec) {
+[[nodiscard]] inline child spawn(const std::vector<std::string>& argv, const spawn_options& options,
+                                 std::error_code& ec) {
   ec.clear();
   try {
     return spawn(argv, options);

@@ -42,7 +42,7 @@ bool readable_within(int fd, int ms = deadline_ms) {
 std::string next_report(int sock) {
   REQUIRE(readable_within(sock));
   std::string message;
-  prefork::recv_fds(sock, 0, &message);
+  (void)prefork::recv_fds(sock, 0, &message);  // max 0: a message, no descriptors
   return message;
 }
 
@@ -308,7 +308,7 @@ TEST_CASE("a privileged port, or a directory it may not write, refuses a non-roo
       std::string out;
       for (std::string addr : {std::string("127.0.0.1:80"), "unix:" + dir.path + "/x.sock"}) {
         try {
-          prefork::listen(addr);
+          prefork::fd l = prefork::listen(addr);
           out += "listened on " + addr + "\n";
         } catch (const std::system_error& e) {
           out += std::string(e.what()) + "\n";

@@ -187,7 +187,7 @@ TEST_CASE("a limit the kernel refuses fails the spawn with its errno", "[rlimit]
   prefork::spawn_options options;
   options.rlimits = {{RLIMIT_CORE, rlimit{0, 0}}, {RLIMIT_NOFILE, rlimit{10, 5}}};  // soft above hard
   try {
-    prefork::spawn({"true"}, options);
+    prefork::child started = prefork::spawn({"true"}, options);
     FAIL("spawn returned");
   } catch (const std::system_error& e) {
     CHECK(e.code() == std::errc::invalid_argument);
@@ -227,7 +227,7 @@ TEST_CASE("a failed uid or gid change fails the spawn as an exec error does", "[
   if (::geteuid() == 0) {
     CHECK(ec == std::errc::invalid_argument);
     try {
-      prefork::spawn({"true"}, options);
+      prefork::child started = prefork::spawn({"true"}, options);
       FAIL("spawn returned");
     } catch (const std::system_error& e) {
       CHECK(e.code() == ec);
@@ -244,7 +244,7 @@ TEST_CASE("the error_code overloads give the errno the throwing ones carry", "[e
   for (const char* program : {"/nonexistent/program", "/dev/null", "no-such-program-in-path"}) {
     std::error_code thrown;
     try {
-      prefork::spawn({program});
+      prefork::child started = prefork::spawn({program});
     } catch (const std::system_error& e) {
       thrown = e.code();
     }

@@ -158,12 +158,13 @@ TEST_CASE("spawn refuses bad input clearly and leaks nothing") {
   prefork::spawn_options twice;
   twice.fds = {{1, 1}, {2, 1}};
   CHECK_THROWS_WITH_AS(prefork::spawn({"/bin/true"}, twice),
-                       doctest::Contains("fd 1 in the child is mapped more"), std::invalid_argument);
+                       doctest::Contains("fd 1 in the child is mapped from two different descriptors"),
+                       std::invalid_argument);
 
   prefork::spawn_options closed;
   closed.fds = {{1000000, 1}};
   try {
-    prefork::spawn({"/bin/true"}, closed);
+    prefork::child c = prefork::spawn({"/bin/true"}, closed);
     FAIL("spawn with a closed source fd did not throw");
   } catch (const std::system_error& e) {
     CHECK(e.code() == std::errc::bad_file_descriptor);

@@ -146,7 +146,7 @@ int int_option(int sock, int level, int name) {
 
 std::string error_of_listen(const std::string& address, const prefork::listen_options& opts = {}) {
   try {
-    prefork::listen(address, opts);
+    prefork::fd never = prefork::listen(address, opts);
   } catch (const std::exception& e) {
     return e.what();
   }
@@ -277,7 +277,7 @@ TEST_CASE("a port in use is refused, naming the address") {
   prefork::fd first = prefork::listen("127.0.0.1:0");
   std::string addr = prefork::local_address(first.get());
   try {
-    prefork::listen(addr);
+    prefork::fd never = prefork::listen(addr);
     FAIL("second listen on " << addr << " succeeded");
   } catch (const std::system_error& e) {
     CHECK(e.code() == std::errc::address_in_use);
@@ -461,7 +461,8 @@ TEST_CASE("accept: CLOEXEC always, SOCK_NONBLOCK on request, invalid fd when not
     std::string expected = "accept fd " + std::to_string(p.read.get()) + ": Socket operation on non-socket";
     CHECK_THROWS_WITH_AS(prefork::accept(p.read.get()), expected.c_str(), std::system_error);
     CHECK_THROWS_AS(prefork::accept(l.get(), O_APPEND), std::invalid_argument);
-    prefork::accept(l.get(), O_APPEND, ec);
+    prefork::fd refused = prefork::accept(l.get(), O_APPEND, ec);
+    CHECK(!refused);
     CHECK(ec == std::errc::invalid_argument);
   }
   CHECK(leaks.problems() == "");
@@ -584,7 +585,7 @@ TEST_CASE("more descriptors than the receiver allows: an error, and every one th
       CAPTURE(max);
       prefork::send_fds(a.get(), five, "five");
       try {
-        prefork::recv_fds(b.get(), max);
+        std::vector<prefork::fd> never = prefork::recv_fds(b.get(), max);
         FAIL("no error");
       } catch (const std::system_error& e) {
         CHECK(e.code() == std::errc::message_size);
@@ -613,7 +614,7 @@ TEST_CASE("recv_fds: end of file, stray bytes and bad arguments are clear errors
     auto [e1, e2] = prefork::socket_pair();
     e1.reset();
     try {
-      prefork::recv_fds(e2.get(), 1);
+      std::vector<prefork::fd> never = prefork::recv_fds(e2.get(), 1);
       FAIL("no error at end of file");
     } catch (const std::system_error& e) {
       CHECK(e.code() == std::errc::connection_reset);
