@@ -18,6 +18,7 @@
 #include <prefork/signal.hpp>
 #include <prefork/process.hpp>
 #include <prefork/spawn_setup.hpp>
+#include <prefork/spawn_child.hpp>
 #include <prefork/spawn.hpp>
 #include <prefork/run.hpp>
 #include <prefork/pty.hpp>
