@@ -17,7 +17,11 @@
 #include <prefork/signal_name.hpp>
 #include <prefork/signal.hpp>
 #include <prefork/process.hpp>
+#include <prefork/spawn_setup.hpp>
+#include <prefork/spawn_child.hpp>
 #include <prefork/spawn.hpp>
+#include <prefork/run.hpp>
+#include <prefork/pty.hpp>
 #include <prefork/daemon.hpp>
 #include <prefork/exec.hpp>
 #include <prefork/systemd.hpp>

@@ -297,6 +297,19 @@ inline const bool startup_captured = (startup(), true);
   detail::exec_program(argv.empty() ? std::string() : argv[0], argv, keep, {});
 }
 
+// The same for a caller that must not throw on a system error: returns
+// only if the exec failed, with `ec` holding the errno the throwing exec
+// would carry and every descriptor flag as it was. Misuse (an empty argv, a
+// descriptor kept twice) still throws.
+inline void exec(const std::vector<std::string>& argv, const std::vector<int>& keep, std::error_code& ec) {
+  ec.clear();
+  try {
+    exec(argv, keep);
+  } catch (const std::system_error& e) {
+    ec = e.code();
+  }
+}
+
 // The same, with a name for each kept descriptor, published in
 // PREFORK_FDNAMES ("http:admin"). Names hold no ':', '=' or newline.
 [[noreturn]] inline void exec(const std::vector<std::string>& argv, const std::vector<int>& keep,

@@ -302,6 +302,37 @@ class [[nodiscard]] child {
     send(sig, ec);
   }
 
+  // Asks the child to end with `sig`, waits up to `grace` for it, then
+  // SIGKILLs it; reaps it either way. On a child already reaped, returns the
+  // status it had.
+  exit_status stop(std::chrono::milliseconds grace, int sig = SIGTERM) {
+    if (pid_ == 0) throw std::logic_error("child::stop: no child is owned");
+    if (status_) return *status_;
+    kill(sig);
+    if (auto ended = wait_for(grace)) return *ended;
+    kill(SIGKILL);
+    return wait();
+  }
+
+  // Sends `sig` to the child's process group: the child and every
+  // descendant that stayed in it. The child must lead a group (spawned with
+  // new_process_group or new_session) and not be reaped yet: while it is a
+  // zombie or alive, no other group can have its PID as group ID.
+  void kill_group(int sig) const {
+    if (pid_ == 0) throw std::logic_error("child::kill_group: no child is owned");
+    if (status_)
+      throw std::logic_error("child::kill_group: child " + std::to_string(pid_) + " was already reaped");
+    if (::getpgid(pid_) != pid_)
+      throw std::logic_error(
+          "child::kill_group: child " + std::to_string(pid_) +
+          " does not lead a process group (spawn it with new_process_group or new_session)");
+    if (::kill(-pid_, sig) == -1 && errno != ESRCH) {
+      std::string what = "kill ";
+      what += signal_name(sig);
+      throw_system_error(what + " to process group " + std::to_string(pid_));
+    }
+  }
+
   // Gives up ownership without waiting, so the child outlives this handle:
   // the explicit way to keep a child running past the end of its owner's
   // scope. The caller must reap the PID returned (0 if nothing was owned or
