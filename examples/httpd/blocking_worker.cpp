@@ -281,35 +281,12 @@ void set_inherited_timeouts(int listener, const options& o) {
 void run_blocking(server& srv, prefork::worker& w) {
   blocking_connection conn(srv, w);
   w.tick();  // ready: the master counts this worker from now on
-  const std::vector<prefork::fd>& listeners = w.listeners();
-  auto last_control = steady::now();
-  std::size_t next = 0;
-  for (;;) {
-    // The fast path: a connection already queued costs one accept4. The
-    // control pipe is read at most every 100 ms while connections keep
-    // coming, and whenever none is queued (inside w.accept()).
-    prefork::fd conn_fd;
-    auto now = steady::now();
-    if (now - last_control >= std::chrono::milliseconds(100)) {
-      last_control = now;
-      if (w.stopping()) return;
-    }
-    for (std::size_t k = 0; k < listeners.size() && !conn_fd; ++k) {
-      std::size_t i = (next + k) % listeners.size();
-      int raw = ::accept4(listeners[i].get(), nullptr, nullptr, SOCK_CLOEXEC);
-      if (raw >= 0) {
-        conn_fd.reset(raw);
-        next = (i + 1) % listeners.size();
-      }
-    }
-    if (!conn_fd) {
-      conn_fd = w.accept();
-      last_control = steady::now();
-      if (!conn_fd) return;
-    }
-    w.tick();
-    conn.serve(conn_fd.get());
-  }
+  // worker::accept() is the fast path already: a queued connection costs one
+  // accept4, and the control pipe is read at most every 100 ms. It is also
+  // what keeps the scoreboard true (busy from the moment a connection is
+  // taken), which a raw accept4 of our own here did not: a fresh worker's
+  // first connections were served while /_status still said "idle".
+  while (prefork::fd conn_fd = w.accept()) conn.serve(conn_fd.get());
 }
 
 }  // namespace httpd

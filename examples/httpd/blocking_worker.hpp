@@ -3,11 +3,12 @@
 // reverse proxy's business.
 //
 // The common path costs four system calls: accept4 on the non-blocking
-// listener, read, write (send), close. Only when nothing is queued does the
-// worker wait in prefork::worker::accept(), which polls the listeners and the
-// master's control pipe and ticks the heartbeat; while connections keep
-// coming it reads the control pipe at most ten times a second, so a graceful
-// stop is still noticed promptly. Timeouts need no extra call either: the
+// listener (prefork::worker::accept() tries a queued connection first, and
+// marks the worker busy on the scoreboard), read, write (send), close. Only
+// when nothing is queued does accept() poll the listeners and the master's
+// control pipe, ticking the heartbeat; while connections keep coming it
+// reads the control pipe at most ten times a second, so a graceful stop is
+// still noticed promptly. Timeouts need no extra call either: the
 // master sets SO_RCVTIMEO (the header timeout) and SO_SNDTIMEO on the
 // listening sockets and every accepted socket inherits them.
 #pragma once

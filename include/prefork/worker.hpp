@@ -210,7 +210,9 @@ class worker {
 
   // For workers that run their own event loop over listeners() and
   // stop_fd() instead of calling accept(): what the scoreboard (and
-  // /_status pages built on it) shows while connections are in hand.
+  // /_status pages built on it) shows while connections are in hand. A
+  // connection taken with a bare accept4 changes no state, so such a
+  // worker must say busy itself, or its slot still says idle.
   void mark_busy() noexcept {
     if (state() != worker_state::stopping) set_state(worker_state::busy);
   }
