@@ -109,16 +109,37 @@ class worker {
   // Waits until `conn` is readable (bytes, end of file or an error to read),
   // ticking the heartbeat, for at most `timeout` (negative: no limit). False
   // when the time ran out or a graceful stop was asked (stopping() tells
-  // which): a stop wins over a client that spoke at the same moment, so a
-  // chatty client cannot hold QUIT for the whole graceful_timeout. Call it
-  // between requests on a kept connection, never in the middle of one.
+  // which). Between requests a stop wins over a client that spoke at the
+  // same moment, so a chatty client cannot hold QUIT for the whole
+  // graceful_timeout. A connection just accepted is different: its client
+  // has made a request it expects an answer to, which is usually already
+  // here or a few microseconds behind the handshake, and closing it then
+  // would fail that request (during an upgrade, say, where the old workers
+  // stop while connections still arrive). So until the first time `conn`
+  // is found readable, a stop gives it up to first_request_grace to speak.
+  // Call it between requests on a kept connection, never in the middle of one.
   bool wait_readable(int conn, std::chrono::milliseconds timeout) {
     const bool forever = timeout.count() < 0;
     const auto deadline =
         std::chrono::steady_clock::now() + (forever ? std::chrono::milliseconds(0) : timeout);
     pollfd p[2] = {{conn, POLLIN, 0}, {control_.get(), POLLIN, 0}};
     for (;;) {
-      if (stopping_) return false;
+      if (stopping_) {
+        if (conn != unheard_) return false;
+        unheard_ = -1;
+        const auto until = std::chrono::steady_clock::now() + first_request_grace;
+        const auto end = forever ? until : std::min(until, deadline);
+        pollfd first{conn, POLLIN, 0};
+        for (;;) {
+          auto left = std::chrono::ceil<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
+          if (left.count() <= 0) return false;
+          int ready = PREFORK_SYSCALL(poll)(&first, 1,
+                                            static_cast<int>(std::min<std::int64_t>(left.count(), tick_ms_)));
+          if (ready == -1 && errno != EINTR) throw_system_error("poll fd " + std::to_string(conn));
+          tick();
+          if (ready == 1) return true;
+        }
+      }
       int wait_ms = tick_ms_;
       if (!forever) {
         auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
@@ -132,11 +153,18 @@ class worker {
       if (p[1].revents != 0) {
         control_checked_ns_ = detail::monotonic_ns();
         read_control();
-        if (stopping_) return false;
+        if (stopping_) continue;  // decided at the top of the loop
       }
-      if (p[0].revents != 0) return true;
+      if (p[0].revents != 0) {
+        if (conn == unheard_) unheard_ = -1;
+        return true;
+      }
     }
   }
+
+  // How long a graceful stop waits for the first request of a connection
+  // accepted just before it (see wait_readable).
+  static constexpr std::chrono::milliseconds first_request_grace{1000};
 
   // One read(2) from a client, after wait_readable: the bytes read, or 0
   // when the connection is done: the client closed it, the read failed, the
@@ -259,6 +287,7 @@ class worker {
       starved_logged_ = false;
       next_listener_ = (i + 1) % listeners_->size();
       set_state(worker_state::busy);
+      unheard_ = conn;
       return fd(conn);
     }
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED ||
@@ -371,6 +400,7 @@ class worker {
   std::size_t next_listener_ = 0;
   std::int64_t control_checked_ns_ = 0;
   bool starved_ = false;         // the last accept4 ran out of descriptors
+  int unheard_ = -1;             // the connection accept() returned, until it is first found readable
   bool starved_logged_ = false;  // and that episode was logged
   fd statm_;
   mutable bool stopping_ = false;
