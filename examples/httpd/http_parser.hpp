@@ -126,6 +126,9 @@ class request_parser {
   parse_result on_request_line(std::string_view bytes, std::size_t begin, std::size_t end) noexcept;
   // What a request line means, once its syntax is known good: method [b, i),
   // target [t, j); fragment_checked: the target is known to hold no '#'.
+  // The path and query of a target whose path starts at path_begin and
+  // which ends at j.
+  void set_path_query(const char* p, std::size_t path_begin, std::size_t j) noexcept;
   // kind: the verb when the caller knows it already, else -1.
   parse_result on_request_parts(const char* p, std::size_t b, std::size_t i, std::size_t t, std::size_t j,
                                 bool fragment_checked, int kind = -1) noexcept;
@@ -390,7 +393,14 @@ inline parse_result request_parser::fast_head(const char* p, std::size_t n) noex
         p[j + 8] > '9' || p[j + 9] != '\r' || p[j + 10] != '\n' || j + 9 - b > lim_.max_request_line)
       return parse_result::incomplete;
     req_.minor_version = p[j + 8] == '0' ? 0 : 1;
-    if (on_request_parts(p, b, i, t, j, true, kind) == parse_result::error) return parse_result::error;
+    if (kind >= 0 && p[t] == '/') {  // origin-form of GET, HEAD or POST: nothing more to check
+      req_.kind = static_cast<verb>(kind);
+      st_.method[0] = static_cast<std::uint32_t>(b), st_.method[1] = static_cast<std::uint32_t>(i - b);
+      st_.target[0] = static_cast<std::uint32_t>(t), st_.target[1] = static_cast<std::uint32_t>(j - t);
+      set_path_query(p, t, j);
+    } else if (on_request_parts(p, b, i, t, j, true, kind) == parse_result::error) {
+      return parse_result::error;
+    }
     st_.at = stage::fields;
     b = fields_begin = st_.fields_begin = j + 11;
   }
@@ -480,6 +490,12 @@ inline parse_result request_parser::on_request_parts(const char* p, std::size_t 
     st_.host_from_target = true;
     path_begin = t + z;
   }
+  set_path_query(p, path_begin, j);
+  return parse_result::incomplete;
+}
+
+inline void request_parser::set_path_query(const char* p, std::size_t path_begin, std::size_t j) noexcept {
+  const auto off = [](std::size_t x) { return static_cast<std::uint32_t>(x); };
   std::size_t q = path_begin;
   if (j - path_begin < 16) {  // memchr's call costs more than a short loop
     while (q < j && p[q] != '?') ++q;
@@ -490,7 +506,6 @@ inline parse_result request_parser::on_request_parts(const char* p, std::size_t 
   st_.path[0] = off(path_begin), st_.path[1] = off(q - path_begin);
   if (q == path_begin && (q == j || p[q] == '?')) st_.path_literal = "/";
   if (q < j) st_.query[0] = off(q + 1), st_.query[1] = off(j - q - 1);
-  return parse_result::incomplete;
 }
 
 inline parse_result request_parser::on_field_line(std::string_view bytes, std::size_t b,
