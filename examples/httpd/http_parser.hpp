@@ -6,6 +6,10 @@
 // splitting). No syscalls, no allocation per request: the parser reads the
 // bytes the server has buffered and hands back string_views into them. Its
 // inner loops use SSE2 or AVX2 where the build allows (http_scan.hpp).
+// What each line means is in two parts it includes: http_parser_target.hpp
+// (the request line and its target) and http_parser_fields.hpp (the fields,
+// Host and the framing fields); this file is the request, the parser's
+// state, and the pass over a head that drives both.
 // It is strict where leniency lets two parsers disagree about
 // where a message ends (request smuggling): CRLF line ends only, no obs-fold,
 // no whitespace before the colon, one unambiguous framing per request.
@@ -30,6 +34,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <stdexcept>
 #include <string_view>
@@ -182,7 +187,8 @@ class request_parser {
 // once, when its LF has arrived, so re-feeding a growing buffer costs only
 // the new bytes. That path is the reference: the fast one only ever agrees
 // with it, so no verdict depends on how the bytes were split (the fuzzer
-// checks this).
+// checks this). Both hand each well-formed line to the same functions
+// (on_request_parts, on_field), in the two files included at the end.
 
 inline const header_field* request::find(std::string_view name) const noexcept {
   for (const header_field& f : fields)
@@ -203,32 +209,6 @@ inline std::uint32_t word4(const char (&s)[5]) noexcept {
   std::uint32_t w;
   std::memcpy(&w, s, 4);
   return w;
-}
-
-inline bool parse_verb(std::string_view m, verb& out) noexcept {
-  switch (m.size()) {
-    case 3:
-      if (m == "GET") return out = verb::get, true;
-      if (m == "PUT") return out = verb::put, true;
-      break;
-    case 4:
-      if (m == "HEAD") return out = verb::head, true;
-      if (m == "POST") return out = verb::post, true;
-      break;
-    case 5:
-      if (m == "PATCH") return out = verb::patch, true;
-      if (m == "TRACE") return out = verb::trace, true;
-      break;
-    case 6:
-      if (m == "DELETE") return out = verb::delete_, true;
-      break;
-    case 7:
-      if (m == "OPTIONS") return out = verb::options, true;
-      if (m == "CONNECT") return out = verb::connect, true;
-      break;
-    default: break;
-  }
-  return false;
 }
 
 }  // namespace detail
@@ -336,34 +316,6 @@ inline parse_result request_parser::parse(std::string_view bytes) {
   }
 }
 
-inline parse_result request_parser::on_request_line(std::string_view bytes, std::size_t b,
-                                                    std::size_t e) noexcept {
-  using detail::is;
-  const char* p = bytes.data();
-  std::size_t i = b;
-  while (i < e && is(p[i], detail::c_token)) ++i;
-  if (i == b)
-    return fail(400, p[b] == ' ' || p[b] == '\t' ? "whitespace before the method" : "method is not a token");
-  if (i == e) return fail(400, "request line has no target");
-  if (p[i] != ' ') return fail(400, "method is not a token");
-  const std::size_t t = i + 1;
-  std::size_t j = t;
-  while (j < e && is(p[j], detail::c_target)) ++j;
-  if (j == t)
-    return fail(400, p[t] == ' ' ? "more than one space in the request line" : "invalid request target");
-  if (j == e) return fail(400, "request line has no HTTP version");
-  if (p[j] != ' ') return fail(400, "invalid character in the request target");
-  std::string_view version(p + j + 1, e - j - 1);
-  if (version.size() != 8 || version.substr(0, 5) != "HTTP/" || version[5] < '0' || version[5] > '9' ||
-      version[6] != '.' || version[7] < '0' || version[7] > '9')
-    return fail(400, version.empty()     ? "request line has no HTTP version"
-                     : version[0] == ' ' ? "more than one space in the request line"
-                                         : "malformed HTTP version");
-  if (version[5] != '1') return fail(505, "only HTTP/1.x is supported");
-  req_.minor_version = version[7] == '0' ? 0 : 1;
-  return on_request_parts(p, b, i, t, j, false);
-}
-
 inline parse_result request_parser::fast_head(const char* p, std::size_t n) noexcept {
   std::size_t b = st_.line, fields_begin = st_.fields_begin;
   if (st_.at == stage::request_line) {
@@ -445,202 +397,6 @@ inline parse_result request_parser::fast_head(const char* p, std::size_t n) noex
   return parse_result::incomplete;
 }
 
-inline parse_result request_parser::on_request_parts(const char* p, std::size_t b, std::size_t i,
-                                                     std::size_t t, std::size_t j, bool fragment_checked,
-                                                     int kind) noexcept {
-  if (kind >= 0)
-    req_.kind = static_cast<verb>(kind);
-  else if (!detail::parse_verb(std::string_view(p + b, i - b), req_.kind))
-    return fail(501, "unknown method");
-  const auto off = [&](std::size_t x) { return static_cast<std::uint32_t>(x); };
-  st_.method[0] = off(b), st_.method[1] = off(i - b);
-  st_.target[0] = off(t), st_.target[1] = off(j - t);
-  std::string_view target(p + t, j - t);
-  if (!fragment_checked && target.find('#') != std::string_view::npos)
-    return fail(400, "fragment in the request target");
-
-  if (req_.kind == verb::connect) {  // authority-form, and only there
-    if (!detail::valid_authority(target, detail::port_rule::required))
-      return fail(400, "CONNECT needs a host:port target");
-    st_.host[0] = off(t), st_.host[1] = off(j - t);
-    st_.host_from_target = true;
-    st_.path[0] = st_.path[1] = st_.query[0] = st_.query[1] = 0;
-    return parse_result::incomplete;
-  }
-  std::size_t path_begin = t;  // origin-form
-  if (target[0] != '/') {
-    if (target == "*") {
-      if (req_.kind != verb::options) return fail(400, "asterisk-form target is only for OPTIONS");
-      st_.path[0] = off(t), st_.path[1] = 1;
-      return parse_result::incomplete;
-    }
-    // absolute-form: scheme "://" authority [path-abempty] ["?" query]
-    std::size_t colon = target.find("://");
-    std::string_view scheme = target.substr(0, colon);
-    if (colon == std::string_view::npos || !(iequals(scheme, "http") || iequals(scheme, "https")))
-      return fail(400, "invalid request target");
-    std::size_t a = colon + 3, z = a;
-    while (z < target.size() && target[z] != '/' && target[z] != '?') ++z;
-    std::string_view authority = target.substr(a, z - a);
-    if (authority.empty()) return fail(400, "absolute target without a host");
-    if (authority.find('@') != std::string_view::npos)
-      return fail(400, "user information in the request target");
-    if (!detail::valid_authority(authority)) return fail(400, "invalid host in the request target");
-    st_.host[0] = off(t + a), st_.host[1] = off(z - a);
-    st_.host_from_target = true;
-    path_begin = t + z;
-  }
-  set_path_query(p, path_begin, j);
-  return parse_result::incomplete;
-}
-
-inline void request_parser::set_path_query(const char* p, std::size_t path_begin, std::size_t j) noexcept {
-  const auto off = [](std::size_t x) { return static_cast<std::uint32_t>(x); };
-  std::size_t q = path_begin;
-  if (j - path_begin < 16) {  // memchr's call costs more than a short loop
-    while (q < j && p[q] != '?') ++q;
-  } else {
-    const void* question = std::memchr(p + path_begin, '?', j - path_begin);
-    q = question != nullptr ? static_cast<std::size_t>(static_cast<const char*>(question) - p) : j;
-  }
-  st_.path[0] = off(path_begin), st_.path[1] = off(q - path_begin);
-  if (q == path_begin && (q == j || p[q] == '?')) st_.path_literal = "/";
-  if (q < j) st_.query[0] = off(q + 1), st_.query[1] = off(j - q - 1);
-}
-
-inline parse_result request_parser::on_field_line(std::string_view bytes, std::size_t b,
-                                                  std::size_t e) noexcept {
-  using detail::is;
-  const char* p = bytes.data();
-  if (detail::is_ows_char(p[b])) return fail(400, "obsolete line folding in the header");
-  if (offsets_.size() >= lim_.max_fields) return fail(431, "too many header fields");  // before the syntax
-  std::size_t i = b;
-  while (i < e && is(p[i], detail::c_token)) ++i;
-  if (i == e) return fail(400, "header field without a colon");
-  if (p[i] != ':') {
-    if (detail::is_ows_char(p[i])) return fail(400, "whitespace before the colon of a header field");
-    return fail(400, "invalid character in a header field name");
-  }
-  if (i == b) return fail(400, "empty header field name");
-  std::size_t v = i + 1, ve = e;
-  while (v < ve && detail::is_ows_char(p[v])) ++v;
-  while (ve > v && detail::is_ows_char(p[ve - 1])) --ve;
-  const std::size_t bad = v + detail::find_bad_value_char(p + v, ve - v);
-  if (bad != ve) {
-    if (p[bad] == '\0') return fail(400, "NUL in a header field value");
-    if (p[bad] == '\r') return fail(400, "bare CR in a header field value");
-    return fail(400, "control character in a header field value");
-  }
-  return on_field(p, b, i, v, ve);
-}
-
-inline parse_result request_parser::on_field(const char* p, std::size_t b, std::size_t i, std::size_t v,
-                                             std::size_t ve, bool host_checked) noexcept {
-  if (offsets_.size() >= lim_.max_fields) return fail(431, "too many header fields");
-  const auto off = [](std::size_t x) { return static_cast<std::uint32_t>(x); };
-  // Member by member: building the record whole and copying it in made the
-  // compilers read back four fresh 32-bit stores as one 128-bit load, which
-  // cannot be store-forwarded (a stall worth a quarter of this function).
-  field_offsets& rec = offsets_.emplace_back();
-  rec.name = off(b), rec.name_len = off(i - b), rec.value = off(v), rec.value_len = off(ve - v);
-  // Only names of these lengths can matter below: one test skips the rest.
-  constexpr std::uint32_t special = 1u << 4 | 1u << 6 | 1u << 10 | 1u << 14 | 1u << 17;
-  if (host_checked) return on_host(p, v, ve, true);
-  if (i - b > 17 || (special >> (i - b) & 1u) == 0) return parse_result::incomplete;
-  // Host is in every 1.1 request: checked here, in line, the rest out of line.
-  if (i - b == 4 && detail::token_is(p + b, "host")) return on_host(p, v, ve, false);
-  return on_special_field(p, b, i, v, ve);
-}
-
-inline parse_result request_parser::on_host(const char* p, std::size_t v, std::size_t ve,
-                                            bool checked) noexcept {
-  if (++st_.host_count > 1) return fail(400, "more than one Host field");
-  // Empty is allowed (RFC 9110 7.2); anything else is an authority.
-  if (!checked && ve != v && !host_quick(p, v, ve) &&
-      !detail::valid_authority(std::string_view(p + v, ve - v)))
-    return fail(400, "invalid Host field");
-  if (!st_.host_from_target)
-    st_.host[0] = static_cast<std::uint32_t>(v), st_.host[1] = static_cast<std::uint32_t>(ve - v);
-  return parse_result::incomplete;
-}
-
-#if defined(__GNUC__) || defined(__clang__)
-__attribute__((noinline))
-#endif
-inline parse_result
-request_parser::on_special_field(const char* p, std::size_t b, std::size_t i, std::size_t v,
-                                 std::size_t ve) noexcept {
-  const std::string_view name(p + b, i - b), value(p + v, ve - v);
-
-  // Fields that decide framing and connection handling, dispatched on
-  // length, then the first byte, so most fields cost a switch and a compare.
-  const char first = static_cast<char>(p[b] | 0x20);
-  switch (name.size()) {
-    case 6:
-      if (first != 'e' || !detail::token_is(p + b, "expect")) break;
-      if (iequals(value, "100-continue"))
-        req_.expect_continue = true;
-      else
-        st_.expect_other = true;
-      break;
-    case 10:
-      if (first != 'c' || !detail::token_is(p + b, "connection")) break;
-      detail::for_each_element(value, [this](std::string_view token) {
-        if (iequals(token, "close"))
-          st_.connection_close = true;
-        else if (iequals(token, "keep-alive"))
-          st_.connection_keep_alive = true;
-        return true;
-      });
-      break;
-    case 14: {
-      if (first != 'c' || !detail::token_is(p + b, "content-length")) break;
-      if (value.empty()) return fail(400, "Content-Length is not a number");
-      std::uint64_t len = 0;
-      for (char c : value) {
-        if (c < '0' || c > '9') return fail(400, "Content-Length is not a number");
-        if (len > (UINT64_MAX - 9) / 10) return fail(400, "Content-Length is too large");
-        len = len * 10 + static_cast<std::uint64_t>(c - '0');
-      }
-      if (req_.content_length && *req_.content_length != len)
-        return fail(400, "conflicting Content-Length fields");
-      req_.content_length = len;
-      break;
-    }
-    case 17: {
-      if (first != 't' || !detail::token_is(p + b, "transfer-encoding")) break;
-      unsigned before = st_.te_codings;
-      bool ok = detail::for_each_element(value, [this](std::string_view coding) {
-        // A coding with parameters is well-formed but never chunked (chunked
-        // has none): it counts as an unknown coding, so "chunked;q=1" alone
-        // is 400 (the last coding is not chunked), and before a chunked, 501.
-        const std::size_t semi = coding.find(';');
-        const std::string_view bare = detail::trim_ows(coding.substr(0, semi));
-        if (!is_token(bare)) return false;
-        if (semi != std::string_view::npos && !detail::valid_parameters(coding.substr(semi))) return false;
-        ++st_.te_codings;
-        st_.te_last_chunked = semi == std::string_view::npos && iequals(bare, "chunked");
-        if (st_.te_last_chunked) ++st_.te_chunked;
-        return true;
-      });
-      if (!ok) return fail(400, "invalid Transfer-Encoding");
-      if (st_.te_codings == before) return fail(400, "empty Transfer-Encoding");
-      break;
-    }
-    default: break;
-  }
-  return parse_result::incomplete;
-}
-
-inline bool request_parser::host_quick(const char* p, std::size_t v, std::size_t ve) const noexcept {
-  std::size_t k = detail::scan_host_simple(p, v, ve);
-  if (k == v) return false;
-  if (k < ve && p[k] == ':')
-    while (++k < ve && p[k] >= '0' && p[k] <= '9') {
-    }
-  return k == ve;
-}
-
 inline parse_result request_parser::on_head_end() noexcept {
   if (req_.minor_version == 1 && st_.host_count == 0)
     return fail(400, "missing Host field (required in HTTP/1.1)");
@@ -689,3 +445,7 @@ inline void request_parser::materialise(std::string_view bytes) noexcept {
 }
 
 }  // namespace httpd
+
+// What each line means: the fields, and the request line with its target.
+#include "http_parser_fields.hpp"
+#include "http_parser_target.hpp"
