@@ -202,12 +202,18 @@ namespace detail {
 // at least one, for clients that end a POST body with an extra CRLF).
 inline constexpr unsigned max_empty_lines = 8;
 
-// The first four bytes of a literal as one word, in memory order (so on any
+// The first four (eight) bytes of a literal as one word, in memory order (so on any
 // byte order it compares equal to the same bytes loaded from a buffer; the
 // compilers fold it to a constant).
 inline std::uint32_t word4(const char (&s)[5]) noexcept {
   std::uint32_t w;
   std::memcpy(&w, s, 4);
+  return w;
+}
+
+inline std::uint64_t word8(const char (&s)[9]) noexcept {
+  std::uint64_t w;
+  std::memcpy(&w, s, 8);
   return w;
 }
 
@@ -341,8 +347,11 @@ inline parse_result request_parser::fast_head(const char* p, std::size_t n) noex
     }
     const std::size_t t = i + 1;
     const std::size_t j = detail::scan_target(p, t, n);
-    if (j == t || n - j < 11 || p[j] != ' ' || std::memcmp(p + j + 1, "HTTP/1.", 7) != 0 || p[j + 8] < '0' ||
-        p[j + 8] > '9' || p[j + 9] != '\r' || p[j + 10] != '\n' || j + 9 - b > lim_.max_request_line)
+    if (j == t || n - j < 11) return parse_result::incomplete;
+    std::uint64_t version;  // " HTTP/1." as one word
+    std::memcpy(&version, p + j, 8);
+    if (version != detail::word8(" HTTP/1.") || p[j + 8] < '0' || p[j + 8] > '9' || p[j + 9] != '\r' ||
+        p[j + 10] != '\n' || j + 9 - b > lim_.max_request_line)
       return parse_result::incomplete;
     req_.minor_version = p[j + 8] == '0' ? 0 : 1;
     if (kind >= 0 && p[t] == '/') {  // origin-form of GET, HEAD or POST: nothing more to check
