@@ -158,7 +158,7 @@ class request_parser {
 
   limits lim_;
   request req_;
-  std::vector<field_offsets> offsets_;
+  std::vector<field_offsets> offsets_;  // max_fields records; the first st_.fields are this head's
   // What one request's parsing has found so far: all of it zero at the
   // start, so reset() is a few wide stores.
   struct progress {
@@ -174,6 +174,7 @@ class request_parser {
     std::uint32_t method[2], target[2], path[2], query[2], host[2];
     unsigned host_count, te_codings, te_chunked;  // te_: over all Transfer-Encoding lines
     unsigned empty_lines;
+    unsigned fields;  // how many of offsets_ this head has filled
     bool host_from_target, te_last_chunked, connection_close, connection_keep_alive, expect_other;
   };
   progress st_{};
@@ -226,12 +227,12 @@ inline request_parser::request_parser(limits lim) : lim_(lim) {
       std::uint64_t{2} * detail::max_empty_lines + lim.max_request_line + lim.max_header_bytes + 4;
   if (lim.max_request_line > 0xffffffffu || lim.max_header_bytes > 0xffffffffu || most > 0x7fffffffu)
     throw std::invalid_argument("httpd::limits: max_request_line + max_header_bytes must stay under 2 GiB");
-  offsets_.reserve(lim.max_fields);
+  offsets_.resize(lim.max_fields);
   req_.fields.reserve(lim.max_fields);
 }
 
 inline void request_parser::reset() noexcept {
-  offsets_.clear();  // req_.fields keeps its size until the next done or error (see materialise)
+  // req_.fields keeps its size until the next done or error (see materialise).
   // The request's views are re-pointed by every done and cleared by every
   // error (see materialise and fail); its kind, version and keep_alive are
   // set by every head that gets that far. What a head may leave unset:
@@ -444,7 +445,7 @@ inline void request_parser::materialise(std::string_view bytes) noexcept {
   // alone, so a server whose requests carry as many fields as the last one's
   // does not resize at all; there is never an allocation (the capacity was
   // reserved at construction).
-  const std::size_t count = offsets_.size();
+  const std::size_t count = st_.fields;
   if (req_.fields.size() != count) req_.fields.resize(count);
   const field_offsets* from = offsets_.data();
   header_field* out = req_.fields.data();

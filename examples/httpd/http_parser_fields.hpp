@@ -23,7 +23,7 @@ inline parse_result request_parser::on_field_line(std::string_view bytes, std::s
   using detail::is;
   const char* p = bytes.data();
   if (detail::is_ows_char(p[b])) return fail(400, "obsolete line folding in the header");
-  if (offsets_.size() >= lim_.max_fields) return fail(431, "too many header fields");  // before the syntax
+  if (st_.fields >= lim_.max_fields) return fail(431, "too many header fields");  // before the syntax
   std::size_t i = b;
   while (i < e && is(p[i], detail::c_token)) ++i;
   if (i == e) return fail(400, "header field without a colon");
@@ -46,12 +46,12 @@ inline parse_result request_parser::on_field_line(std::string_view bytes, std::s
 
 inline parse_result request_parser::on_field(const char* p, std::size_t b, std::size_t i, std::size_t v,
                                              std::size_t ve, bool host_checked) noexcept {
-  if (offsets_.size() >= lim_.max_fields) return fail(431, "too many header fields");
+  if (st_.fields >= lim_.max_fields) return fail(431, "too many header fields");
   const auto off = [](std::size_t x) { return static_cast<std::uint32_t>(x); };
   // Member by member: building the record whole and copying it in made the
   // compilers read back four fresh 32-bit stores as one 128-bit load, which
   // cannot be store-forwarded (a stall worth a quarter of this function).
-  field_offsets& rec = offsets_.emplace_back();
+  field_offsets& rec = offsets_[st_.fields++];
   rec.name = off(b), rec.name_len = off(i - b), rec.value = off(v), rec.value_len = off(ve - v);
   // Only names of these lengths can matter below: one test skips the rest.
   constexpr std::uint32_t special = 1u << 4 | 1u << 6 | 1u << 10 | 1u << 14 | 1u << 17;
