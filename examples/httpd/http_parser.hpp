@@ -6,6 +6,10 @@
 // splitting). No syscalls, no allocation per request: the parser reads the
 // bytes the server has buffered and hands back string_views into them. Its
 // inner loops use SSE2 or AVX2 where the build allows (http_scan.hpp).
+// What each line means is in two parts it includes: http_parser_target.hpp
+// (the request line and its target) and http_parser_fields.hpp (the fields,
+// Host and the framing fields); this file is the request, the parser's
+// state, and the pass over a head that drives both.
 // It is strict where leniency lets two parsers disagree about
 // where a message ends (request smuggling): CRLF line ends only, no obs-fold,
 // no whitespace before the colon, one unambiguous framing per request.
@@ -30,6 +34,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <stdexcept>
 #include <string_view>
@@ -51,18 +56,18 @@ struct header_field {
 /// the last request_parser::parse() call; it stays valid until that buffer is
 /// modified, moved or freed, or the parser is reset.
 struct request {
-  std::string_view method;     ///< as received, e.g. "GET"
+  std::string_view method;  ///< as received, e.g. "GET"
   verb kind = verb::get;
-  std::string_view target;     ///< the request-target as received
-  std::string_view path;       ///< of the target, still percent-encoded; "/" for "http://h";
-                               ///< "*" for asterisk-form; empty for CONNECT's authority-form
-  std::string_view query;      ///< after '?', without it; empty when there is none
-  int minor_version = 1;       ///< 0 for HTTP/1.0; 1 for 1.1 and later 1.x (answer them as 1.1)
+  std::string_view target;           ///< the request-target as received
+  std::string_view path;             ///< of the target, still percent-encoded; "/" for "http://h";
+                                     ///< "*" for asterisk-form; empty for CONNECT's authority-form
+  std::string_view query;            ///< after '?', without it; empty when there is none
+  int minor_version = 1;             ///< 0 for HTTP/1.0; 1 for 1.1 and later 1.x (answer them as 1.1)
   std::vector<header_field> fields;  ///< in order received (capacity reserved once: no allocation)
-  std::string_view host;       ///< the authority of an absolute-form target, else the Host field
+  std::string_view host;             ///< the authority of an absolute-form target, else the Host field
   std::optional<std::uint64_t> content_length;  ///< set when Content-Length was sent
-  bool chunked = false;        ///< the body is chunked: decode it with chunked_decoder
-  bool keep_alive = true;      ///< 1.1: unless "Connection: close"; 1.0: only with "keep-alive"
+  bool chunked = false;                         ///< the body is chunked: decode it with chunked_decoder
+  bool keep_alive = true;        ///< 1.1: unless "Connection: close"; 1.0: only with "keep-alive"
   bool expect_continue = false;  ///< 1.1 "Expect: 100-continue": send 100 before reading the body
 
   /// Whether a body follows the head (Content-Length > 0, or chunked).
@@ -94,14 +99,14 @@ class request_parser {
 
   /// Bytes of the head: leading empty lines, request line, fields and the
   /// final empty line. The body, or the next pipelined request, starts here.
-  std::size_t header_length() const noexcept { return header_length_; }
+  std::size_t header_length() const noexcept { return st_.header_length; }
 
   /// After error: the status to answer (400, 413, 414, 417, 431, 501, 505) and
   /// a one-line, human-readable reason for the response body ("Content-Length
   /// is not a number"). The connection must be closed after answering: once a
   /// head is rejected, where the next request would start cannot be trusted.
-  int error_status() const noexcept { return status_; }
-  std::string_view error_reason() const noexcept { return reason_; }
+  int error_status() const noexcept { return st_.status; }
+  std::string_view error_reason() const noexcept { return st_.reason != nullptr ? st_.reason : ""; }
 
   /// Ready for the next request (keeps the capacity it has: no allocation).
   void reset() noexcept;
@@ -119,20 +124,29 @@ class request_parser {
   // each. It gives up on anything else, leaving the line to the line-at-a-
   // time path below, which is the reference: so every verdict (and its
   // order of checks) is that path's, however the bytes were split.
-  // From line_: done, error, or incomplete for "the line at line_ is the
+  // From st_.line: done, error, or incomplete for "the line at st_.line is the
   // slow path's". Positions stay in registers, members are written on the
   // way out: reading back fresh stores was a good part of a short head's cost.
   parse_result fast_head(const char* p, std::size_t n) noexcept;
   parse_result on_request_line(std::string_view bytes, std::size_t begin, std::size_t end) noexcept;
   // What a request line means, once its syntax is known good: method [b, i),
   // target [t, j); fragment_checked: the target is known to hold no '#'.
+  // The path and query of a target whose path starts at path_begin and
+  // which ends at j.
+  void set_path_query(const char* p, std::size_t path_begin, std::size_t j) noexcept;
+  // kind: the verb when the caller knows it already, else -1.
   parse_result on_request_parts(const char* p, std::size_t b, std::size_t i, std::size_t t, std::size_t j,
-                                bool fragment_checked) noexcept;
+                                bool fragment_checked, int kind = -1) noexcept;
   parse_result on_field_line(std::string_view bytes, std::size_t begin, std::size_t end) noexcept;
   // What a field line means, once its syntax is known good: name [b, i),
   // value [v, ve) without surrounding whitespace.
-  parse_result on_field(const char* p, std::size_t b, std::size_t i, std::size_t v, std::size_t ve) noexcept;
-  // Host, Expect, Connection, Content-Length, Transfer-Encoding (or another
+  // host_checked: the caller knows it is Host with a plain, valid value.
+  parse_result on_field(const char* p, std::size_t b, std::size_t i, std::size_t v, std::size_t ve,
+                        bool host_checked = false) noexcept;
+  // The Host field's value [v, ve).
+  // checked: the value is known to be a plain valid host (see fast_head).
+  parse_result on_host(const char* p, std::size_t v, std::size_t ve, bool checked) noexcept;
+  // Expect, Connection, Content-Length, Transfer-Encoding (or another
   // name of one of their lengths); out of line, as most fields are none.
   parse_result on_special_field(const char* p, std::size_t b, std::size_t i, std::size_t v,
                                 std::size_t ve) noexcept;
@@ -144,24 +158,26 @@ class request_parser {
 
   limits lim_;
   request req_;
-  std::vector<field_offsets> offsets_;
-  stage stage_ = stage::request_line;
-  std::size_t line_ = 0;            // where the line being scanned starts
-  std::size_t scanned_ = 0;         // how far the search for its LF got
-  std::size_t fields_begin_ = 0;    // where the field section starts
-  std::size_t header_length_ = 0;
-  int status_ = 0;
-  const char* reason_ = "";
-  // Offsets of the request-line parts and of what the fields told us.
-  std::uint32_t method_[2] = {}, target_[2] = {}, path_[2] = {}, query_[2] = {}, host_[2] = {};
-  const char* path_literal_ = nullptr;  // "/" for an absolute-form target without a path
-  bool host_from_target_ = false;
-  unsigned host_count_ = 0;
-  unsigned te_codings_ = 0, te_chunked_ = 0;  // over all Transfer-Encoding lines
-  bool te_last_chunked_ = false;
-  bool connection_close_ = false, connection_keep_alive_ = false;
-  bool expect_other_ = false;
-  unsigned empty_lines_ = 0;
+  std::vector<field_offsets> offsets_;  // max_fields records; the first st_.fields are this head's
+  // What one request's parsing has found so far: all of it zero at the
+  // start, so reset() is a few wide stores.
+  struct progress {
+    stage at;                  // stage::request_line is zero
+    std::size_t line;          // where the line being scanned starts
+    std::size_t scanned;       // how far the search for its LF got
+    std::size_t fields_begin;  // where the field section starts
+    std::size_t header_length;
+    const char* reason;        // after error; nullptr reads as ""
+    const char* path_literal;  // "/" for an absolute-form target without a path
+    int status;
+    // Offsets of the request-line parts and of what the fields told us.
+    std::uint32_t method[2], target[2], path[2], query[2], host[2];
+    unsigned host_count, te_codings, te_chunked;  // te_: over all Transfer-Encoding lines
+    unsigned empty_lines;
+    unsigned fields;  // how many of offsets_ this head has filled
+    bool host_from_target, te_last_chunked, connection_close, connection_keep_alive, expect_other;
+  };
+  progress st_{};
 };
 
 // Implementation. A line seen whole for the first time goes through
@@ -172,7 +188,8 @@ class request_parser {
 // once, when its LF has arrived, so re-feeding a growing buffer costs only
 // the new bytes. That path is the reference: the fast one only ever agrees
 // with it, so no verdict depends on how the bytes were split (the fuzzer
-// checks this).
+// checks this). Both hand each well-formed line to the same functions
+// (on_request_parts, on_field), in the two files included at the end.
 
 inline const header_field* request::find(std::string_view name) const noexcept {
   for (const header_field& f : fields)
@@ -180,38 +197,25 @@ inline const header_field* request::find(std::string_view name) const noexcept {
   return nullptr;
 }
 
-
 namespace detail {
 
 // The most empty lines tolerated before a request line (RFC 9112 2.2 asks for
 // at least one, for clients that end a POST body with an extra CRLF).
 inline constexpr unsigned max_empty_lines = 8;
 
-inline bool parse_verb(std::string_view m, verb& out) noexcept {
-  switch (m.size()) {
-    case 3:
-      if (m == "GET") return out = verb::get, true;
-      if (m == "PUT") return out = verb::put, true;
-      break;
-    case 4:
-      if (m == "HEAD") return out = verb::head, true;
-      if (m == "POST") return out = verb::post, true;
-      break;
-    case 5:
-      if (m == "PATCH") return out = verb::patch, true;
-      if (m == "TRACE") return out = verb::trace, true;
-      break;
-    case 6:
-      if (m == "DELETE") return out = verb::delete_, true;
-      break;
-    case 7:
-      if (m == "OPTIONS") return out = verb::options, true;
-      if (m == "CONNECT") return out = verb::connect, true;
-      break;
-    default:
-      break;
-  }
-  return false;
+// The first four (eight) bytes of a literal as one word, in memory order (so on any
+// byte order it compares equal to the same bytes loaded from a buffer; the
+// compilers fold it to a constant).
+inline std::uint32_t word4(const char (&s)[5]) noexcept {
+  std::uint32_t w;
+  std::memcpy(&w, s, 4);
+  return w;
+}
+
+inline std::uint64_t word8(const char (&s)[9]) noexcept {
+  std::uint64_t w;
+  std::memcpy(&w, s, 8);
+  return w;
 }
 
 }  // namespace detail
@@ -219,167 +223,175 @@ inline bool parse_verb(std::string_view m, verb& out) noexcept {
 inline request_parser::request_parser(limits lim) : lim_(lim) {
   // Offsets are 32-bit to keep the per-field record small; a head this large
   // would be a denial of service long before it mattered.
-  const std::uint64_t most = std::uint64_t{2} * detail::max_empty_lines + lim.max_request_line +
-                             lim.max_header_bytes + 4;
+  const std::uint64_t most =
+      std::uint64_t{2} * detail::max_empty_lines + lim.max_request_line + lim.max_header_bytes + 4;
   if (lim.max_request_line > 0xffffffffu || lim.max_header_bytes > 0xffffffffu || most > 0x7fffffffu)
     throw std::invalid_argument("httpd::limits: max_request_line + max_header_bytes must stay under 2 GiB");
-  offsets_.reserve(lim.max_fields);
+  offsets_.resize(lim.max_fields);
   req_.fields.reserve(lim.max_fields);
 }
 
 inline void request_parser::reset() noexcept {
-  offsets_.clear();  // req_.fields keeps its size until the next done or error (see materialise)
-  // One by one: a chained a = b = {} made the compilers store the empty view
-  // as two 8-byte halves and read it back as one 16-byte load, which cannot
-  // be store-forwarded (a stall that was most of reset()'s time).
+  // req_.fields keeps its size until the next done or error (see materialise).
+  // The request's views are re-pointed by every done and cleared by every
+  // error (see materialise and fail); its kind, version and keep_alive are
+  // set by every head that gets that far. What a head may leave unset:
+  req_.content_length.reset();
+  req_.chunked = req_.expect_continue = false;
+  st_ = progress{};
+}
+
+inline parse_result request_parser::fail(int status, const char* reason) noexcept {
+  // No views of an earlier request left in a failed one. One by one: a
+  // chained a = b = {} made the compilers store an empty view as two 8-byte
+  // halves and read it back as one 16-byte load, which cannot be
+  // store-forwarded.
+  req_.fields.clear();
   req_.method = std::string_view();
   req_.target = std::string_view();
   req_.path = std::string_view();
   req_.query = std::string_view();
   req_.host = std::string_view();
-  req_.kind = verb::get;
-  req_.minor_version = 1;
-  req_.content_length.reset();
-  req_.chunked = req_.expect_continue = false;
-  req_.keep_alive = true;
-  stage_ = stage::request_line;
-  line_ = scanned_ = fields_begin_ = header_length_ = 0;
-  status_ = 0;
-  reason_ = "";
-  method_[0] = method_[1] = target_[0] = target_[1] = path_[0] = path_[1] = 0;
-  query_[0] = query_[1] = host_[0] = host_[1] = 0;
-  path_literal_ = nullptr;
-  host_from_target_ = false;
-  host_count_ = te_codings_ = te_chunked_ = empty_lines_ = 0;
-  te_last_chunked_ = connection_close_ = connection_keep_alive_ = expect_other_ = false;
-}
-
-inline parse_result request_parser::fail(int status, const char* reason) noexcept {
-  req_.fields.clear();  // no views of an earlier request left in a failed one
-  stage_ = stage::error;
-  status_ = status;
-  reason_ = reason;
+  st_.at = stage::error;
+  st_.status = status;
+  st_.reason = reason;
   return parse_result::error;
 }
 
 inline parse_result request_parser::parse(std::string_view bytes) {
-  if (stage_ == stage::done) {
-    if (bytes.size() < header_length_)
+  if (st_.at == stage::done) {
+    if (bytes.size() < st_.header_length)
       throw std::logic_error("httpd::request_parser::parse: the buffer lost bytes already parsed");
     materialise(bytes);
     return parse_result::done;
   }
-  if (stage_ == stage::error) return parse_result::error;
-  if (bytes.size() < scanned_)
+  if (st_.at == stage::error) return parse_result::error;
+  if (bytes.size() < st_.scanned)
     throw std::logic_error("httpd::request_parser::parse: the buffer lost bytes already parsed");
   const char* p = bytes.data();
   const std::size_t n = bytes.size();
   while (true) {
-    if (scanned_ == line_) {  // a line not looked at yet
+    if (st_.scanned == st_.line) {  // a line not looked at yet
       const parse_result r = fast_head(p, n);
       if (r == parse_result::done) materialise(bytes);
       if (r != parse_result::incomplete) return r;
     }
-    const void* lf = scanned_ < n ? std::memchr(p + scanned_, '\n', n - scanned_) : nullptr;
+    const void* lf = st_.scanned < n ? std::memchr(p + st_.scanned, '\n', n - st_.scanned) : nullptr;
     if (lf == nullptr) {
-      scanned_ = n;
+      st_.scanned = n;
       // Refuse an over-long line as soon as it is certain, not when it ends:
       // a client could otherwise make us buffer without bound.
-      if (stage_ == stage::request_line) {
-        if (n - line_ > lim_.max_request_line + 1) return fail(414, "request line too long");
+      if (st_.at == stage::request_line) {
+        if (n - st_.line > lim_.max_request_line + 1) return fail(414, "request line too long");
       } else {
-        if (n - fields_begin_ >= lim_.max_header_bytes) return fail(431, "header section too large");
-        if (n - line_ > lim_.max_field_line + 1) return fail(431, "header field line too long");
+        if (n - st_.fields_begin >= lim_.max_header_bytes) return fail(431, "header section too large");
+        if (n - st_.line > lim_.max_field_line + 1) return fail(431, "header field line too long");
       }
       return parse_result::incomplete;
     }
     const std::size_t at = static_cast<std::size_t>(static_cast<const char*>(lf) - p);
-    const bool crlf = at > line_ && p[at - 1] == '\r';
+    const bool crlf = at > st_.line && p[at - 1] == '\r';
     const std::size_t end = crlf ? at - 1 : at, next = at + 1;
     // Limits first, in the order the incomplete case above checks them, so
     // that the verdict does not depend on how the bytes were split.
-    if (stage_ == stage::request_line) {
-      if (end - line_ > lim_.max_request_line) return fail(414, "request line too long");
+    if (st_.at == stage::request_line) {
+      if (end - st_.line > lim_.max_request_line) return fail(414, "request line too long");
     } else {
-      if (next - fields_begin_ > lim_.max_header_bytes) return fail(431, "header section too large");
-      if (end - line_ > lim_.max_field_line) return fail(431, "header field line too long");
+      if (next - st_.fields_begin > lim_.max_header_bytes) return fail(431, "header section too large");
+      if (end - st_.line > lim_.max_field_line) return fail(431, "header field line too long");
     }
     if (!crlf) return fail(400, "line ended by a bare LF (CRLF required)");
-    if (stage_ == stage::request_line) {
-      if (end == line_) {
-        if (++empty_lines_ > detail::max_empty_lines) return fail(400, "too many empty lines before the request line");
+    if (st_.at == stage::request_line) {
+      if (end == st_.line) {
+        if (++st_.empty_lines > detail::max_empty_lines)
+          return fail(400, "too many empty lines before the request line");
       } else {
-        if (on_request_line(bytes, line_, end) == parse_result::error) return parse_result::error;
-        stage_ = stage::fields;
-        fields_begin_ = next;
+        if (on_request_line(bytes, st_.line, end) == parse_result::error) return parse_result::error;
+        st_.at = stage::fields;
+        st_.fields_begin = next;
       }
     } else {
-      if (end == line_) {
-        header_length_ = next;
+      if (end == st_.line) {
+        st_.header_length = next;
         if (on_head_end() == parse_result::error) return parse_result::error;
         materialise(bytes);
         return parse_result::done;
       }
-      if (on_field_line(bytes, line_, end) == parse_result::error) return parse_result::error;
+      if (on_field_line(bytes, st_.line, end) == parse_result::error) return parse_result::error;
     }
-    line_ = scanned_ = next;
+    st_.line = st_.scanned = next;
   }
 }
 
-inline parse_result request_parser::on_request_line(std::string_view bytes, std::size_t b,
-                                                    std::size_t e) noexcept {
-  using detail::is;
-  const char* p = bytes.data();
-  std::size_t i = b;
-  while (i < e && is(p[i], detail::c_token)) ++i;
-  if (i == b) return fail(400, p[b] == ' ' || p[b] == '\t' ? "whitespace before the method" : "method is not a token");
-  if (i == e) return fail(400, "request line has no target");
-  if (p[i] != ' ') return fail(400, "method is not a token");
-  const std::size_t t = i + 1;
-  std::size_t j = t;
-  while (j < e && is(p[j], detail::c_target)) ++j;
-  if (j == t) return fail(400, p[t] == ' ' ? "more than one space in the request line" : "invalid request target");
-  if (j == e) return fail(400, "request line has no HTTP version");
-  if (p[j] != ' ') return fail(400, "invalid character in the request target");
-  std::string_view version(p + j + 1, e - j - 1);
-  if (version.size() != 8 || version.substr(0, 5) != "HTTP/" || version[5] < '0' || version[5] > '9' ||
-      version[6] != '.' || version[7] < '0' || version[7] > '9')
-    return fail(400, version.empty()      ? "request line has no HTTP version"
-                     : version[0] == ' ' ? "more than one space in the request line"
-                                         : "malformed HTTP version");
-  if (version[5] != '1') return fail(505, "only HTTP/1.x is supported");
-  req_.minor_version = version[7] == '0' ? 0 : 1;
-  return on_request_parts(p, b, i, t, j, false);
-}
-
 inline parse_result request_parser::fast_head(const char* p, std::size_t n) noexcept {
-  std::size_t b = line_, fields_begin = fields_begin_;
-  if (stage_ == stage::request_line) {
+  std::size_t b = st_.line, fields_begin = st_.fields_begin;
+  if (st_.at == stage::request_line) {
     // method SP target SP "HTTP/1." DIGIT CRLF, nothing else; an empty line
     // before it, or anything unusual, is the slow path's.
-    const std::size_t i = detail::scan_name(p, b, n);
-    if (i == b || i >= n || p[i] != ' ') return parse_result::incomplete;
+    // GET, HEAD and POST are nearly every request: one 4-byte compare each
+    // finds the method and its kind, with no scan and no second look.
+    std::size_t i = b;
+    int kind = -1;
+    if (n - b >= 5) {
+      std::uint32_t w;
+      std::memcpy(&w, p + b, 4);
+      if (w == detail::word4("GET "))
+        i = b + 3, kind = static_cast<int>(verb::get);
+      else if (p[b + 4] == ' ' && w == detail::word4("HEAD"))
+        i = b + 4, kind = static_cast<int>(verb::head);
+      else if (p[b + 4] == ' ' && w == detail::word4("POST"))
+        i = b + 4, kind = static_cast<int>(verb::post);
+    }
+    if (kind < 0) {
+      i = detail::scan_name(p, b, n);
+      if (i == b || i >= n || p[i] != ' ') return parse_result::incomplete;
+    }
     const std::size_t t = i + 1;
     const std::size_t j = detail::scan_target(p, t, n);
-    if (j == t || n - j < 11 || p[j] != ' ' || std::memcmp(p + j + 1, "HTTP/1.", 7) != 0 || p[j + 8] < '0' ||
-        p[j + 8] > '9' || p[j + 9] != '\r' || p[j + 10] != '\n' || j + 9 - b > lim_.max_request_line)
+    if (j == t || n - j < 11) return parse_result::incomplete;
+    std::uint64_t version;  // " HTTP/1." as one word
+    std::memcpy(&version, p + j, 8);
+    if (version != detail::word8(" HTTP/1.") || p[j + 8] < '0' || p[j + 8] > '9' || p[j + 9] != '\r' ||
+        p[j + 10] != '\n' || j + 9 - b > lim_.max_request_line)
       return parse_result::incomplete;
     req_.minor_version = p[j + 8] == '0' ? 0 : 1;
-    if (on_request_parts(p, b, i, t, j, true) == parse_result::error) return parse_result::error;
-    stage_ = stage::fields;
-    b = fields_begin = fields_begin_ = j + 11;
+    if (kind >= 0 && p[t] == '/') {  // origin-form of GET, HEAD or POST: nothing more to check
+      req_.kind = static_cast<verb>(kind);
+      st_.method[0] = static_cast<std::uint32_t>(b), st_.method[1] = static_cast<std::uint32_t>(i - b);
+      st_.target[0] = static_cast<std::uint32_t>(t), st_.target[1] = static_cast<std::uint32_t>(j - t);
+      set_path_query(p, t, j);
+    } else if (on_request_parts(p, b, i, t, j, true, kind) == parse_result::error) {
+      return parse_result::error;
+    }
+    st_.at = stage::fields;
+    b = fields_begin = st_.fields_begin = j + 11;
   }
   const std::size_t max_header = lim_.max_header_bytes, max_line = lim_.max_field_line;
   while (b < n) {
     if (p[b] == '\r') {  // the empty line ending the head
       if (n - b < 2 || p[b + 1] != '\n' || b + 2 - fields_begin > max_header) break;
-      header_length_ = b + 2;
+      st_.header_length = b + 2;
       return on_head_end();
     }
     const std::size_t i = detail::scan_name(p, b, n);
     if (i == b || i >= n || p[i] != ':') break;
     std::size_t v = i + 1;
     while (v < n && detail::is_ows_char(p[v])) ++v;
+    if (i - b == 4 && detail::token_is(p + b, "host")) {
+      // Host in one pass: nearly always a plain reg-name or IPv4 address,
+      // perhaps a port, then CRLF. The value scan below would only repeat
+      // this; anything else goes that way, to the full authority check.
+      std::size_t k = detail::scan_host_simple(p, v, n);
+      if (k > v && k < n && p[k] == ':')
+        while (++k < n && p[k] >= '0' && p[k] <= '9') {
+        }
+      if (k > v && n - k >= 2 && p[k] == '\r' && p[k + 1] == '\n' && k + 2 - fields_begin <= max_header &&
+          k - b <= max_line) {
+        if (on_field(p, b, i, v, k, true) == parse_result::error) return parse_result::error;
+        b = k + 2;
+        continue;
+      }
+    }
     // One pass finds the line's end and checks the value: the first byte
     // below 0x20 or 0x7f must be the CR of CRLF (HTAB is passed over).
     std::size_t e = detail::scan_value(p, v, n);
@@ -391,225 +403,49 @@ inline parse_result request_parser::fast_head(const char* p, std::size_t n) noex
     if (on_field(p, b, i, v, ve) == parse_result::error) return parse_result::error;
     b = e + 2;
   }
-  line_ = scanned_ = b;
+  st_.line = st_.scanned = b;
   return parse_result::incomplete;
-}
-
-inline parse_result request_parser::on_request_parts(const char* p, std::size_t b, std::size_t i, std::size_t t,
-                                                     std::size_t j, bool fragment_checked) noexcept {
-  const std::string_view method(p + b, i - b);
-  if (!detail::parse_verb(method, req_.kind)) return fail(501, "unknown method");
-  const auto off = [&](std::size_t x) { return static_cast<std::uint32_t>(x); };
-  method_[0] = off(b), method_[1] = off(i - b);
-  target_[0] = off(t), target_[1] = off(j - t);
-  std::string_view target(p + t, j - t);
-  if (!fragment_checked && target.find('#') != std::string_view::npos)
-    return fail(400, "fragment in the request target");
-
-  if (req_.kind == verb::connect) {  // authority-form, and only there
-    if (!detail::valid_authority(target, detail::port_rule::required))
-      return fail(400, "CONNECT needs a host:port target");
-    host_[0] = off(t), host_[1] = off(j - t);
-    host_from_target_ = true;
-    path_[0] = path_[1] = query_[0] = query_[1] = 0;
-    return parse_result::incomplete;
-  }
-  std::size_t path_begin = t;  // origin-form
-  if (target[0] != '/') {
-    if (target == "*") {
-      if (req_.kind != verb::options) return fail(400, "asterisk-form target is only for OPTIONS");
-      path_[0] = off(t), path_[1] = 1;
-      return parse_result::incomplete;
-    }
-    // absolute-form: scheme "://" authority [path-abempty] ["?" query]
-    std::size_t colon = target.find("://");
-    std::string_view scheme = target.substr(0, colon);
-    if (colon == std::string_view::npos || !(iequals(scheme, "http") || iequals(scheme, "https")))
-      return fail(400, "invalid request target");
-    std::size_t a = colon + 3, z = a;
-    while (z < target.size() && target[z] != '/' && target[z] != '?') ++z;
-    std::string_view authority = target.substr(a, z - a);
-    if (authority.empty()) return fail(400, "absolute target without a host");
-    if (authority.find('@') != std::string_view::npos) return fail(400, "user information in the request target");
-    if (!detail::valid_authority(authority)) return fail(400, "invalid host in the request target");
-    host_[0] = off(t + a), host_[1] = off(z - a);
-    host_from_target_ = true;
-    path_begin = t + z;
-  }
-  std::size_t q = path_begin;
-  if (j - path_begin < 16) {  // memchr's call costs more than a short loop
-    while (q < j && p[q] != '?') ++q;
-  } else {
-    const void* question = std::memchr(p + path_begin, '?', j - path_begin);
-    q = question != nullptr ? static_cast<std::size_t>(static_cast<const char*>(question) - p) : j;
-  }
-  path_[0] = off(path_begin), path_[1] = off(q - path_begin);
-  if (q == path_begin && (q == j || p[q] == '?')) path_literal_ = "/";
-  if (q < j) query_[0] = off(q + 1), query_[1] = off(j - q - 1);
-  return parse_result::incomplete;
-}
-
-inline parse_result request_parser::on_field_line(std::string_view bytes, std::size_t b,
-                                                  std::size_t e) noexcept {
-  using detail::is;
-  const char* p = bytes.data();
-  if (detail::is_ows_char(p[b])) return fail(400, "obsolete line folding in the header");
-  if (offsets_.size() >= lim_.max_fields) return fail(431, "too many header fields");  // before the syntax
-  std::size_t i = b;
-  while (i < e && is(p[i], detail::c_token)) ++i;
-  if (i == e) return fail(400, "header field without a colon");
-  if (p[i] != ':') {
-    if (detail::is_ows_char(p[i])) return fail(400, "whitespace before the colon of a header field");
-    return fail(400, "invalid character in a header field name");
-  }
-  if (i == b) return fail(400, "empty header field name");
-  std::size_t v = i + 1, ve = e;
-  while (v < ve && detail::is_ows_char(p[v])) ++v;
-  while (ve > v && detail::is_ows_char(p[ve - 1])) --ve;
-  const std::size_t bad = v + detail::find_bad_value_char(p + v, ve - v);
-  if (bad != ve) {
-    if (p[bad] == '\0') return fail(400, "NUL in a header field value");
-    if (p[bad] == '\r') return fail(400, "bare CR in a header field value");
-    return fail(400, "control character in a header field value");
-  }
-  return on_field(p, b, i, v, ve);
-}
-
-inline parse_result request_parser::on_field(const char* p, std::size_t b, std::size_t i, std::size_t v,
-                                             std::size_t ve) noexcept {
-  if (offsets_.size() >= lim_.max_fields) return fail(431, "too many header fields");
-  const auto off = [](std::size_t x) { return static_cast<std::uint32_t>(x); };
-  // Member by member: building the record whole and copying it in made the
-  // compilers read back four fresh 32-bit stores as one 128-bit load, which
-  // cannot be store-forwarded (a stall worth a quarter of this function).
-  field_offsets& rec = offsets_.emplace_back();
-  rec.name = off(b), rec.name_len = off(i - b), rec.value = off(v), rec.value_len = off(ve - v);
-  // Only names of these lengths can matter below: one test skips the rest.
-  constexpr std::uint32_t special = 1u << 4 | 1u << 6 | 1u << 10 | 1u << 14 | 1u << 17;
-  if (i - b > 17 || (special >> (i - b) & 1u) == 0) return parse_result::incomplete;
-  return on_special_field(p, b, i, v, ve);
-}
-
-#if defined(__GNUC__) || defined(__clang__)
-__attribute__((noinline))
-#endif
-inline parse_result request_parser::on_special_field(const char* p, std::size_t b, std::size_t i, std::size_t v,
-                                                     std::size_t ve) noexcept {
-  const auto off = [](std::size_t x) { return static_cast<std::uint32_t>(x); };
-  const std::string_view name(p + b, i - b), value(p + v, ve - v);
-
-  // Fields that decide framing and connection handling, dispatched on
-  // length, then the first byte, so most fields cost a switch and a compare.
-  const char first = static_cast<char>(p[b] | 0x20);
-  switch (name.size()) {
-    case 4:
-      if (first != 'h' || !detail::token_is(p + b, "host")) break;
-      if (++host_count_ > 1) return fail(400, "more than one Host field");
-      // Empty is allowed (RFC 9110 7.2); anything else is an authority.
-      if (!value.empty() && !host_quick(p, v, ve) && !detail::valid_authority(value))
-        return fail(400, "invalid Host field");
-      if (!host_from_target_) host_[0] = off(v), host_[1] = off(ve - v);
-      break;
-    case 6:
-      if (first != 'e' || !detail::token_is(p + b, "expect")) break;
-      if (iequals(value, "100-continue")) req_.expect_continue = true;
-      else expect_other_ = true;
-      break;
-    case 10:
-      if (first != 'c' || !detail::token_is(p + b, "connection")) break;
-      detail::for_each_element(value, [this](std::string_view token) {
-        if (iequals(token, "close")) connection_close_ = true;
-        else if (iequals(token, "keep-alive")) connection_keep_alive_ = true;
-        return true;
-      });
-      break;
-    case 14: {
-      if (first != 'c' || !detail::token_is(p + b, "content-length")) break;
-      if (value.empty()) return fail(400, "Content-Length is not a number");
-      std::uint64_t len = 0;
-      for (char c : value) {
-        if (c < '0' || c > '9') return fail(400, "Content-Length is not a number");
-        if (len > (UINT64_MAX - 9) / 10) return fail(400, "Content-Length is too large");
-        len = len * 10 + static_cast<std::uint64_t>(c - '0');
-      }
-      if (req_.content_length && *req_.content_length != len)
-        return fail(400, "conflicting Content-Length fields");
-      req_.content_length = len;
-      break;
-    }
-    case 17: {
-      if (first != 't' || !detail::token_is(p + b, "transfer-encoding")) break;
-      unsigned before = te_codings_;
-      bool ok = detail::for_each_element(value, [this](std::string_view coding) {
-        // A coding with parameters is well-formed but never chunked (chunked
-        // has none): it counts as an unknown coding, so "chunked;q=1" alone
-        // is 400 (the last coding is not chunked), and before a chunked, 501.
-        const std::size_t semi = coding.find(';');
-        const std::string_view bare = detail::trim_ows(coding.substr(0, semi));
-        if (!is_token(bare)) return false;
-        if (semi != std::string_view::npos && !detail::valid_parameters(coding.substr(semi))) return false;
-        ++te_codings_;
-        te_last_chunked_ = semi == std::string_view::npos && iequals(bare, "chunked");
-        if (te_last_chunked_) ++te_chunked_;
-        return true;
-      });
-      if (!ok) return fail(400, "invalid Transfer-Encoding");
-      if (te_codings_ == before) return fail(400, "empty Transfer-Encoding");
-      break;
-    }
-    default:
-      break;
-  }
-  return parse_result::incomplete;
-}
-
-inline bool request_parser::host_quick(const char* p, std::size_t v, std::size_t ve) const noexcept {
-  std::size_t k = detail::scan_host_simple(p, v, ve);
-  if (k == v) return false;
-  if (k < ve && p[k] == ':')
-    while (++k < ve && p[k] >= '0' && p[k] <= '9') {
-    }
-  return k == ve;
 }
 
 inline parse_result request_parser::on_head_end() noexcept {
-  if (req_.minor_version == 1 && host_count_ == 0) return fail(400, "missing Host field (required in HTTP/1.1)");
-  if (te_codings_ != 0) {
+  if (req_.minor_version == 1 && st_.host_count == 0)
+    return fail(400, "missing Host field (required in HTTP/1.1)");
+  if (st_.te_codings != 0) {
     if (req_.minor_version == 0) return fail(400, "Transfer-Encoding in an HTTP/1.0 request");
     if (req_.content_length) return fail(400, "both Content-Length and Transfer-Encoding");
-    if (!te_last_chunked_) return fail(400, "final transfer coding is not chunked");
-    if (te_chunked_ > 1) return fail(400, "chunked transfer coding applied more than once");
-    if (te_codings_ > 1) return fail(501, "transfer codings other than chunked are not implemented");
+    if (!st_.te_last_chunked) return fail(400, "final transfer coding is not chunked");
+    if (st_.te_chunked > 1) return fail(400, "chunked transfer coding applied more than once");
+    if (st_.te_codings > 1) return fail(501, "transfer codings other than chunked are not implemented");
     req_.chunked = true;
   }
   if (req_.content_length && *req_.content_length > lim_.max_body) return fail(413, "request body too large");
-  if (expect_other_) return fail(417, "unsupported expectation (only 100-continue is)");
+  if (st_.expect_other) return fail(417, "unsupported expectation (only 100-continue is)");
   if (req_.minor_version == 0) {
     // RFC 9110 10.1.1: a 1.0 client cannot have meant it.
     req_.expect_continue = false;
-    req_.keep_alive = connection_keep_alive_ && !connection_close_;
+    req_.keep_alive = st_.connection_keep_alive && !st_.connection_close;
   } else {
-    req_.keep_alive = !connection_close_;
+    req_.keep_alive = !st_.connection_close;
   }
-  stage_ = stage::done;
+  st_.at = stage::done;
   return parse_result::done;
 }
 
 inline void request_parser::materialise(std::string_view bytes) noexcept {
   const char* p = bytes.data();
   const auto view = [p](const std::uint32_t* o) { return std::string_view(p + o[0], o[1]); };
-  req_.method = view(method_);
-  req_.target = view(target_);
-  req_.path = path_literal_ != nullptr ? std::string_view(path_literal_) : view(path_);
-  req_.query = view(query_);
-  req_.host = view(host_);
+  req_.method = view(st_.method);
+  req_.target = view(st_.target);
+  req_.path = st_.path_literal != nullptr ? std::string_view(st_.path_literal) : view(st_.path);
+  req_.query = view(st_.query);
+  req_.host = view(st_.host);
   // Sized once, then filled through a plain pointer: push_back would store
   // and reload the vector's end for every field, a chain through memory
   // that cost more than the parsing of the fields. reset() leaves the size
   // alone, so a server whose requests carry as many fields as the last one's
   // does not resize at all; there is never an allocation (the capacity was
   // reserved at construction).
-  const std::size_t count = offsets_.size();
+  const std::size_t count = st_.fields;
   if (req_.fields.size() != count) req_.fields.resize(count);
   const field_offsets* from = offsets_.data();
   header_field* out = req_.fields.data();
@@ -619,3 +455,7 @@ inline void request_parser::materialise(std::string_view bytes) noexcept {
 }
 
 }  // namespace httpd
+
+// What each line means: the fields, and the request line with its target.
+#include "http_parser_fields.hpp"
+#include "http_parser_target.hpp"

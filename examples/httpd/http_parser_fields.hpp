@@ -1,0 +1,153 @@
+// examples/httpd/http_parser_fields.hpp: the header fields of
+// httpd::request_parser, and what the few that matter to the server mean.
+//
+// on_field_line() is the reference check of a whole field line (the line-at-
+// a-time path); the fast path in http_parser.hpp checks the same syntax
+// itself. Both hand a well-formed field to on_field(), which records its
+// offsets and looks at the fields that decide framing and connection
+// handling: Host (its shape, RFC 9112 3.2 and RFC 3986 3.2), Content-Length,
+// Transfer-Encoding, Connection and Expect. Their combination is judged at
+// the end of the head, in on_head_end(). Included by http_parser.hpp;
+// include that.
+#pragma once
+
+#include "http_parser.hpp"
+
+#include <cstdint>
+#include <string_view>
+
+namespace httpd {
+
+inline parse_result request_parser::on_field_line(std::string_view bytes, std::size_t b,
+                                                  std::size_t e) noexcept {
+  using detail::is;
+  const char* p = bytes.data();
+  if (detail::is_ows_char(p[b])) return fail(400, "obsolete line folding in the header");
+  if (st_.fields >= lim_.max_fields) return fail(431, "too many header fields");  // before the syntax
+  std::size_t i = b;
+  while (i < e && is(p[i], detail::c_token)) ++i;
+  if (i == e) return fail(400, "header field without a colon");
+  if (p[i] != ':') {
+    if (detail::is_ows_char(p[i])) return fail(400, "whitespace before the colon of a header field");
+    return fail(400, "invalid character in a header field name");
+  }
+  if (i == b) return fail(400, "empty header field name");
+  std::size_t v = i + 1, ve = e;
+  while (v < ve && detail::is_ows_char(p[v])) ++v;
+  while (ve > v && detail::is_ows_char(p[ve - 1])) --ve;
+  const std::size_t bad = v + detail::find_bad_value_char(p + v, ve - v);
+  if (bad != ve) {
+    if (p[bad] == '\0') return fail(400, "NUL in a header field value");
+    if (p[bad] == '\r') return fail(400, "bare CR in a header field value");
+    return fail(400, "control character in a header field value");
+  }
+  return on_field(p, b, i, v, ve);
+}
+
+inline parse_result request_parser::on_field(const char* p, std::size_t b, std::size_t i, std::size_t v,
+                                             std::size_t ve, bool host_checked) noexcept {
+  if (st_.fields >= lim_.max_fields) return fail(431, "too many header fields");
+  const auto off = [](std::size_t x) { return static_cast<std::uint32_t>(x); };
+  // Member by member: building the record whole and copying it in made the
+  // compilers read back four fresh 32-bit stores as one 128-bit load, which
+  // cannot be store-forwarded (a stall worth a quarter of this function).
+  field_offsets& rec = offsets_[st_.fields++];
+  rec.name = off(b), rec.name_len = off(i - b), rec.value = off(v), rec.value_len = off(ve - v);
+  // Only names of these lengths can matter below: one test skips the rest.
+  constexpr std::uint32_t special = 1u << 4 | 1u << 6 | 1u << 10 | 1u << 14 | 1u << 17;
+  if (host_checked) return on_host(p, v, ve, true);
+  if (i - b > 17 || (special >> (i - b) & 1u) == 0) return parse_result::incomplete;
+  // Host is in every 1.1 request: checked here, in line, the rest out of line.
+  if (i - b == 4 && detail::token_is(p + b, "host")) return on_host(p, v, ve, false);
+  return on_special_field(p, b, i, v, ve);
+}
+
+inline parse_result request_parser::on_host(const char* p, std::size_t v, std::size_t ve,
+                                            bool checked) noexcept {
+  if (++st_.host_count > 1) return fail(400, "more than one Host field");
+  // Empty is allowed (RFC 9110 7.2); anything else is an authority.
+  if (!checked && ve != v && !host_quick(p, v, ve) &&
+      !detail::valid_authority(std::string_view(p + v, ve - v)))
+    return fail(400, "invalid Host field");
+  if (!st_.host_from_target)
+    st_.host[0] = static_cast<std::uint32_t>(v), st_.host[1] = static_cast<std::uint32_t>(ve - v);
+  return parse_result::incomplete;
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline))
+#endif
+inline parse_result
+request_parser::on_special_field(const char* p, std::size_t b, std::size_t i, std::size_t v,
+                                 std::size_t ve) noexcept {
+  const std::string_view name(p + b, i - b), value(p + v, ve - v);
+
+  // Fields that decide framing and connection handling, dispatched on
+  // length, then the first byte, so most fields cost a switch and a compare.
+  const char first = static_cast<char>(p[b] | 0x20);
+  switch (name.size()) {
+    case 6:
+      if (first != 'e' || !detail::token_is(p + b, "expect")) break;
+      if (iequals(value, "100-continue"))
+        req_.expect_continue = true;
+      else
+        st_.expect_other = true;
+      break;
+    case 10:
+      if (first != 'c' || !detail::token_is(p + b, "connection")) break;
+      detail::for_each_element(value, [this](std::string_view token) {
+        if (iequals(token, "close"))
+          st_.connection_close = true;
+        else if (iequals(token, "keep-alive"))
+          st_.connection_keep_alive = true;
+        return true;
+      });
+      break;
+    case 14: {
+      if (first != 'c' || !detail::token_is(p + b, "content-length")) break;
+      if (value.empty()) return fail(400, "Content-Length is not a number");
+      std::uint64_t len = 0;
+      for (char c : value) {
+        if (c < '0' || c > '9') return fail(400, "Content-Length is not a number");
+        if (len > (UINT64_MAX - 9) / 10) return fail(400, "Content-Length is too large");
+        len = len * 10 + static_cast<std::uint64_t>(c - '0');
+      }
+      if (req_.content_length && *req_.content_length != len)
+        return fail(400, "conflicting Content-Length fields");
+      req_.content_length = len;
+      break;
+    }
+    case 17: {
+      if (first != 't' || !detail::token_is(p + b, "transfer-encoding")) break;
+      unsigned before = st_.te_codings;
+      bool ok = detail::for_each_element(value, [this](std::string_view coding) {
+        // A coding with parameters is well-formed but never chunked (chunked
+        // has none): it counts as an unknown coding, so "chunked;q=1" alone
+        // is 400 (the last coding is not chunked), and before a chunked, 501.
+        const std::size_t semi = coding.find(';');
+        const std::string_view bare = detail::trim_ows(coding.substr(0, semi));
+        if (!is_token(bare)) return false;
+        if (semi != std::string_view::npos && !detail::valid_parameters(coding.substr(semi))) return false;
+        ++st_.te_codings;
+        st_.te_last_chunked = semi == std::string_view::npos && iequals(bare, "chunked");
+        if (st_.te_last_chunked) ++st_.te_chunked;
+        return true;
+      });
+      if (!ok) return fail(400, "invalid Transfer-Encoding");
+      if (st_.te_codings == before) return fail(400, "empty Transfer-Encoding");
+      break;
+    }
+    default: break;
+  }
+  return parse_result::incomplete;
+}
+
+inline bool request_parser::host_quick(const char* p, std::size_t v, std::size_t ve) const noexcept {
+  std::size_t k = detail::scan_host_simple(p, v, ve);
+  if (k == v) return false;
+  if (k < ve && p[k] == ':')
+    while (++k < ve && p[k] >= '0' && p[k] <= '9') {
+    }
+  return k == ve;
+}
+}  // namespace httpd
