@@ -22,5 +22,7 @@
 #include <prefork/exec.hpp>
 #include <prefork/systemd.hpp>
 #include <prefork/pool.hpp>
+#include <prefork/listen_queue.hpp>
+#include <prefork/proc_memory.hpp>
 #include <prefork/upgrade.hpp>
 // clang-format on
