@@ -63,6 +63,8 @@ class worker {
   // The worker's slot in scoreboard().
   std::size_t slot() const noexcept { return slot_; }
   const std::vector<fd>& listeners() const noexcept { return *listeners_; }
+  // Which of listeners() the connection accept() returned last came from.
+  std::size_t last_listener() const noexcept { return last_listener_; }
   const prefork::scoreboard& scoreboard() const noexcept { return *board_; }
 
   // Heartbeat. accept() ticks by itself; call tick() inside long requests.
@@ -208,6 +210,7 @@ class worker {
     int conn = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
     if (conn >= 0) {
       starved_logged_ = false;
+      last_listener_ = i;
       next_listener_ = (i + 1) % listeners_->size();
       set_state(worker_state::busy);
       return fd(conn);
@@ -325,6 +328,7 @@ class worker {
   int tick_ms_ = 1000;
   std::vector<pollfd> polls_;
   std::size_t next_listener_ = 0;
+  std::size_t last_listener_ = 0;
   std::int64_t control_checked_ns_ = 0;
   bool starved_ = false;         // the last accept4 ran out of descriptors
   bool starved_logged_ = false;  // and that episode was logged
