@@ -83,7 +83,7 @@ void head(std::string& b, const char* name, const char* type, const char* help) 
 
 void number(std::string& b, double v) {
   char buf[40];
-  std::snprintf(buf, sizeof buf, "%.17g", v);
+  std::snprintf(buf, sizeof buf, "%.10g", v);
   b += buf;
 }
 

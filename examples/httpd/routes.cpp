@@ -208,6 +208,16 @@ void render_status(server& srv, bool json, reply& out) {
 void route(server& srv, const request& req, std::string_view body, reply& out) {
   out.clear();
   const bool head = req.kind == verb::head;
+  const bool close = req.has_body() && !accepts_body(req);
+  const bool admin_path = req.path == "/_status" || req.path == "/_metrics" || req.path == "/_health";
+  if (srv.admin_listener && admin_path != srv.from_admin) {
+    // With --admin-listen the admin routes live there alone.
+    out.error(404, srv.from_admin ? "the admin listener serves /_status, /_metrics and /_health only"
+                                  : "no such resource",
+              close);
+    out.admin = srv.from_admin;
+    return;
+  }
   if (req.path == "/hello") {
     if (!is_get_or_head(req)) return method_not_allowed(out, "GET, HEAD", req.has_body());
     out.content_type = "text/plain";
@@ -223,22 +233,12 @@ void route(server& srv, const request& req, std::string_view body, reply& out) {
     return;
   }
   // Any other route answers without reading a body: the connection closes
-  // after, since where the next request starts is unknown.
-  const bool close = req.has_body();
+  // after, since where the next request starts is unknown (close, above).
   if (req.path == "/sleep") {
     if (!is_get_or_head(req)) return method_not_allowed(out, "GET, HEAD", close);
     sleep_route(srv, req, out);
     out.close = close;
     out.no_body = head;
-    return;
-  }
-  const bool admin_path = req.path == "/_status" || req.path == "/_metrics" || req.path == "/_health";
-  if (srv.admin_listener && admin_path != srv.from_admin) {
-    // With --admin-listen the admin routes live there alone.
-    out.error(404, srv.from_admin ? "the admin listener serves /_status, /_metrics and /_health only"
-                                  : "no such resource",
-              close);
-    out.admin = srv.from_admin;
     return;
   }
   if (admin_path) {
