@@ -144,13 +144,14 @@ void render_status(server& srv, bool json, reply& out) {
       if (!first) b += ',';
       first = false;
       std::string rss = mem(row.memory, false), pss = mem(row.memory, true);
-      b += "{\"slot\":" + std::to_string(row.slot) + ",\"index\":" + std::to_string(w.index) +
-           ",\"pid\":" + std::to_string(w.pid) + ",\"generation\":" + std::to_string(w.generation) +
-           ",\"state\":\"" + prefork::to_string(w.state) + "\",\"requests\":" + std::to_string(w.requests) +
-           ",\"rss_bytes\":" + (rss.empty() ? "null" : rss) + ",\"pss_bytes\":" + (pss.empty() ? "null" : pss) +
+      // The fields of earlier versions first, in their order; then the new ones.
+      b += "{\"index\":" + std::to_string(w.index) + ",\"pid\":" + std::to_string(w.pid) +
+           ",\"generation\":" + std::to_string(w.generation) + ",\"state\":\"" + prefork::to_string(w.state) +
+           "\",\"requests\":" + std::to_string(w.requests) +
            ",\"seconds_since_tick\":" + fixed(row.seconds_since_tick) + ",\"activity\":\"";
       append_escaped(b, w.activity, true);
-      b += "\"}";
+      b += "\",\"slot\":" + std::to_string(row.slot) + ",\"rss_bytes\":" + (rss.empty() ? "null" : rss) +
+           ",\"pss_bytes\":" + (pss.empty() ? "null" : pss) + "}";
     }
     b += "]}\n";
     return;
