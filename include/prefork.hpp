@@ -27,5 +27,7 @@
 #include <prefork/systemd.hpp>
 #include <prefork/pool.hpp>
 #include <prefork/upgrade_handover.hpp>
+#include <prefork/listen_queue.hpp>
+#include <prefork/proc_memory.hpp>
 #include <prefork/upgrade.hpp>
 // clang-format on

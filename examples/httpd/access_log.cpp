@@ -26,6 +26,28 @@ void append_dec(std::string& out, unsigned long long v, int width = 0) {
   out.append(buf, static_cast<std::size_t>(r.ptr - buf));
 }
 
+// A quoted field's content: '"', '\\' and bytes outside printable ASCII escaped.
+void append_quoted(std::string& out, std::string_view s) {
+  if (s.empty()) {
+    out += '-';
+    return;
+  }
+  static const char hex[] = "0123456789abcdef";
+  for (char ch : s) {
+    auto c = static_cast<unsigned char>(ch);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += ch;
+    } else if (c < 0x20 || c >= 0x7f) {
+      out += "\\x";
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    } else {
+      out += ch;
+    }
+  }
+}
+
 }  // namespace
 
 void log_file::give_away(int fd) const {
@@ -92,7 +114,8 @@ void log_file::write(std::string_view line) {
 }
 
 void access_log::record(const sockaddr_storage& peer, std::string_view method, std::string_view target, int minor,
-                        int status, unsigned long long bytes, std::chrono::steady_clock::duration took) {
+                        int status, unsigned long long bytes, std::string_view referer, std::string_view agent,
+                        std::chrono::steady_clock::duration took) {
   if (!enabled()) return;
   line_.clear();
   char host[INET6_ADDRSTRLEN] = "-";
@@ -112,19 +135,26 @@ void access_log::record(const sockaddr_storage& peer, std::string_view method, s
   line_ += " - - [";
   line_ += stamp_;
   line_ += "] \"";
-  line_ += method;
+  append_quoted(line_, method);
   line_ += ' ';
-  line_ += target;
+  append_quoted(line_, target);
   line_ += minor == 0 ? " HTTP/1.0\" " : " HTTP/1.1\" ";
   append_dec(line_, static_cast<unsigned long long>(status));
   line_ += ' ';
-  append_dec(line_, bytes);
-  auto us = std::chrono::duration_cast<std::chrono::microseconds>(took).count();
-  if (us < 0) us = 0;
-  line_ += ' ';
-  append_dec(line_, static_cast<unsigned long long>(us / 1000000));
-  line_ += '.';
-  append_dec(line_, static_cast<unsigned long long>(us % 1000000), 6);
+  if (bytes == 0)
+    line_ += '-';
+  else
+    append_dec(line_, bytes);
+  line_ += " \"";
+  append_quoted(line_, referer);
+  line_ += "\" \"";
+  append_quoted(line_, agent);
+  line_ += '"';
+  if (micros_) {
+    auto us = std::chrono::duration_cast<std::chrono::microseconds>(took).count();
+    line_ += ' ';
+    append_dec(line_, static_cast<unsigned long long>(us < 0 ? 0 : us));
+  }
   line_ += '\n';
   file_.write(line_);
 }

@@ -56,19 +56,27 @@ class log_file {
   unsigned long long dropped_ = 0;
 };
 
-// One access line in common log format plus the duration in seconds:
-// 127.0.0.1 - - [27/Nov/2026:03:13:14 +0000] "GET / HTTP/1.1" 200 1234 0.000187
+// One access line in the combined log format (Apache's and nginx's
+// "combined", which goaccess, awstats and friends read as it is):
+// 127.0.0.1 - - [27/Nov/2026:03:13:14 +0000] "GET / HTTP/1.1" 200 1234 "-" "curl/7.88.1"
+// and with_microseconds(true), the request time in microseconds after it
+// (Apache's %D): ... "curl/7.88.1" 187
+// Quotes, backslashes and control bytes in the quoted fields are escaped
+// as \" \\ \xHH, as Apache does, so a client cannot forge a field.
 class access_log {
  public:
   log_file& file() { return file_; }
   bool enabled() const { return file_.enabled(); }
+  void with_microseconds(bool on) { micros_ = on; }
 
-  // peer: the client's address (from getpeername); request_line: as
-  // received; bytes: body bytes sent.
+  // peer: the client's address (from getpeername); bytes: body bytes sent
+  // ("-" when 0, as %b); referer, agent: the header values (empty: "-").
   void record(const sockaddr_storage& peer, std::string_view method, std::string_view target, int minor,
-              int status, unsigned long long bytes, std::chrono::steady_clock::duration took);
+              int status, unsigned long long bytes, std::string_view referer, std::string_view agent,
+              std::chrono::steady_clock::duration took);
 
  private:
+  bool micros_ = false;
   log_file file_;
   std::string line_;
   std::time_t second_ = -1;

@@ -120,7 +120,7 @@ class blocking_connection {
     bool linger = false;
     int status = 0;
     std::size_t sent = 0;
-    std::string_view method = "-", target = "-";
+    std::string_view method = "-", target = "-", referer, agent;
     int minor = 1;
 
     // The head. The first read waits by SO_RCVTIMEO (the header timeout);
@@ -160,6 +160,8 @@ class blocking_connection {
       // read_body may have moved the buffer; the parser re-pointed req at it.
       method = req.method;
       target = req.target;
+      if (const header_field* f = req.find("Referer")) referer = f->value;
+      if (const header_field* f = req.find("User-Agent")) agent = f->value;
       if (!linger) {
         route(srv_, req, body, reply_);
         if (req.kind == verb::head) reply_.no_body = true;
@@ -179,15 +181,19 @@ class blocking_connection {
       if (with_file && sendfile_all(fd, reply_.file.get(), reply_.file_offset, reply_.file_length, send_deadline, w_))
         sent = reply_.file_length;
     }
+    const steady::duration took = steady::now() - start;
     if (srv_.log.enabled()) {
       sockaddr_storage peer{};
       socklen_t len = sizeof peer;
       if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) == -1) peer.ss_family = AF_UNSPEC;
-      srv_.log.record(peer, method, target, minor, status, sent, steady::now() - start);
+      srv_.log.record(peer, method, target, minor, status, sent, referer, agent, took);
     }
     reply_.file.reset();
     if (linger) lingering_close(fd);
-    w_.request_done();
+    if (reply_.admin)
+      w_.request_done();
+    else
+      w_.request_done(status, sent, took);
   }
 
  private:
@@ -286,7 +292,10 @@ void run_blocking(server& srv, prefork::worker& w) {
   // what keeps the scoreboard true (busy from the moment a connection is
   // taken), which a raw accept4 of our own here did not: a fresh worker's
   // first connections were served while /_status still said "idle".
-  while (prefork::fd conn_fd = w.accept()) conn.serve(conn_fd.get());
+  while (prefork::fd conn_fd = w.accept()) {
+    srv.from_admin = srv.admin_listener && *srv.admin_listener == w.last_listener();
+    conn.serve(conn_fd.get());
+  }
 }
 
 }  // namespace httpd

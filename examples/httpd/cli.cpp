@@ -62,6 +62,9 @@ Unicorn-style preforking pool: one master binds the sockets, workers accept.
                             [::1]:8080, unix:/path (default 127.0.0.1:8080,
                             or the sockets inherited through PREFORK_FDS or
                             systemd's LISTEN_FDS when present)
+      --admin-listen ADDR   serve /_status, /_metrics and /_health on this
+                            address (127.0.0.1:9100, unix:/path) and not on
+                            the public ones (default: on the public ones)
   -w, --workers N           worker processes (default: online CPUs)
   -m, --mode MODE           evented (default: one epoll loop per worker with
                             keep-alive and pipelining) or blocking (one
@@ -76,7 +79,10 @@ Unicorn-style preforking pool: one master binds the sockets, workers accept.
                             wait in the kernel's queue (default and ceiling:
                             what the descriptor limit allows, at most 10000)
   -P, --pid FILE            write the master's PID there
-      --access-log FILE     one line per request ("-": stdout; default none)
+      --access-log FILE     one line per request ("-": stdout; default none),
+                            in the combined log format
+      --access-log-format F combined (default) or combined+us: the request
+                            time in microseconds appended to each line
       --error-log FILE      lifecycle and errors (default stderr)
   -D, --daemonize           detach; exit 0 once the server is ready, 1 if not
   -u, --user USER[:GROUP]   workers drop to this user once the sockets are bound
@@ -88,8 +94,9 @@ Unicorn-style preforking pool: one master binds the sockets, workers accept.
 SEC may be fractional (0.5). Routes: GET /hello, POST /echo, GET /sleep?ms=N
 (sleeps inside the worker: in evented mode it blocks every connection of that
 worker, on purpose, for timeout and graceful-stop tests), GET /_status (the
-scoreboard; JSON with Accept: application/json or ?format=json). Everything
-else is a static file under ROOT (GET and HEAD).
+pool at a glance; JSON with Accept: application/json or ?format=json),
+GET /_metrics (Prometheus), GET /_health (200, or 503 once stopping).
+Everything else is a static file under ROOT (GET and HEAD).
 
 Signals to the master: QUIT graceful stop, TERM/INT quick stop, USR1 reopen
 logs, USR2 upgrade the binary, HUP replace workers, TTIN/TTOU one worker
@@ -157,6 +164,9 @@ options parse_command_line(int argc, char** argv) {
       std::string a = take();
       if (a.empty()) bad(name, "empty address");
       o.listen.push_back(a);
+    } else if (is(nullptr, "--admin-listen")) {
+      o.admin_listen = take();
+      if (o.admin_listen.empty()) bad(name, "empty address");
     } else if (is("-w", "--workers")) {
       o.workers = static_cast<unsigned>(parse_count(name, take(), 4096));
       if (o.workers == 0) bad(name, "needs at least 1 worker");
@@ -184,6 +194,11 @@ options parse_command_line(int argc, char** argv) {
     } else if (is(nullptr, "--access-log")) {
       o.access_log = take();
       if (o.access_log.empty()) bad(name, "empty path");
+    } else if (is(nullptr, "--access-log-format")) {
+      std::string f = take();
+      if (f == "combined") o.access_log_us = false;
+      else if (f == "combined+us") o.access_log_us = true;
+      else bad(name, "expected combined or combined+us, got '" + f + "'");
     } else if (is(nullptr, "--error-log")) {
       o.error_log = take();
       if (o.error_log.empty()) bad(name, "empty path");

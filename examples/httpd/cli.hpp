@@ -20,6 +20,7 @@ enum class upgrade_kind { fork_exec, in_place };
 
 struct options {
   std::vector<std::string> listen;  // empty: inherited sockets, else 127.0.0.1:8080
+  std::string admin_listen;         // empty: admin routes on the public listeners
   unsigned workers = 0;             // 0 until parsed: the number of online CPUs
   worker_mode mode = worker_mode::evented;
   std::chrono::milliseconds timeout{30000};
@@ -31,6 +32,7 @@ struct options {
   std::size_t max_connections = 0;  // per evented worker; 0: from RLIMIT_NOFILE
   std::filesystem::path pid_file;
   std::string access_log;           // empty: none; "-": stdout
+  bool access_log_us = false;       // --access-log-format combined+us: request time appended
   std::string error_log;            // empty: stderr
   bool daemonize = false;
   std::string user, group;          // from --user USER[:GROUP]

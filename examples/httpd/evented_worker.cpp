@@ -60,6 +60,7 @@ struct connection {
   prefork::fd sock;
   std::uint32_t index = 0, generation = 0;
   sockaddr_storage peer{};
+  bool admin = false;  // accepted on --admin-listen
   byte_buffer in;
   std::string out;
   std::size_t out_sent = 0;
@@ -173,6 +174,7 @@ class loop {
         return;
       }
       connection& c = open(prefork::fd(raw), peer);
+      c.admin = srv_.admin_listener && *srv_.admin_listener == i;
       on_readable(c);  // TCP_DEFER_ACCEPT: the request is usually there already
     }
     if (live_ >= cap_) remove_listeners();
@@ -277,6 +279,7 @@ class loop {
       }
       const request& req = c.parser.get();
       set_activity(req);  // before routing: a slow request shows what it is
+      srv_.from_admin = c.admin;
       route(srv_, req, body, reply_);
       if (req.kind == verb::head) reply_.no_body = true;
       respond(c, &req);
@@ -321,10 +324,17 @@ class loop {
       c.file_left = reply_.file_length;
     }
     reply_.file.reset();
-    if (srv_.log.enabled())
+    const steady::duration took = steady::now() - c.started;
+    if (srv_.log.enabled()) {
+      const header_field* referer = req ? req->find("Referer") : nullptr;
+      const header_field* agent = req ? req->find("User-Agent") : nullptr;
       srv_.log.record(c.peer, req ? req->method : "-", req ? req->target : "-", minor, reply_.status, bytes,
-                      steady::now() - c.started);
-    w_.request_done();
+                      referer ? referer->value : std::string_view(), agent ? agent->value : std::string_view(), took);
+    }
+    if (reply_.admin)
+      w_.request_done();
+    else
+      w_.request_done(reply_.status, bytes, took);
   }
 
   void set_activity(const request& req) {

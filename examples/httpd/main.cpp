@@ -75,6 +75,13 @@ void check_root(const options& o) {
 }
 
 void check_addresses(const options& o) {
+  if (!o.admin_listen.empty()) {
+    try {
+      prefork::socket_address::resolve(o.admin_listen);
+    } catch (const std::exception& e) {
+      throw startup_error(std::string("--admin-listen ") + o.admin_listen + ": " + e.what());
+    }
+  }
   for (const std::string& a : o.listen) {
     try {
       prefork::socket_address::resolve(a);
@@ -105,6 +112,10 @@ std::vector<prefork::fd> open_listeners(const options& o) {
     lo.defer_accept_s = (a.rfind("unix:", 0) == 0 || a[0] == '/') ? 0 : static_cast<int>(defer);
     fds.push_back(prefork::listen(a, lo));
   }
+  // Last, so its index is the same in every worker and after an upgrade
+  // (the listeners travel in order). No TCP_DEFER_ACCEPT: a probe may connect
+  // and wait.
+  if (!o.admin_listen.empty()) fds.push_back(prefork::listen(o.admin_listen, prefork::listen_options{}));
   return fds;
 }
 
@@ -184,6 +195,7 @@ int main(int argc, char** argv) {
     }
     if (!opts.error_log.empty()) error_log.open(opts.error_log, STDERR_FILENO);
     if (!opts.access_log.empty()) srv.log.file().open(opts.access_log);
+    srv.log.with_microseconds(opts.access_log_us);
 
     prefork::pool_config config;
     config.workers = opts.workers;
@@ -223,9 +235,12 @@ int main(int argc, char** argv) {
     };
 
     prefork::master m(std::move(config));
+    if (!opts.admin_listen.empty() && !m.config().listeners.empty())
+      srv.admin_listener = m.config().listeners.size() - 1;
     for (const prefork::fd& l : m.config().listeners) {
       httpd::set_inherited_timeouts(l.get(), opts);
-      log_line("listening on " + describe_url(l.get()) + (inherited ? " (inherited)" : ""));
+      log_line("listening on " + describe_url(l.get()) + (inherited ? " (inherited)" : "") +
+               (srv.admin_listener && &l == &m.config().listeners[*srv.admin_listener] ? " (admin)" : ""));
     }
     return m.run([&](prefork::worker& w) {
       if (opts.mode == httpd::worker_mode::evented)

@@ -49,6 +49,7 @@ struct reply {
   bool close = false;              // the connection ends after this response
   bool no_body = false;            // HEAD, 304: headers say the length, no body follows
   bool chunked = false;            // body sent with chunked encoding (no length known)
+  bool admin = false;              // an admin route: left out of the request metrics
 
   void clear() {
     status = 200;
@@ -59,7 +60,7 @@ struct reply {
     file.reset();
     file_offset = 0;
     file_length = 0;
-    close = no_body = chunked = false;
+    close = no_body = chunked = admin = false;
   }
   std::string_view body_bytes() const { return body_view.data() ? body_view : std::string_view(body); }
   std::size_t content_length() const { return file ? file_length : body_bytes().size(); }

@@ -10,6 +10,8 @@
 
 #include <prefork/pool.hpp>
 
+#include "metrics.hpp"
+
 namespace httpd {
 namespace {
 
@@ -90,63 +92,133 @@ bool accepts_body(const request& req) { return req.kind == verb::post && req.pat
 void render_status(server& srv, bool json, reply& out) {
   out.clear();
   std::string& b = out.body;
-  auto now = std::chrono::steady_clock::now();
-  std::vector<prefork::worker_info> rows;
-  if (srv.worker) {
-    const prefork::scoreboard& board = srv.worker->scoreboard();
-    for (std::size_t i = 0; i < board.size(); ++i) {
-      prefork::worker_info w = board.slot(i);
-      if (w.state != prefork::worker_state::free) rows.push_back(std::move(w));
-    }
-  }
+  pool_view v = collect(srv);
   char num[64];
-  auto since = [&](const prefork::worker_info& w) {
-    double s = std::chrono::duration<double>(now - w.last_tick).count();
-    std::snprintf(num, sizeof num, "%.3f", s < 0 ? 0.0 : s);
-    return std::string_view(num);
+  auto fixed = [&](double x, int digits = 3) {
+    std::snprintf(num, sizeof num, "%.*f", digits, x);
+    return std::string(num);
+  };
+  const std::uint64_t total = v.totals.requests();
+  const double rate = v.uptime_seconds > 0 ? static_cast<double>(total) / v.uptime_seconds : 0;
+  const double mean_ms = total ? static_cast<double>(v.totals.duration_us) / 1000.0 / static_cast<double>(total) : 0;
+  std::uint64_t restarts = 0;
+  for (std::uint64_t r : v.master.restarts) restarts += r;
+  auto mem = [](const std::optional<prefork::process_memory>& m, bool pss) -> std::string {
+    return m ? std::to_string(pss ? m->pss : m->rss) : std::string();
   };
   if (json) {
     out.content_type = "application/json";
-    b = "{\"master_pid\":" + std::to_string(::getppid()) + ",\"self_pid\":" + std::to_string(::getpid()) +
-        ",\"workers\":[";
+    b = "{\"master_pid\":" + std::to_string(v.master_pid) + ",\"self_pid\":" + std::to_string(::getpid()) +
+        ",\"uptime_seconds\":" + fixed(v.uptime_seconds) + ",\"requests\":" + std::to_string(total) +
+        ",\"requests_per_second\":" + fixed(rate) + ",\"mean_request_ms\":" + fixed(mean_ms) +
+        ",\"bytes_sent\":" + std::to_string(v.totals.bytes_sent) + ",\"by_class\":{";
+    static const char* classes[6] = {"other", "1xx", "2xx", "3xx", "4xx", "5xx"};
+    for (std::size_t k = 0; k < 6; ++k) {
+      if (k) b += ',';
+      b += std::string("\"") + classes[k] + "\":" + std::to_string(v.totals.by_class[k]);
+    }
+    b += "},\"workers_ready\":" + std::to_string(v.ready) + ",\"workers_busy\":" + std::to_string(v.busy) +
+         ",\"restarts\":{";
+    for (std::size_t k = 0; k < prefork::restart_cause_count; ++k) {
+      if (k) b += ',';
+      b += std::string("\"") + prefork::to_string(static_cast<prefork::restart_cause>(k)) +
+           "\":" + std::to_string(v.master.restarts[k]);
+    }
+    b += "},\"timeouts_killed\":" + std::to_string(v.master.timeouts_killed) +
+         ",\"upgrades\":" + std::to_string(v.master.upgrades) + ",\"reloads\":" + std::to_string(v.master.reloads) +
+         ",\"listeners\":[";
+    for (std::size_t i = 0; i < v.listeners.size(); ++i) {
+      const auto& l = v.listeners[i];
+      if (i) b += ',';
+      b += "{\"address\":\"";
+      append_escaped(b, l.name, true);
+      b += "\",\"admin\":";
+      b += l.admin ? "true" : "false";
+      b += ",\"queued\":" + (l.queue ? std::to_string(l.queue->queued) : std::string("null")) +
+           ",\"backlog\":" + (l.queue ? std::to_string(l.queue->backlog) : std::string("null")) + "}";
+    }
+    b += "],\"workers\":[";
     bool first = true;
-    for (const auto& w : rows) {
+    for (const auto& row : v.workers) {
+      const prefork::worker_info& w = row.info;
       if (!first) b += ',';
       first = false;
+      std::string rss = mem(row.memory, false), pss = mem(row.memory, true);
+      // The fields of earlier versions first, in their order; then the new ones.
       b += "{\"index\":" + std::to_string(w.index) + ",\"pid\":" + std::to_string(w.pid) +
            ",\"generation\":" + std::to_string(w.generation) + ",\"state\":\"" + prefork::to_string(w.state) +
-           "\",\"requests\":" + std::to_string(w.requests) + ",\"seconds_since_tick\":";
-      b += since(w);
-      b += ",\"activity\":\"";
+           "\",\"requests\":" + std::to_string(w.requests) +
+           ",\"seconds_since_tick\":" + fixed(row.seconds_since_tick) + ",\"activity\":\"";
       append_escaped(b, w.activity, true);
-      b += "\"}";
+      b += "\",\"slot\":" + std::to_string(row.slot) + ",\"rss_bytes\":" + (rss.empty() ? "null" : rss) +
+           ",\"pss_bytes\":" + (pss.empty() ? "null" : pss) + "}";
     }
     b += "]}\n";
     return;
   }
+  auto mib = [&](const std::optional<prefork::process_memory>& m, bool pss) {
+    if (!m) return std::string("?");
+    return fixed(static_cast<double>(pss ? m->pss : m->rss) / 1048576.0, 1) + " MiB";
+  };
   out.content_type = "text/html; charset=utf-8";
-  b = "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>prefork-httpd status</title>"
-      "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-      "td,th{border:1px solid #ccc;padding:.3em .8em;text-align:left}th{background:#eee}</style>"
-      "</head><body>\n<h1>prefork-httpd</h1>\n<p>master PID " +
-      std::to_string(::getppid()) + ", " + std::to_string(rows.size()) +
-      " workers</p>\n<table>\n<tr><th>worker</th><th>PID</th><th>generation</th><th>state</th>"
-      "<th>requests</th><th>seconds since last tick</th><th>activity</th></tr>\n";
-  for (const auto& w : rows) {
-    b += "<tr><td>" + std::to_string(w.index) + "</td><td>" + std::to_string(w.pid) + "</td><td>" +
-         std::to_string(w.generation) + "</td><td>" + prefork::to_string(w.state) + "</td><td>" +
-         std::to_string(w.requests) + "</td><td>";
-    b += since(w);
-    b += "</td><td>";
+  b = "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">"
+      "<title>prefork-httpd status</title>"
+      "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
+      "td,th{border:1px solid #ccc;padding:.3em .8em;text-align:left}th{background:#eee}"
+      "td.n{text-align:right}.busy{background:#ffe9b3}.stopping{background:#f6c6c6}"
+      "dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}dt{font-weight:bold}"
+      "</style></head><body>\n<h1>prefork-httpd</h1>\n<dl>\n<dt>master PID</dt><dd>" +
+      std::to_string(v.master_pid) + "</dd>\n<dt>uptime</dt><dd>" + fixed(v.uptime_seconds, 0) +
+      " s</dd>\n<dt>requests</dt><dd>" + std::to_string(total) + " (" + fixed(rate, 2) +
+      " per second since start, mean " + fixed(mean_ms) + " ms)</dd>\n<dt>by status</dt><dd>2xx " +
+      std::to_string(v.totals.by_class[2]) + ", 3xx " + std::to_string(v.totals.by_class[3]) + ", 4xx " +
+      std::to_string(v.totals.by_class[4]) + ", 5xx " + std::to_string(v.totals.by_class[5]) +
+      "</dd>\n<dt>bytes sent</dt><dd>" + std::to_string(v.totals.bytes_sent) + "</dd>\n<dt>workers</dt><dd>" +
+      std::to_string(v.ready) + " ready, " + std::to_string(v.busy) + " busy</dd>\n<dt>restarts</dt><dd>";
+  for (std::size_t k = 0; k < prefork::restart_cause_count; ++k) {
+    if (k) b += ", ";
+    b += std::string(prefork::to_string(static_cast<prefork::restart_cause>(k))) + " " +
+         std::to_string(v.master.restarts[k]);
+  }
+  b += "</dd>\n<dt>upgrades, reloads</dt><dd>" + std::to_string(v.master.upgrades) + ", " +
+       std::to_string(v.master.reloads) + "</dd>\n</dl>\n<h2>Listen queues</h2>\n<table>\n"
+       "<tr><th>listener</th><th>queued</th><th>backlog</th></tr>\n";
+  for (const auto& l : v.listeners) {
+    b += "<tr><td>";
+    append_escaped(b, l.name, false);
+    if (l.admin) b += " (admin)";
+    b += "</td><td class=\"n\">" + (l.queue ? std::to_string(l.queue->queued) : std::string("?")) +
+         "</td><td class=\"n\">" + (l.queue ? std::to_string(l.queue->backlog) : std::string("?")) + "</td></tr>\n";
+  }
+  b += "</table>\n<h2>Workers</h2>\n<table>\n<tr><th>worker</th><th>PID</th><th>generation</th><th>state</th>"
+       "<th>requests</th><th>Pss</th><th>Rss</th><th>seconds since heartbeat</th><th>current request</th></tr>\n";
+  for (const auto& row : v.workers) {
+    const prefork::worker_info& w = row.info;
+    b += std::string("<tr class=\"") + prefork::to_string(w.state) + "\"><td>" + std::to_string(w.index) +
+         "</td><td>" + std::to_string(w.pid) + "</td><td>" + std::to_string(w.generation) + "</td><td>" +
+         prefork::to_string(w.state) + "</td><td class=\"n\">" + std::to_string(w.requests) +
+         "</td><td class=\"n\">" + mib(row.memory, true) + "</td><td class=\"n\">" + mib(row.memory, false) +
+         "</td><td class=\"n\">" + fixed(row.seconds_since_tick) + "</td><td>";
     append_escaped(b, w.activity, false);
     b += "</td></tr>\n";
   }
-  b += "</table>\n</body></html>\n";
+  b += "</table>\n<p>Refreshes every 5 s. Also as <a href=\"?format=json\">JSON</a> and "
+       "<a href=\"/_metrics\">Prometheus metrics</a>.</p>\n</body></html>\n";
 }
 
 void route(server& srv, const request& req, std::string_view body, reply& out) {
   out.clear();
   const bool head = req.kind == verb::head;
+  const bool close = req.has_body() && !accepts_body(req);
+  const bool admin_path = req.path == "/_status" || req.path == "/_metrics" || req.path == "/_health";
+  if (srv.admin_listener && admin_path != srv.from_admin) {
+    // With --admin-listen the admin routes live there alone.
+    out.error(404, srv.from_admin ? "the admin listener serves /_status, /_metrics and /_health only"
+                                  : "no such resource",
+              close);
+    out.admin = srv.from_admin;
+    return;
+  }
   if (req.path == "/hello") {
     if (!is_get_or_head(req)) return method_not_allowed(out, "GET, HEAD", req.has_body());
     out.content_type = "text/plain";
@@ -162,8 +234,7 @@ void route(server& srv, const request& req, std::string_view body, reply& out) {
     return;
   }
   // Any other route answers without reading a body: the connection closes
-  // after, since where the next request starts is unknown.
-  const bool close = req.has_body();
+  // after, since where the next request starts is unknown (close, above).
   if (req.path == "/sleep") {
     if (!is_get_or_head(req)) return method_not_allowed(out, "GET, HEAD", close);
     sleep_route(srv, req, out);
@@ -171,13 +242,24 @@ void route(server& srv, const request& req, std::string_view body, reply& out) {
     out.no_body = head;
     return;
   }
-  if (req.path == "/_status") {
+  if (admin_path) {
     if (!is_get_or_head(req)) return method_not_allowed(out, "GET, HEAD", close);
-    std::string_view format;
-    bool json = (query_param(req.query, "format", format) && format == "json") ||
-                field(req, "Accept").find("application/json") != std::string_view::npos;
-    render_status(srv, json, out);
+    if (req.path == "/_status") {
+      std::string_view format;
+      bool json = (query_param(req.query, "format", format) && format == "json") ||
+                  field(req, "Accept").find("application/json") != std::string_view::npos;
+      render_status(srv, json, out);
+    } else if (req.path == "/_metrics") {
+      render_metrics(srv, out);
+    } else {
+      out.clear();
+      const bool stopping = srv.worker && srv.worker->stopping();
+      out.status = stopping ? 503 : 200;
+      out.content_type = "text/plain; charset=utf-8";
+      out.body_view = stopping ? std::string_view("stopping\n") : std::string_view("ok\n");
+    }
     out.headers = "Cache-Control: no-store\r\n";
+    out.admin = true;
     out.close = close;
     out.no_body = head;
     return;

@@ -4,12 +4,16 @@
 //   GET  /hello        "Hello, World!" (the benchmark endpoint; allocates nothing)
 //   POST /echo         the request body back, with its Content-Type
 //   GET  /sleep?ms=N   sleeps N ms inside the worker, then 200
-//   GET  /_status      the scoreboard, as HTML or JSON
+//   GET  /_status      the pool at a glance, as HTML or JSON
+//   GET  /_metrics     the Prometheus text exposition (metrics.hpp)
+//   GET  /_health      200 while serving, 503 once a graceful stop began
+//   (these three only on --admin-listen when it is given, and only they there)
 //   GET  anything else a static file beneath ROOT (HEAD too; others 405)
 #pragma once
 
 #include <chrono>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -34,6 +38,8 @@ struct server {
   access_log log;
   http_clock clock;
   prefork::worker* worker = nullptr;  // set in the worker: the scoreboard and the activity text
+  std::optional<std::size_t> admin_listener;  // --admin-listen: its index in worker->listeners()
+  bool from_admin = false;                    // the request in hand came on the admin listener
   std::string scratch;                // percent-decoded paths, reused
 };
 

@@ -237,10 +237,12 @@ class master {
     std::string line = name(*it) + " " + how + " after " + detail::seconds(lived);
     detail::respawn_health& health = state_.health_of(it->index);
     bool asked_to_go = it->quit_sent || it->term_sent;
+    if (!asked_to_go && !it->killed) state_.board->count_restart(restart_cause::crash);
     if (!asked_to_go && lived < std::chrono::seconds(1)) {
       ++health.fast_deaths;
       auto delay = detail::crash_backoff(health.fast_deaths);
       health.not_before = now + delay;
+      if (delay.count() > 0) detail::bump(state_.board->master_cells().crash_backoffs);
       if (delay.count() > 0)
         line += "; died within a second of starting " + std::to_string(health.fast_deaths) +
                 " times in a row, respawning in " + detail::seconds(delay);
@@ -271,7 +273,9 @@ class master {
         return begin_stop(config_.graceful_term ? stop_kind::graceful : stop_kind::quick, signame);
       case SIGINT: return begin_stop(stop_kind::quick, signame);
       case SIGUSR1: return detail::reopen_logs(config_, state_);
-      case SIGUSR2: return upgrade_.on_usr2(config_, state_, pid_file_, stop_ != stop_kind::none, *sigs_);
+      case SIGUSR2:
+        detail::bump(state_.board->master_cells().upgrades);
+        return upgrade_.on_usr2(config_, state_, pid_file_, stop_ != stop_kind::none, *sigs_);
       case SIGHUP: return reload();
       case SIGWINCH:
         if (detail::has_controlling_terminal())
@@ -353,6 +357,8 @@ class master {
       }
     }
     ++state_.generation;
+    detail::bump(state_.board->master_cells().reloads);
+    state_.board->count_restart(restart_cause::reload, state_.workers.size());
     state_.wanted = config_.workers;  // a reload re-reads the count, undoing TTIN, TTOU and WINCH
     announced_generation_ = false;
     for (detail::worker_record& r : state_.workers) r.retiring = true;
@@ -372,6 +378,8 @@ class master {
       auto why = static_cast<detail::retire_reason>(c.retire.load(std::memory_order_relaxed));
       if (why != detail::retire_reason::none && !r.retiring) {
         r.retiring = true;
+        state_.board->count_restart(why == detail::retire_reason::max_requests ? restart_cause::max_requests
+                                                                               : restart_cause::max_rss);
         if (why == detail::retire_reason::max_requests)
           log(name(r) + " served " + std::to_string(c.requests.load()) + " requests (max_requests " +
               std::to_string(config_.max_requests) + "): replacing it");
@@ -415,6 +423,8 @@ class master {
       }
       r.killed = true;
       ::kill(r.pid, SIGKILL);
+      state_.board->count_restart(restart_cause::timeout);
+      detail::bump(state_.board->master_cells().timeouts_killed);
       std::string activity = state_.board->slot(r.slot).activity;
       log(name(r) + " silent for " + detail::seconds(silent) + " (timeout " +
           detail::seconds(config_.timeout) + "), last activity \"" + activity + "\": killed with SIGKILL");

@@ -56,10 +56,58 @@ struct worker_info {
   unsigned generation = 0;  // HUP starts a new one
   worker_state state = worker_state::free;
   std::chrono::steady_clock::time_point started, last_tick;
-  std::uint64_t requests = 0;
-  std::string activity;  // worker::status()
+  std::uint64_t requests = 0;  // since this worker started (max_requests counts these)
+  std::string activity;        // worker::status()
 
   bool ready() const noexcept { return state == worker_state::idle || state == worker_state::busy; }
+};
+
+// The request-duration histogram's upper bounds in seconds (Prometheus's
+// "le"), the last one +Inf. Fixed, so counting is one relaxed add.
+inline constexpr double request_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                             0.1,    0.25,  0.5,    1,     2.5,  5,     10};
+inline constexpr std::size_t request_bucket_count = sizeof request_buckets / sizeof request_buckets[0] + 1;
+
+// What the workers that used one slot served, over the master's life: unlike
+// worker_info::requests these are not reset when a new worker takes the
+// slot, so they only grow (Prometheus counters). Filled by
+// worker::request_done(status, bytes, took).
+struct slot_totals {
+  std::uint64_t by_class[6] = {};  // [1] .. [5]: 1xx .. 5xx; [0]: anything else
+  std::uint64_t bytes_sent = 0;
+  std::uint64_t duration_us = 0;                     // sum of request times
+  std::uint64_t buckets[request_bucket_count] = {};  // not cumulative: one per range
+  std::uint64_t requests() const noexcept {
+    std::uint64_t n = 0;
+    for (std::uint64_t c : by_class) n += c;
+    return n;
+  }
+};
+
+// Why the master replaced a worker (master_totals::restarts).
+enum class restart_cause : std::int32_t { crash = 0, timeout, max_requests, max_rss, reload };
+inline constexpr std::size_t restart_cause_count = 5;
+inline const char* to_string(restart_cause c) noexcept {
+  switch (c) {
+    case restart_cause::crash: return "crash";
+    case restart_cause::timeout: return "timeout";
+    case restart_cause::max_requests: return "max_requests";
+    case restart_cause::max_rss: return "max_rss";
+    case restart_cause::reload: return "reload";
+  }
+  return "?";
+}
+
+// The master's own counters, as read at one moment. They count from the
+// start of this master image (started_unix): a new master after a USR2
+// upgrade starts them again, which Prometheus takes as a counter reset.
+struct master_totals {
+  std::chrono::system_clock::time_point started_unix;
+  std::uint64_t restarts[restart_cause_count] = {};  // by restart_cause
+  std::uint64_t timeouts_killed = 0;                 // workers killed for a silent heartbeat
+  std::uint64_t crash_backoffs = 0;                  // respawns delayed after fast deaths
+  std::uint64_t upgrades = 0;                        // USR2 received and an upgrade begun
+  std::uint64_t reloads = 0;                         // HUP reloads done
 };
 
 namespace detail {
@@ -87,6 +135,43 @@ inline std::chrono::steady_clock::time_point from_ns(std::int64_t ns) noexcept {
 // Why recycling asked for a worker to be replaced.
 enum class retire_reason : std::int32_t { none = 0, max_requests, max_rss };
 
+// Per-slot totals (slot_totals), on their own cache lines so a worker's
+// counting does not slow the master's reads of the slot's heartbeat.
+struct alignas(64) slot_counters {
+  std::atomic<std::uint64_t> by_class[6];
+  std::atomic<std::uint64_t> bytes_sent;
+  std::atomic<std::uint64_t> duration_us;
+  std::atomic<std::uint64_t> buckets[request_bucket_count];
+};
+
+// The master's counters: one block, written by the master only.
+struct master_cells {
+  std::atomic<std::int64_t> started_unix_ns;
+  std::atomic<std::uint64_t> restarts[restart_cause_count];
+  std::atomic<std::uint64_t> timeouts_killed;
+  std::atomic<std::uint64_t> crash_backoffs;
+  std::atomic<std::uint64_t> upgrades;
+  std::atomic<std::uint64_t> reloads;
+};
+
+inline void bump(std::atomic<std::uint64_t>& counter, std::uint64_t by = 1) noexcept {
+  counter.fetch_add(by, std::memory_order_relaxed);
+}
+
+// One served request into a slot's totals: a handful of relaxed adds to
+// memory only this worker writes, no system call.
+inline void count_request(slot_counters& c, int status, std::uint64_t bytes, std::int64_t took_ns) noexcept {
+  std::size_t cls = status >= 100 && status < 600 ? static_cast<std::size_t>(status / 100) : 0;
+  bump(c.by_class[cls]);
+  bump(c.bytes_sent, bytes);
+  if (took_ns < 0) took_ns = 0;
+  bump(c.duration_us, static_cast<std::uint64_t>(took_ns / 1000));
+  const double s = static_cast<double>(took_ns) / 1e9;
+  std::size_t b = 0;
+  while (b < request_bucket_count - 1 && s > request_buckets[b]) ++b;
+  bump(c.buckets[b]);
+}
+
 // The cells of one slot. Relaxed atomics suffice for counters and ticks; the
 // activity text is guarded by a sequence number (odd while being written) so
 // a reader never shows half of one text and half of another.
@@ -103,7 +188,13 @@ struct slot_cells {
   std::atomic<std::int32_t> retire;          // retire_reason, set by the worker
   std::atomic<std::uint32_t> activity_seq;
   std::atomic<char> activity[activity_size];
+  slot_counters totals;
+  // The master's counters live in slot 0's cells, so everything that maps
+  // the scoreboard's one memfd (a worker, an in-place upgrade's new image,
+  // a test) sees them; the other slots leave these zero.
+  master_cells master;
 };
+
 static_assert(std::atomic<std::int64_t>::is_always_lock_free &&
                   std::atomic<std::int32_t>::is_always_lock_free,
               "the scoreboard needs lock-free atomics: a lock in shared memory dies with its holder");
@@ -114,7 +205,7 @@ static_assert(std::atomic<std::int64_t>::is_always_lock_free &&
 // worker::scoreboard()); the master and workers write through detail.
 class scoreboard {
  public:
-  explicit scoreboard(std::size_t slots) : cells_(slots) {}
+  explicit scoreboard(std::size_t slots) : cells_(slots) { stamp_start(); }
 
   std::size_t size() const noexcept { return cells_.size(); }
 
@@ -133,6 +224,36 @@ class scoreboard {
     w.requests = c.requests.load(std::memory_order_relaxed);
     w.activity = read_activity(c);
     return w;
+  }
+
+  // Slot i's totals over the master's life (throws past size()).
+  slot_totals totals(std::size_t i) const {
+    if (i >= size())
+      throw std::out_of_range("scoreboard totals " + std::to_string(i) + " of " + std::to_string(size()));
+    const detail::slot_counters& c = cells_[i].totals;
+    slot_totals t;
+    for (std::size_t k = 0; k < 6; ++k) t.by_class[k] = c.by_class[k].load(std::memory_order_relaxed);
+    t.bytes_sent = c.bytes_sent.load(std::memory_order_relaxed);
+    t.duration_us = c.duration_us.load(std::memory_order_relaxed);
+    for (std::size_t k = 0; k < request_bucket_count; ++k)
+      t.buckets[k] = c.buckets[k].load(std::memory_order_relaxed);
+    return t;
+  }
+
+  // The master's counters.
+  master_totals master() const noexcept {
+    const detail::master_cells& m = cells_[0].master;
+    master_totals t;
+    t.started_unix =
+        std::chrono::system_clock::time_point(std::chrono::duration_cast<std::chrono::system_clock::duration>(
+            std::chrono::nanoseconds(m.started_unix_ns.load(std::memory_order_relaxed))));
+    for (std::size_t k = 0; k < restart_cause_count; ++k)
+      t.restarts[k] = m.restarts[k].load(std::memory_order_relaxed);
+    t.timeouts_killed = m.timeouts_killed.load(std::memory_order_relaxed);
+    t.crash_backoffs = m.crash_backoffs.load(std::memory_order_relaxed);
+    t.upgrades = m.upgrades.load(std::memory_order_relaxed);
+    t.reloads = m.reloads.load(std::memory_order_relaxed);
+    return t;
   }
 
   // How many slots are in `s` now.
@@ -166,7 +287,9 @@ class scoreboard {
     return static_cast<std::size_t>(std::count(again.begin(), again.end(), true));
   }
 
-  // The memfd behind the slots, to keep across an in-place exec.
+  // The memfd behind the slots and the master's counters, to keep across
+  // an in-place exec (which so keeps counting; a fork+exec upgrade's new
+  // master has a scoreboard of its own and counts from zero).
   int memfd() const noexcept { return cells_.memfd(); }
   static scoreboard from_fd(int memfd) {
     return scoreboard(shared_array<detail::slot_cells>::from_fd(memfd));
@@ -174,9 +297,21 @@ class scoreboard {
 
   // For the master and the worker: the raw cells of slot i.
   detail::slot_cells& cells(std::size_t i) const noexcept { return cells_[i]; }
+  // For the master: its counters (one-line bumps where it logs the events).
+  detail::master_cells& master_cells() const noexcept { return cells_[0].master; }
+  void count_restart(restart_cause why, std::uint64_t n = 1) const noexcept {
+    detail::bump(cells_[0].master.restarts[static_cast<std::size_t>(why)], n);
+  }
 
  private:
   explicit scoreboard(shared_array<detail::slot_cells> cells) : cells_(std::move(cells)) {}
+
+  void stamp_start() noexcept {
+    cells_[0].master.started_unix_ns.store(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                               std::chrono::system_clock::now().time_since_epoch())
+                                               .count(),
+                                           std::memory_order_relaxed);
+  }
 
   static std::string read_activity(const detail::slot_cells& c) {
     char buf[detail::slot_cells::activity_size];

@@ -71,6 +71,8 @@ class worker {
   // The worker's slot in scoreboard().
   std::size_t slot() const noexcept { return slot_; }
   const std::vector<fd>& listeners() const noexcept { return *listeners_; }
+  // Which of listeners() the connection accept() returned last came from.
+  std::size_t last_listener() const noexcept { return last_listener_; }
   const prefork::scoreboard& scoreboard() const noexcept { return *board_; }
 
   // Heartbeat. accept() ticks by itself; call tick() inside long requests.
@@ -96,6 +98,13 @@ class worker {
     std::uint64_t limit = cells().request_limit.load(std::memory_order_relaxed);
     if (limit != 0 && served >= limit) ask_retirement(detail::retire_reason::max_requests);
     check_rss();
+  }
+
+  // As above, and adds the request to the slot's totals (scoreboard::totals:
+  // status class, bytes sent, duration histogram): relaxed adds, no system call.
+  void request_done(int status, std::uint64_t bytes_sent, std::chrono::nanoseconds took) noexcept {
+    detail::count_request(cells().totals, status, bytes_sent, took.count());
+    request_done();
   }
 
   // True once a graceful stop was asked for, by QUIT or by the master's death
@@ -285,6 +294,7 @@ class worker {
     int conn = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
     if (conn >= 0) {
       starved_logged_ = false;
+      last_listener_ = i;
       next_listener_ = (i + 1) % listeners_->size();
       set_state(worker_state::busy);
       unheard_ = conn;
@@ -398,6 +408,7 @@ class worker {
   int tick_ms_ = 1000;
   std::vector<pollfd> polls_;
   std::size_t next_listener_ = 0;
+  std::size_t last_listener_ = 0;
   std::int64_t control_checked_ns_ = 0;
   bool starved_ = false;         // the last accept4 ran out of descriptors
   int unheard_ = -1;             // the connection accept() returned, until it is first found readable

@@ -166,9 +166,15 @@ TEST_CASE("the status page and the demo site in headless Chromium", "[browser]")
       CHECK(r.out.find("<title>prefork-httpd status</title>") != std::string::npos);
       // The parser put the rows in a <tbody>: the DOM, not the bytes sent.
       CHECK(r.out.find("<tbody>") != std::string::npos);
-      CHECK(count(r.out, "<tr><th>") == 1);
-      CHECK(count(r.out, "<tr><td>") == 3);
+      CHECK(count(r.out, "<tr><th>") == 2);            // the listen queues and the workers
+      CHECK(count(r.out, "<tr class=\"") == 3);        // one row per worker, classed by state
+      CHECK(count(r.out, "<tr><td>127.0.0.1:") == 1);  // the listener, with its queue
+      CHECK(r.out.find("http-equiv=\"refresh\"") != std::string::npos);
+      CHECK(r.out.find("<th>Pss</th>") != std::string::npos);
+      CHECK(r.out.find(" MiB</td>") != std::string::npos);
+      CHECK(r.out.find("<dt>uptime</dt>") != std::string::npos);
       for (const std::string& pid : pids) CHECK(r.out.find("<td>" + pid + "</td>") != std::string::npos);
+      CHECK(r.out.find("<tr class=\"busy\">") != std::string::npos);
       CHECK(r.out.find("<td>busy</td>") != std::string::npos);
       CHECK(r.out.find("<td>GET /sleep?ms=60000</td>") != std::string::npos);
     }

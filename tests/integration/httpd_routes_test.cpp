@@ -149,8 +149,8 @@ TEST_CASE("httpd: the built-in routes", "[httpd][routes]") {
       CHECK(html.header("content-type").find("text/html") == 0);
       CHECK(html.body.find("<table>") != std::string::npos);
       std::size_t rows = 0;
-      for (auto at = html.body.find("<tr><td>"); at != std::string::npos;
-           at = html.body.find("<tr><td>", at + 1))
+      for (auto at = html.body.find("<tr class="); at != std::string::npos;
+           at = html.body.find("<tr class=", at + 1))
         ++rows;
       CHECK(rows == 2);
       for (response json : {get(s.port(), "/_status?format=json"),
