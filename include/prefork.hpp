@@ -21,6 +21,7 @@
 #include <prefork/daemon.hpp>
 #include <prefork/exec.hpp>
 #include <prefork/systemd.hpp>
+#include <prefork/reuseport.hpp>
 #include <prefork/pool.hpp>
 #include <prefork/upgrade_handover.hpp>
 #include <prefork/upgrade.hpp>

@@ -43,6 +43,7 @@
 #include <prefork/pool_config.hpp>
 #include <prefork/pool_detail.hpp>
 #include <prefork/process.hpp>
+#include <prefork/reuseport.hpp>
 #include <prefork/scoreboard.hpp>
 #include <prefork/signal.hpp>
 #include <prefork/socket.hpp>
@@ -78,6 +79,7 @@ class master {
           "pool_config: no listeners (none given, none inherited through PREFORK_FDS or LISTEN_FDS)");
     for (const fd& l : config_.listeners) detail::check_listener(l.get());
     detail::check_fd_names("pool_config: listener_names", config_.listener_names, config_.listeners.size());
+    if (config_.reuseport) detail::slot_listeners::check(config_.listeners);
     // A new image of an in-place upgrade takes the old one's scoreboard,
     // wake-up pipe and workers instead.
     adopted_ = upgrade_.take_over(state_, config_);
@@ -286,6 +288,8 @@ class master {
         ++state_.wanted;
         return log("received SIGTTIN: now " + std::to_string(state_.wanted) + " workers");
       case SIGTTOU:
+        if (config_.reuseport)  // closing the last slot's socket would reset its queue
+          return log("received SIGTTOU: ignored with reuseport (a slot is not retired yet)");
         if (state_.wanted > 0) --state_.wanted;
         return log("received SIGTTOU: now " + std::to_string(state_.wanted) + " workers");
       default: return log("received " + signame + ": ignored");
@@ -510,6 +514,7 @@ class master {
     std::optional<child> forked;
     pipe_ends control;
     try {
+      if (config_.reuseport) slots_.of(index, config_.listeners);  // opened here, where failing is safe
       control = pipe(O_NONBLOCK);
       (void)std::fflush(nullptr);  // or buffered output would be written twice, by both processes
       blocked_signals blocked;     // no handler of ours may run in the child
@@ -544,7 +549,12 @@ class master {
     int code = 0;
     try {
       state_.board->cells(slot).pid.store(::getpid());
-      worker w(worker::setup{&config_, &config_.listeners, &*state_.board, slot, index, state_.generation,
+      const std::vector<fd>* mine = &config_.listeners;
+      if (config_.reuseport) {
+        mine = &slots_.of(index, config_.listeners);
+        slots_.keep_only(index, config_.listeners);
+      }
+      worker w(worker::setup{&config_, mine, &*state_.board, slot, index, state_.generation,
                              std::move(control.read), state_.wake_write.get()});
       if (config_.after_fork) config_.after_fork(w);
       work_(w);
@@ -567,6 +577,7 @@ class master {
   std::function<void(worker&)> work_;
   detail::pool_state state_;
   detail::upgrader upgrade_;
+  detail::slot_listeners slots_;
   detail::service_notifier notifier_;
   bool adopted_ = false;  // this image took over from an in-place upgrade
   pid_file pid_file_;
