@@ -58,6 +58,7 @@ class master {
   // Checks the config and creates the scoreboard; throws
   // std::invalid_argument naming what is wrong. Forks nothing.
   explicit master(pool_config config) : config_(std::move(config)) {
+    if (config_.reuseport) slots_.adopt_inherited();  // after an upgrade; before the listeners are taken
     if (config_.workers == 0) throw std::invalid_argument("pool_config: workers must be at least 1");
     if (config_.timeout.count() <= 0) throw std::invalid_argument("pool_config: timeout must be positive");
     if (config_.graceful_timeout.count() < 0)
@@ -273,7 +274,12 @@ class master {
         return begin_stop(config_.graceful_term ? stop_kind::graceful : stop_kind::quick, signame);
       case SIGINT: return begin_stop(stop_kind::quick, signame);
       case SIGUSR1: return detail::reopen_logs(config_, state_);
-      case SIGUSR2: return upgrade_.on_usr2(config_, state_, pid_file_, stop_ != stop_kind::none, *sigs_);
+      case SIGUSR2: {
+        std::vector<std::string> slot_names;
+        std::vector<int> slot_fds = slots_.handed_over(slot_names);
+        return upgrade_.on_usr2(config_, state_, pid_file_, stop_ != stop_kind::none, *sigs_, slot_fds,
+                                slot_names);
+      }
       case SIGHUP: return reload();
       case SIGWINCH:
         if (detail::has_controlling_terminal())
@@ -286,6 +292,8 @@ class master {
           return log("received SIGTTIN: already at max_workers (" + std::to_string(config_.max_workers) +
                      ")");
         ++state_.wanted;
+        // Every open slot socket receives connections: none may stay without a worker.
+        if (config_.reuseport) state_.wanted = std::max(state_.wanted, slots_.count());
         return log("received SIGTTIN: now " + std::to_string(state_.wanted) + " workers");
       case SIGTTOU:
         if (config_.reuseport)  // closing the last slot's socket would reset its queue
@@ -358,6 +366,7 @@ class master {
     }
     ++state_.generation;
     state_.wanted = config_.workers;  // a reload re-reads the count, undoing TTIN, TTOU and WINCH
+    if (config_.reuseport) state_.wanted = std::max(state_.wanted, slots_.count());  // as for TTIN
     announced_generation_ = false;
     for (detail::worker_record& r : state_.workers) r.retiring = true;
     log("received SIGHUP: reloaded; replacing " + std::to_string(state_.workers.size()) +

@@ -18,11 +18,16 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
+#include <cerrno>
+#include <cstdlib>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <prefork/error.hpp>
+#include <prefork/exec.hpp>
 #include <prefork/fd.hpp>
 #include <prefork/socket.hpp>
 #include <prefork/socket_address.hpp>
@@ -50,13 +55,56 @@ class slot_listeners {
 
   // The sockets of slot `index`, opened on first use, in the master, before
   // the fork (a failure is the master's to log and retry). Slot 0 is `base`.
+  // Lower slots are opened first, so a slot's place in the kernel's
+  // reuseport group follows its index.
   const std::vector<fd>& of(unsigned index, const std::vector<fd>& base) {
     if (index == 0) return base;
     if (slots_.size() < index) slots_.resize(index);
-    std::vector<fd>& mine = slots_[index - 1];
-    if (mine.empty())
-      for (const fd& l : base) mine.push_back(open_like(l.get()));
-    return mine;
+    for (std::vector<fd>& slot : slots_) {
+      slot.resize(base.size());
+      for (std::size_t k = 0; k < base.size(); ++k)
+        if (!slot[k]) slot[k] = open_like(base[k].get());
+      if (&slot == &slots_[index - 1]) break;
+    }
+    return slots_[index - 1];
+  }
+
+  // How many slots have sockets: slot 0 and those opened since.
+  unsigned count() const noexcept { return static_cast<unsigned>(slots_.size()) + 1; }
+
+  // USR2, both modes: every slot socket, after the listeners, named
+  // "prefork.slot.<index>.<listener number>" in PREFORK_FDNAMES, so the
+  // new image puts each back in its slot, queue and all.
+  std::vector<int> handed_over(std::vector<std::string>& names) const {
+    std::vector<int> fds;
+    for (std::size_t i = 0; i < slots_.size(); ++i)
+      for (std::size_t k = 0; k < slots_[i].size(); ++k)
+        if (slots_[i][k]) {
+          fds.push_back(slots_[i][k].get());
+          names.push_back(std::string(name_prefix) + std::to_string(i + 1) + "." + std::to_string(k));
+        }
+    return fds;
+  }
+
+  // In the new image: takes the slot sockets an old master handed over out
+  // of the inherited descriptors, before listen() or the master looks there.
+  void adopt_inherited() {
+    inherited_store& store = inherited_fds_store();
+    std::lock_guard<std::mutex> hold(store.lock);
+    inherited& rest = untaken_inherited_fds(store);
+    for (std::size_t i = 0; i < rest.fds.size();) {
+      const std::string& name = rest.names[i];
+      std::size_t index = 0, k = 0;
+      if (!parse_name(name, index, k)) {
+        ++i;
+        continue;
+      }
+      if (slots_.size() < index) slots_.resize(index);
+      if (slots_[index - 1].size() <= k) slots_[index - 1].resize(k + 1);
+      slots_[index - 1][k] = std::move(rest.fds[i]);
+      rest.fds.erase(rest.fds.begin() + static_cast<std::ptrdiff_t>(i));
+      rest.names.erase(rest.names.begin() + static_cast<std::ptrdiff_t>(i));
+    }
   }
 
   // In a new worker: every socket but its own slot's goes, so a slot that
@@ -70,6 +118,20 @@ class slot_listeners {
   }
 
  private:
+  // "prefork.slot.<index>.<k>", index at least 1.
+  static bool parse_name(const std::string& name, std::size_t& index, std::size_t& k) {
+    const std::string_view prefix(name_prefix);
+    if (name.compare(0, prefix.size(), prefix) != 0) return false;
+    const char* p = name.c_str() + prefix.size();
+    char* end = nullptr;
+    errno = 0;
+    index = static_cast<std::size_t>(std::strtoul(p, &end, 10));
+    if (end == p || *end != '.' || errno != 0 || index == 0 || index > 65536) return false;
+    p = end + 1;
+    k = static_cast<std::size_t>(std::strtoul(p, &end, 10));
+    return end != p && *end == '\0' && errno == 0 && k < 65536;
+  }
+
   static int get(int sock, int level, int name) {
     int value = 0;
     socklen_t len = sizeof value;
@@ -104,6 +166,7 @@ class slot_listeners {
     return sock;
   }
 
+  static constexpr char name_prefix[] = "prefork.slot.";
   std::vector<std::vector<fd>> slots_;  // slots_[i]: slot i + 1's sockets
 };
 

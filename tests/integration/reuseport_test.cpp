@@ -12,8 +12,10 @@
 #include <sstream>
 
 #include "pool_harness.hpp"
+#include "reuseport_support.hpp"
 
 using namespace pool_test;
+using reuseport_test::port_of;
 
 namespace {
 
@@ -47,26 +49,7 @@ void report_index_own_socket(prefork::worker& w) {
   }
 }
 
-unsigned short port_of(const std::string& address) {
-  return static_cast<unsigned short>(std::stoul(address.substr(address.rfind(':') + 1)));
-}
-
-// Connections waiting in the accept queues of every listener on `port`.
-std::size_t queued_on(unsigned short port) {
-  std::ifstream tcp("/proc/net/tcp");
-  std::string line;
-  std::getline(tcp, line);  // the header
-  std::size_t queued = 0;
-  while (std::getline(tcp, line)) {
-    std::istringstream in(line);
-    std::string sl, local, remote, st, queues;
-    in >> sl >> local >> remote >> st >> queues;
-    if (st != "0A") continue;  // TCP_LISTEN
-    if (std::stoul(local.substr(local.find(':') + 1), nullptr, 16) != port) continue;
-    queued += std::stoul(queues.substr(queues.find(':') + 1), nullptr, 16);
-  }
-  return queued;
-}
+std::size_t queued_on(unsigned short port) { return reuseport_test::listening_on(port).queued; }
 
 char process_state(pid_t pid) {
   std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
@@ -257,6 +240,39 @@ TEST_CASE("plain SO_REUSEPORT, a socket per worker process, loses the dead worke
     CHECK(out.queued >= 3);
     CHECK(out.failures.size() >= out.queued);
     CHECK(out.by_replacement == 0);
+    p.quit();
+  }
+  CHECK(leaks.problems() == "");
+}
+
+TEST_CASE("reuseport: TTOU is refused, and TTIN after WINCH brings back every slot", "[pool][reuseport]") {
+  prefork::test::leak_check leaks;
+  {
+    std::string address;
+    pool p(
+        2,
+        [&](prefork::pool_config& c) {
+          c.reuseport = true;
+          c.listeners.clear();
+          c.listeners.push_back(reuseport_listener("127.0.0.1:0"));
+          address = prefork::local_address(c.listeners[0].get());
+        },
+        report_index);
+    spawned(p, 2);
+    p.signal(SIGTTOU);
+    p.ev.wait_for("received SIGTTOU: ignored with reuseport");
+    p.signal(SIGWINCH);
+    p.ev.wait_for("exited 0");
+    p.ev.wait_for("exited 0");
+    // Connections wait in both slots' queues meanwhile.
+    std::vector<std::unique_ptr<client>> waiting;
+    for (int i = 0; i < 16; ++i) waiting.push_back(std::make_unique<client>(address));
+    p.signal(SIGTTIN);
+    CHECK(p.ev.wait_for("received SIGTTIN").find("now 2 workers") != std::string::npos);
+    std::map<unsigned, pid_t> back = spawned(p, 2);
+    CHECK(back.size() == 2);
+    for (auto& c : waiting) CHECK(c->receive() != "");
+    waiting.clear();
     p.quit();
   }
   CHECK(leaks.problems() == "");
