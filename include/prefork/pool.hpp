@@ -86,6 +86,8 @@ class master {
     adopted_ = upgrade_.take_over(state_, config_);
     if (!adopted_) state_.board.emplace(config_.max_workers);
     state_.wanted = config_.workers;
+    // Slot sockets handed over by an upgrade receive connections: each needs a worker.
+    if (config_.reuseport) state_.wanted = std::max(state_.wanted, slots_.count());
   }
 
   master(const master&) = delete;

@@ -92,8 +92,11 @@ TEST_CASE("reuseport: USR2 in both modes and HUP keep every slot socket; no conn
     log.close_write();
     listener.reset();
     for (int i = 0; i < 2; ++i) log.wait_for(") ready");
+    // A third slot, beyond the new images' configured 2: it must be served too.
+    ::kill(master.pid(), SIGTTIN);
+    log.wait_for(") ready");
     const std::set<std::string> slots = listeners_on(port);
-    CHECK(slots.size() == 2);  // slot 0 (the listener) and slot 1
+    CHECK(slots.size() == 3);  // slot 0 (the listener), slots 1 and 2
 
     client_loop load(address);
     for (int round = 1; round <= 3; ++round) {
@@ -109,13 +112,14 @@ TEST_CASE("reuseport: USR2 in both modes and HUP keep every slot socket; no conn
         CHECK(how->describe() == "exited 0");
         master = prefork::child::adopt(next);
       } else {
-        log.wait_for("upgrade " + std::to_string(round) + " complete");
+        CHECK(log.wait_for("upgrade " + std::to_string(round) + " complete").find("(3 workers)") !=
+              std::string::npos);
       }
       CHECK(listeners_on(port) == slots);
       load.wait_progress(20);
       ::kill(master.pid(), SIGHUP);
       log.wait_for("received SIGHUP");
-      for (int i = 0; i < 2; ++i) log.wait_for("replaced by pid");
+      for (int i = 0; i < 3; ++i) log.wait_for("replaced by pid");
       CHECK(listeners_on(port) == slots);
     }
     load.finish();
