@@ -12,6 +12,19 @@
 // themselves, so they must have been opened with SO_REUSEPORT
 // (listen_options::reuseport). Stands on socket, getsockopt, setsockopt,
 // getsockname, bind and listen.
+//
+// Not yet here: retiring a slot (TTOU), which the master refuses with
+// reuseport. Closing a slot's socket resets its queue, so new connections
+// must first stop reaching it, then its worker must drain it. Two ways are
+// sound: a classic BPF program on the group (SO_ATTACH_REUSEPORT_CBPF,
+// "ld rand; mod #n; ret a") re-attached with n one lower, which never
+// selects the last socket of the group; slots are opened in index order and
+// only the highest is ever retired, so the group's order is the slots'. Or
+// net.ipv4.tcp_migrate_req (Linux 5.14), which moves a closing listener's
+// queue to another socket of the group; it is a per-network-namespace
+// setting, off by default, that a library must not turn on behind the
+// administrator's back, so it can only be a bonus. The BPF way is the one
+// to build.
 #pragma once
 
 #include <netinet/in.h>
