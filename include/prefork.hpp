@@ -25,6 +25,7 @@
 #include <prefork/daemon.hpp>
 #include <prefork/exec.hpp>
 #include <prefork/systemd.hpp>
+#include <prefork/reuseport.hpp>
 #include <prefork/pool.hpp>
 #include <prefork/upgrade_handover.hpp>
 #include <prefork/listen_queue.hpp>

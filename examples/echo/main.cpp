@@ -1,6 +1,6 @@
 // prefork-echo: a preforking echo server in one screen.
 //
-//   prefork-echo [--listen ADDR] [--workers N] [--pid FILE]
+//   prefork-echo [--listen ADDR] [--workers N] [--pid FILE] [--reuseport]
 //
 // The master binds ADDR (default 127.0.0.1:7007), prints "listening on
 // ADDR", and forks N workers (default 4). Each worker takes one connection at
@@ -16,7 +16,7 @@
 
 namespace {
 
-const char usage[] = "usage: prefork-echo [--listen ADDR] [--workers N] [--pid FILE]\n";
+const char usage[] = "usage: prefork-echo [--listen ADDR] [--workers N] [--pid FILE] [--reuseport]\n";
 
 int bad_flag(const std::string& why) {
   std::fprintf(stderr, "prefork-echo: %s\n%s", why.c_str(), usage);
@@ -38,8 +38,11 @@ void echo(prefork::worker& w, int conn) {
 int main(int argc, char** argv) {
   std::string address = "127.0.0.1:7007", pid_file;
   unsigned long workers = 4;
+  prefork::listen_options reuse;
   for (int i = 1; i < argc; ++i) {
     std::string flag = argv[i];
+    if (flag == "--reuseport") reuse.reuseport = true;
+    if (flag == "--reuseport") continue;
     if (flag != "--listen" && flag != "--workers" && flag != "--pid") return bad_flag("unknown flag " + flag);
     if (i + 1 == argc) return bad_flag(flag + " needs a value");
     std::string value = argv[++i];
@@ -56,8 +59,10 @@ int main(int argc, char** argv) {
     config.pid_file = pid_file;
     // Before binding, so a second start says "already running as PID N".
     if (!pid_file.empty()) prefork::pid_file::check_not_running(pid_file);
-    config.listeners = prefork::inherited_fds();  // after a USR2 upgrade: the same socket
-    if (config.listeners.empty()) config.listeners.push_back(prefork::listen(address));
+    config.reuseport = reuse.reuseport;
+    // After USR2: the same socket; --reuseport: one per worker, kept by the master.
+    if (!config.reuseport) config.listeners = prefork::inherited_fds();
+    if (config.listeners.empty()) config.listeners.push_back(prefork::listen(address, reuse));
     std::printf("listening on %s\n", prefork::local_address(config.listeners[0].get()).c_str());
     std::fflush(stdout);
     prefork::master master(std::move(config));

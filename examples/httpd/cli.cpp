@@ -87,6 +87,8 @@ Unicorn-style preforking pool: one master binds the sockets, workers accept.
   -D, --daemonize           detach; exit 0 once the server is ready, 1 if not
   -u, --user USER[:GROUP]   workers drop to this user once the sockets are bound
       --upgrade MODE        USR2 upgrade: fork-exec (default) or in-place
+      --reuseport           a listening socket per worker (SO_REUSEPORT), kept
+                            by the master so no queued connection is lost
       --check               validate options, ROOT, addresses and user; exit 0 or 1
   -h, --help                this text
   -V, --version             the version
@@ -209,7 +211,8 @@ options parse_command_line(int argc, char** argv) {
       if (colon != std::string::npos) o.group = u.substr(colon + 1);
       if (o.user.empty() || (colon != std::string::npos && o.group.empty()))
         bad(name, "expected USER or USER:GROUP, got '" + u + "'");
-    } else if (is(nullptr, "--upgrade")) {
+    } else if (is(nullptr, "--reuseport")) flag(), o.reuseport = true;
+    else if (is(nullptr, "--upgrade")) {
       std::string m = take();
       if (m == "fork-exec") o.upgrade = upgrade_kind::fork_exec;
       else if (m == "in-place") o.upgrade = upgrade_kind::in_place;

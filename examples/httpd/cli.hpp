@@ -37,6 +37,7 @@ struct options {
   bool daemonize = false;
   std::string user, group;          // from --user USER[:GROUP]
   upgrade_kind upgrade = upgrade_kind::fork_exec;
+  bool reuseport = false;           // a SO_REUSEPORT socket per worker, kept by the master
   bool check = false, help = false, version = false;
   std::filesystem::path root;       // empty until parsed: the bundled demo site
 };

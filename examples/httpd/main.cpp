@@ -105,6 +105,7 @@ std::vector<prefork::fd> open_listeners(const options& o) {
   std::vector<prefork::fd> fds;
   std::vector<std::string> addrs = o.listen.empty() ? std::vector<std::string>{"127.0.0.1:8080"} : o.listen;
   prefork::listen_options lo;
+  lo.reuseport = o.reuseport;
   // The kernel holds a connection until its first bytes arrive, so a
   // blocking worker's first read rarely waits (TCP only).
   long defer = (o.header_timeout.count() + 999) / 1000;
@@ -206,6 +207,7 @@ int main(int argc, char** argv) {
     config.upgrade =
         opts.upgrade == httpd::upgrade_kind::in_place ? prefork::upgrade_mode::in_place : prefork::upgrade_mode::fork_exec;
     config.max_requests = opts.max_requests;
+    config.reuseport = opts.reuseport;
 
     config.log = [&](std::string_view event) { log_line(event); };
     // All workers ready: the moment -D's launcher and the tests wait for

@@ -43,6 +43,7 @@
 #include <prefork/pool_config.hpp>
 #include <prefork/pool_detail.hpp>
 #include <prefork/process.hpp>
+#include <prefork/reuseport.hpp>
 #include <prefork/scoreboard.hpp>
 #include <prefork/signal.hpp>
 #include <prefork/socket.hpp>
@@ -57,6 +58,7 @@ class master {
   // Checks the config and creates the scoreboard; throws
   // std::invalid_argument naming what is wrong. Forks nothing.
   explicit master(pool_config config) : config_(std::move(config)) {
+    if (config_.reuseport) slots_.adopt_inherited();  // after an upgrade; before the listeners are taken
     if (config_.workers == 0) throw std::invalid_argument("pool_config: workers must be at least 1");
     if (config_.timeout.count() <= 0) throw std::invalid_argument("pool_config: timeout must be positive");
     if (config_.graceful_timeout.count() < 0)
@@ -78,11 +80,14 @@ class master {
           "pool_config: no listeners (none given, none inherited through PREFORK_FDS or LISTEN_FDS)");
     for (const fd& l : config_.listeners) detail::check_listener(l.get());
     detail::check_fd_names("pool_config: listener_names", config_.listener_names, config_.listeners.size());
+    if (config_.reuseport) detail::slot_listeners::check(config_.listeners);
     // A new image of an in-place upgrade takes the old one's scoreboard,
     // wake-up pipe and workers instead.
     adopted_ = upgrade_.take_over(state_, config_);
     if (!adopted_) state_.board.emplace(config_.max_workers);
     state_.wanted = config_.workers;
+    // Slot sockets handed over by an upgrade receive connections: each needs a worker.
+    if (config_.reuseport) state_.wanted = std::max(state_.wanted, slots_.count());
   }
 
   master(const master&) = delete;
@@ -273,9 +278,13 @@ class master {
         return begin_stop(config_.graceful_term ? stop_kind::graceful : stop_kind::quick, signame);
       case SIGINT: return begin_stop(stop_kind::quick, signame);
       case SIGUSR1: return detail::reopen_logs(config_, state_);
-      case SIGUSR2:
+      case SIGUSR2: {
         detail::bump(state_.board->master_cells().upgrades);
-        return upgrade_.on_usr2(config_, state_, pid_file_, stop_ != stop_kind::none, *sigs_);
+        std::vector<std::string> slot_names;
+        std::vector<int> slot_fds = slots_.handed_over(slot_names);
+        return upgrade_.on_usr2(config_, state_, pid_file_, stop_ != stop_kind::none, *sigs_, slot_fds,
+                                slot_names);
+      }
       case SIGHUP: return reload();
       case SIGWINCH:
         if (detail::has_controlling_terminal())
@@ -288,8 +297,12 @@ class master {
           return log("received SIGTTIN: already at max_workers (" + std::to_string(config_.max_workers) +
                      ")");
         ++state_.wanted;
+        // Every open slot socket receives connections: none may stay without a worker.
+        if (config_.reuseport) state_.wanted = std::max(state_.wanted, slots_.count());
         return log("received SIGTTIN: now " + std::to_string(state_.wanted) + " workers");
       case SIGTTOU:
+        if (config_.reuseport)  // closing the last slot's socket would reset its queue
+          return log("received SIGTTOU: ignored with reuseport (a slot is not retired yet)");
         if (state_.wanted > 0) --state_.wanted;
         return log("received SIGTTOU: now " + std::to_string(state_.wanted) + " workers");
       default: return log("received " + signame + ": ignored");
@@ -360,6 +373,7 @@ class master {
     detail::bump(state_.board->master_cells().reloads);
     state_.board->count_restart(restart_cause::reload, state_.workers.size());
     state_.wanted = config_.workers;  // a reload re-reads the count, undoing TTIN, TTOU and WINCH
+    if (config_.reuseport) state_.wanted = std::max(state_.wanted, slots_.count());  // as for TTIN
     announced_generation_ = false;
     for (detail::worker_record& r : state_.workers) r.retiring = true;
     log("received SIGHUP: reloaded; replacing " + std::to_string(state_.workers.size()) +
@@ -520,6 +534,7 @@ class master {
     std::optional<child> forked;
     pipe_ends control;
     try {
+      if (config_.reuseport) slots_.of(index, config_.listeners);  // opened here, where failing is safe
       control = pipe(O_NONBLOCK);
       (void)std::fflush(nullptr);  // or buffered output would be written twice, by both processes
       blocked_signals blocked;     // no handler of ours may run in the child
@@ -554,7 +569,12 @@ class master {
     int code = 0;
     try {
       state_.board->cells(slot).pid.store(::getpid());
-      worker w(worker::setup{&config_, &config_.listeners, &*state_.board, slot, index, state_.generation,
+      const std::vector<fd>* mine = &config_.listeners;
+      if (config_.reuseport) {
+        mine = &slots_.of(index, config_.listeners);
+        slots_.keep_only(index, config_.listeners);
+      }
+      worker w(worker::setup{&config_, mine, &*state_.board, slot, index, state_.generation,
                              std::move(control.read), state_.wake_write.get()});
       if (config_.after_fork) config_.after_fork(w);
       work_(w);
@@ -577,6 +597,7 @@ class master {
   std::function<void(worker&)> work_;
   detail::pool_state state_;
   detail::upgrader upgrade_;
+  detail::slot_listeners slots_;
   detail::service_notifier notifier_;
   bool adopted_ = false;  // this image took over from an in-place upgrade
   pid_file pid_file_;

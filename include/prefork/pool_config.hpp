@@ -39,6 +39,11 @@ struct pool_config {
   // sockets by name, as under systemd's socket activation, finds them again.
   // Taken from the environment with the listeners when those are inherited.
   std::vector<std::string> listener_names;
+  // One SO_REUSEPORT socket per worker index (slot) and listener, opened and
+  // kept by the master, so the kernel spreads connections over the workers
+  // and a dead worker's queue waits for its replacement (reuseport.hpp).
+  // The listeners must have SO_REUSEPORT (listen_options::reuseport).
+  bool reuseport = false;
   // USR2: how long the new workers may take to be ready. fork_exec then
   // stops the new master and the old one carries on; in_place (whose old
   // workers serve until replaced) accepts another USR2 from then on.

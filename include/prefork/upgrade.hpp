@@ -215,9 +215,11 @@ class upgrader {
     return "generation not yet ready after upgrade " + std::to_string(upgrades_);
   }
 
-  // USR2.
+  // USR2. `extra_fds` (named `extra_names`) go with the listeners, after
+  // them: reuseport's slot sockets (reuseport.hpp).
   void on_usr2(const pool_config& config, const pool_state& s, pid_file& pid, bool stopping,
-               signal_pipe& sigs) {
+               signal_pipe& sigs, const std::vector<int>& extra_fds = {},
+               const std::vector<std::string>& extra_names = {}) {
     if (stopping) return log_event(config, "received SIGUSR2: ignored while stopping");
     if (in_progress())
       return log_event(config,
@@ -225,19 +227,26 @@ class upgrader {
     refuse_threads("master: upgrade");
     std::vector<int> listeners;
     for (const fd& l : config.listeners) listeners.push_back(l.get());
-    if (config.upgrade == upgrade_mode::fork_exec) return start_fork_exec(config, pid, listeners);
-    exec_in_place(config, s, listeners, sigs);
+    std::vector<std::string> names = config.listener_names;
+    if (!extra_fds.empty()) {
+      names.resize(listeners.size());
+      listeners.insert(listeners.end(), extra_fds.begin(), extra_fds.end());
+      names.insert(names.end(), extra_names.begin(), extra_names.end());
+    }
+    if (config.upgrade == upgrade_mode::fork_exec) return start_fork_exec(config, pid, listeners, names);
+    exec_in_place(config, s, listeners, names, sigs);
   }
 
   // fork_exec, on USR2: idle -> starting.
-  void start_fork_exec(const pool_config& config, pid_file& pid, const std::vector<int>& listeners) {
+  void start_fork_exec(const pool_config& config, pid_file& pid, const std::vector<int>& listeners,
+                       const std::vector<std::string>& names) {
     std::string renamed;
     try {
       if (pid) {
         pid.rename_to(config.pid_file.string() + ".oldbin");
         renamed = ", pid file renamed to " + pid.path().string();
       }
-      successor_ = spawn_successor(listeners, config.listener_names);
+      successor_ = spawn_successor(listeners, names);
     } catch (const std::exception& e) {
       std::string restored = restore_pid_file(config, pid);
       return log_event(config, std::string("upgrade failed: cannot start the new master: ") + e.what() +
@@ -256,7 +265,7 @@ class upgrader {
   // master then goes on exactly as before, with the signals that came
   // after USR2 still to handle.
   void exec_in_place(const pool_config& config, const pool_state& s, const std::vector<int>& listeners,
-                     signal_pipe& sigs) {
+                     const std::vector<std::string>& names, signal_pipe& sigs) {
     notify("RELOADING=1");
     const unsigned next = upgrades_ + 1;
     pipe_ends ends = pipe();
@@ -282,7 +291,7 @@ class upgrader {
             "; courier pid " + std::to_string(courier.pid()) +
             (queued_.empty() ? "" : "; handing over the signals queued since: " + signal_list(queued_)));
     try {
-      exec_handing_over(listeners, config.listener_names, hidden,
+      exec_handing_over(listeners, names, hidden,
                         {std::string(handover_variable) + "=" + std::to_string(ends.read.get()) + "," +
                          std::to_string(courier.pid())});
     } catch (const std::exception& e) {

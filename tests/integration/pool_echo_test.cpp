@@ -90,7 +90,8 @@ TEST_CASE("prefork-echo: a bad flag is one line naming it, the usage, and exit 2
     CHECK(echo.wait().describe() == "exited 2");
     CHECK(text.find("prefork-echo: ") == 0);
     CHECK(text.find(args[0]) != std::string::npos);
-    CHECK(text.find("usage: prefork-echo [--listen ADDR] [--workers N] [--pid FILE]\n") != std::string::npos);
+    CHECK(text.find("usage: prefork-echo [--listen ADDR] [--workers N] [--pid FILE] [--reuseport]\n") !=
+          std::string::npos);
     CHECK(std::count(text.begin(), text.end(), '\n') == 2);
   }
   CHECK(leaks.problems() == "");

@@ -1,0 +1,133 @@
+// pool_config::reuseport through USR2 (both modes) and HUP, under a client
+// loop: not one connection fails, and the slot sockets the kernel queues on
+// are the very same ones after each upgrade (their inodes in /proc/net/tcp),
+// so no queue was ever closed. The master is this test binary run as a
+// helper, so its startup_argv() runs the helper again.
+#include <signal.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+
+#include <prefork/pool.hpp>
+#include <prefork/process.hpp>
+
+#include "catch.hpp"
+#include "helpers.hpp"
+#include "leak_check.hpp"
+#include "reuseport_support.hpp"
+#include "upgrade_harness.hpp"
+
+using namespace upgrade_test;
+
+namespace {
+
+void say(const std::string& text) {
+  std::string line = text + "\n";
+  std::error_code ec;
+  prefork::write_all(2, line.data(), line.size(), ec);
+}
+
+// Echoes until the client closes.
+void echo(prefork::worker& w) {
+  while (prefork::fd conn = w.accept()) {
+    char buf[16384];
+    for (;;) {
+      prefork::io_result got = prefork::read_some(conn.get(), buf, sizeof buf);
+      std::error_code ec;
+      if (!got || got.bytes == 0 || prefork::write_all(conn.get(), buf, got.bytes, ec) != got.bytes) break;
+    }
+    w.request_done();
+  }
+}
+
+std::set<std::string> listeners_on(unsigned short port) { return reuseport_test::listening_on(port).inodes; }
+
+}  // namespace
+
+// MODE WORKERS: a reuseport pool on the listener of PREFORK_FDS.
+PREFORK_HELPER(reuseport_master) {
+  if (argc != 2) return 2;
+  try {
+    prefork::pool_config config;
+    config.upgrade = std::string(argv[0]) == "in_place" ? prefork::upgrade_mode::in_place
+                                                        : prefork::upgrade_mode::fork_exec;
+    config.workers = static_cast<unsigned>(std::stoul(argv[1]));
+    config.reuseport = true;
+    config.graceful_timeout = 5s;
+    config.timeout = 10s;
+    config.after_fork = [](prefork::worker& w) {
+      say("spawn " + std::to_string(w.index()) + " " + std::to_string(w.generation()) + " " +
+          std::to_string(::getpid()));
+    };
+    prefork::master master(std::move(config));
+    return master.run(echo);
+  } catch (const std::exception& e) {
+    say(std::string("master failed: ") + e.what());
+    return 1;
+  }
+}
+
+TEST_CASE("reuseport: USR2 in both modes and HUP keep every slot socket; no connection fails",
+          "[reuseport][upgrade]") {
+  const std::string mode = GENERATE(std::string("fork_exec"), std::string("in_place"));
+  prefork::test::leak_check leaks;
+  {
+    prefork::test::line_reader log;
+    prefork::listen_options opts;
+    opts.reuseport = true;
+    prefork::fd listener = prefork::listen("127.0.0.1:0", opts);
+    const std::string address = prefork::local_address(listener.get());
+    const auto port = static_cast<unsigned short>(std::stoul(address.substr(address.rfind(':') + 1)));
+    prefork::spawn_options options;
+    options.fds = {{0, 0}, {1, 1}, {log.write_fd(), 2}, {listener.get(), 3}};
+    std::vector<std::string> env;
+    for (char** e = environ; *e; ++e) env.emplace_back(*e);
+    env.push_back("PREFORK_FDS=3");
+    options.env = env;
+    prefork::child master =
+        prefork::spawn(prefork::test::helper_argv("reuseport_master", {mode, "2"}), options);
+    log.close_write();
+    listener.reset();
+    for (int i = 0; i < 2; ++i) log.wait_for(") ready");
+    // A third slot, beyond the new images' configured 2: it must be served too.
+    ::kill(master.pid(), SIGTTIN);
+    log.wait_for(") ready");
+    const std::set<std::string> slots = listeners_on(port);
+    CHECK(slots.size() == 3);  // slot 0 (the listener), slots 1 and 2
+
+    client_loop load(address);
+    for (int round = 1; round <= 3; ++round) {
+      load.wait_progress(20);
+      const pid_t old = master.pid();
+      ::kill(old, SIGUSR2);
+      if (mode == "fork_exec") {
+        std::string line = log.wait_for("received SIGUSR2: upgrading: started new master pid ");
+        const pid_t next = static_cast<pid_t>(std::stol(line.substr(line.find("master pid ") + 11)));
+        log.wait_for("prefork[" + std::to_string(old) + "]: stop complete");
+        std::optional<prefork::exit_status> how = master.wait_for(20s);
+        REQUIRE(how);
+        CHECK(how->describe() == "exited 0");
+        master = prefork::child::adopt(next);
+      } else {
+        CHECK(log.wait_for("upgrade " + std::to_string(round) + " complete").find("(3 workers)") !=
+              std::string::npos);
+      }
+      CHECK(listeners_on(port) == slots);
+      load.wait_progress(20);
+      ::kill(master.pid(), SIGHUP);
+      log.wait_for("received SIGHUP");
+      for (int i = 0; i < 3; ++i) log.wait_for("replaced by pid");
+      CHECK(listeners_on(port) == slots);
+    }
+    load.finish();
+    CHECK(load.failures() == std::vector<std::string>{});
+    ::kill(master.pid(), SIGQUIT);
+    std::optional<prefork::exit_status> how = master.wait_for(20s);
+    REQUIRE(how);
+    CHECK(how->describe() == "exited 0");
+  }
+  CHECK(leaks.problems() == "");
+}
