@@ -38,6 +38,7 @@
 #include <prefork/error.hpp>
 #include <prefork/fd.hpp>
 #include <prefork/pool_config.hpp>
+#include <prefork/process.hpp>
 #include <prefork/scoreboard.hpp>
 #include <prefork/socket.hpp>
 #include <prefork/systemd.hpp>
@@ -133,32 +134,13 @@ std::string seconds(Duration d) {
   return buf;
 }
 
-inline unsigned thread_count() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line))
-    if (line.rfind("Threads:", 0) == 0) return static_cast<unsigned>(std::stoul(line.substr(8)));
-  throw std::runtime_error("cannot read the thread count from /proc/self/status");
-}
-
-// ThreadSanitizer's runtime keeps a background thread of its own in every
-// process and takes care of it around fork; it is not the program's.
-#if defined(__SANITIZE_THREAD__)
-inline constexpr unsigned runtime_threads = 1;
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-inline constexpr unsigned runtime_threads = 1;
-#else
-inline constexpr unsigned runtime_threads = 0;
-#endif
-#else
-inline constexpr unsigned runtime_threads = 0;
-#endif
-
 // fork(2) copies only the calling thread: a lock another thread held (in
 // malloc, in stdio) stays locked forever in the child.
 inline void refuse_threads(const char* who) {
-  unsigned n = thread_count() - runtime_threads;
+  unsigned all = thread_count_now();  // process.hpp, as prefork::fork() counts them
+  if (all == 0)
+    throw std::runtime_error(std::string(who) + ": cannot read the thread count from /proc/self/status");
+  unsigned n = all - sanitizer_thread_count;
   if (n > 1)
     throw std::logic_error(std::string(who) + ": refusing to fork with " + std::to_string(n) +
                            " threads in the master (a lock held by another thread would stay locked in the "
