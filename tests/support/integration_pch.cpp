@@ -1,0 +1,1 @@
+// The translation unit that owns integration_pch.hpp's precompiled header.
