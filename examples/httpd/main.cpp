@@ -114,10 +114,13 @@ std::vector<prefork::fd> open_listeners(const options& o) {
     lo.defer_accept_s = (a.rfind("unix:", 0) == 0 || a[0] == '/') ? 0 : static_cast<int>(defer);
     fds.push_back(prefork::listen(a, lo));
   }
-  // Last, so its index is the same in every worker and after an upgrade
-  // (the listeners travel in order). No TCP_DEFER_ACCEPT: a probe may connect
-  // and wait.
-  if (!o.admin_listen.empty()) fds.push_back(prefork::listen(o.admin_listen, prefork::listen_options{}));
+  // Last, and named "admin" in main(): the name, not the place, marks it
+  // after an upgrade. No TCP_DEFER_ACCEPT: a probe may connect and wait.
+  // SO_REUSEPORT as the others: with --reuseport every listener needs it
+  // (each worker then has a socket of its own on each).
+  prefork::listen_options admin;
+  admin.reuseport = o.reuseport;
+  if (!o.admin_listen.empty()) fds.push_back(prefork::listen(o.admin_listen, admin));
   return fds;
 }
 
@@ -246,12 +249,12 @@ int main(int argc, char** argv) {
 
     prefork::master m(std::move(config));
     // The admin socket is the one named "admin" (ours, or a systemd socket
-    // unit's FileDescriptorName=admin). Unnamed sockets with --admin-listen
-    // come from an image that did not name them: its admin socket was last.
+    // unit's FileDescriptorName=admin). With --admin-listen and none so
+    // named (sockets from an image that did not name them), the last.
     const std::vector<std::string>& names = m.config().listener_names;
     if (auto it = std::find(names.begin(), names.end(), "admin"); it != names.end())
       srv.admin_listener = static_cast<std::size_t>(it - names.begin());
-    else if (!opts.admin_listen.empty() && names.empty() && !m.config().listeners.empty())
+    else if (!opts.admin_listen.empty() && !m.config().listeners.empty())
       srv.admin_listener = m.config().listeners.size() - 1;
     for (const prefork::fd& l : m.config().listeners) {
       httpd::set_inherited_timeouts(l.get(), opts);

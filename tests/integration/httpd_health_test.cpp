@@ -278,15 +278,19 @@ TEST_CASE("the admin socket is known by its name, not its place, before and afte
   CHECK(leaks.problems() == "");
 }
 
-TEST_CASE("--admin-listen: after USR2 the admin routes stay on the admin socket only",
+TEST_CASE("--admin-listen (also with --reuseport): after USR2 the admin routes stay on the admin socket only",
           "[httpd][upgrade][admin]") {
   prefork::test::leak_check leaks;
   {
     std::string kind = GENERATE(as<std::string>{}, "fork-exec", "in-place");
-    INFO(kind);
+    bool reuseport = GENERATE(false, true);
+    INFO(kind << (reuseport ? " --reuseport" : ""));
     temp_dir dir;
     const std::string pid_path = dir.path.string() + "/httpd.pid";
-    server s({"--upgrade", kind, "-P", pid_path, "--graceful-timeout", "5", "--admin-listen", "127.0.0.1:0"});
+    std::vector<std::string> args{"--upgrade",      kind,         "-P", pid_path, "--graceful-timeout", "5",
+                                  "--admin-listen", "127.0.0.1:0"};
+    if (reuseport) args.push_back("--reuseport");
+    server s(args);
     auto [admin, pub] = admin_and_public(s, 0);
     CHECK(pub == s.port());
     check_admin_only_on(admin, pub);
