@@ -65,6 +65,8 @@ Unicorn-style preforking pool: one master binds the sockets, workers accept.
       --admin-listen ADDR   serve /_status, /_metrics and /_health on this
                             address (127.0.0.1:9100, unix:/path) and not on
                             the public ones (default: on the public ones)
+      --drain-file FILE     while FILE exists, GET /_health answers 503
+                            "draining" and serving goes on (a balancer's cue)
   -w, --workers N           worker processes (default: online CPUs)
   -m, --mode MODE           evented (default: one epoll loop per worker with
                             keep-alive and pipelining) or blocking (one
@@ -97,7 +99,8 @@ SEC may be fractional (0.5). Routes: GET /hello, POST /echo, GET /sleep?ms=N
 (sleeps inside the worker: in evented mode it blocks every connection of that
 worker, on purpose, for timeout and graceful-stop tests), GET /_status (the
 pool at a glance; JSON with Accept: application/json or ?format=json),
-GET /_metrics (Prometheus), GET /_health (200, or 503 once stopping).
+GET /_metrics (Prometheus), GET /_health (200; 503 once the master is
+stopping, or while the --drain-file exists).
 Everything else is a static file under ROOT (GET and HEAD).
 
 Signals to the master: QUIT graceful stop, TERM/INT quick stop, USR1 reopen
@@ -169,6 +172,10 @@ options parse_command_line(int argc, char** argv) {
     } else if (is(nullptr, "--admin-listen")) {
       o.admin_listen = take();
       if (o.admin_listen.empty()) bad(name, "empty address");
+    } else if (is(nullptr, "--drain-file")) {
+      std::string p = take();
+      if (p.empty()) bad(name, "empty path");
+      o.drain_file = p;
     } else if (is("-w", "--workers")) {
       o.workers = static_cast<unsigned>(parse_count(name, take(), 4096));
       if (o.workers == 0) bad(name, "needs at least 1 worker");

@@ -21,6 +21,7 @@ enum class upgrade_kind { fork_exec, in_place };
 struct options {
   std::vector<std::string> listen;  // empty: inherited sockets, else 127.0.0.1:8080
   std::string admin_listen;         // empty: admin routes on the public listeners
+  std::filesystem::path drain_file; // while it exists, /_health says 503 (serving goes on)
   unsigned workers = 0;             // 0 until parsed: the number of online CPUs
   worker_mode mode = worker_mode::evented;
   std::chrono::milliseconds timeout{30000};

@@ -11,6 +11,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -113,10 +114,13 @@ std::vector<prefork::fd> open_listeners(const options& o) {
     lo.defer_accept_s = (a.rfind("unix:", 0) == 0 || a[0] == '/') ? 0 : static_cast<int>(defer);
     fds.push_back(prefork::listen(a, lo));
   }
-  // Last, so its index is the same in every worker and after an upgrade
-  // (the listeners travel in order). No TCP_DEFER_ACCEPT: a probe may connect
-  // and wait.
-  if (!o.admin_listen.empty()) fds.push_back(prefork::listen(o.admin_listen, prefork::listen_options{}));
+  // Last, and named "admin" in main(): the name, not the place, marks it
+  // after an upgrade. No TCP_DEFER_ACCEPT: a probe may connect and wait.
+  // SO_REUSEPORT as the others: with --reuseport every listener needs it
+  // (each worker then has a socket of its own on each).
+  prefork::listen_options admin;
+  admin.reuseport = o.reuseport;
+  if (!o.admin_listen.empty()) fds.push_back(prefork::listen(o.admin_listen, admin));
   return fds;
 }
 
@@ -169,6 +173,7 @@ int main(int argc, char** argv) {
     if (!opts.pid_file.empty()) prefork::pid_file::check_not_running(opts.pid_file);
     if (!opts.access_log.empty() && opts.access_log != "-") opts.access_log = std::filesystem::absolute(opts.access_log);
     if (!opts.error_log.empty()) opts.error_log = std::filesystem::absolute(opts.error_log);
+    if (!opts.drain_file.empty()) opts.drain_file = std::filesystem::absolute(opts.drain_file);
     // An upgrade re-executes us with the same arguments: the new master is
     // already detached (and must keep its PID for an in-place upgrade).
     const bool inherited = sockets_inherited();
@@ -202,7 +207,13 @@ int main(int argc, char** argv) {
     config.workers = opts.workers;
     config.timeout = opts.timeout;
     config.graceful_timeout = opts.graceful_timeout;
-    if (!inherited) config.listeners = open_listeners(opts);  // else the pool takes the inherited ones
+    if (!inherited) {
+      config.listeners = open_listeners(opts);  // else the pool takes the inherited ones, and their names
+      // Named, so the admin socket is known by its name after an upgrade
+      // (PREFORK_FDNAMES) whatever the order sockets arrive in.
+      config.listener_names.assign(config.listeners.size(), "http");
+      if (!opts.admin_listen.empty()) config.listener_names.back() = "admin";
+    }
     config.pid_file = opts.pid_file;
     config.upgrade =
         opts.upgrade == httpd::upgrade_kind::in_place ? prefork::upgrade_mode::in_place : prefork::upgrade_mode::fork_exec;
@@ -237,7 +248,13 @@ int main(int argc, char** argv) {
     };
 
     prefork::master m(std::move(config));
-    if (!opts.admin_listen.empty() && !m.config().listeners.empty())
+    // The admin socket is the one named "admin" (ours, or a systemd socket
+    // unit's FileDescriptorName=admin). With --admin-listen and none so
+    // named (sockets from an image that did not name them), the last.
+    const std::vector<std::string>& names = m.config().listener_names;
+    if (auto it = std::find(names.begin(), names.end(), "admin"); it != names.end())
+      srv.admin_listener = static_cast<std::size_t>(it - names.begin());
+    else if (!opts.admin_listen.empty() && !m.config().listeners.empty())
       srv.admin_listener = m.config().listeners.size() - 1;
     for (const prefork::fd& l : m.config().listeners) {
       httpd::set_inherited_timeouts(l.get(), opts);

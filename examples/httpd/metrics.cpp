@@ -182,7 +182,7 @@ void render_metrics(server& srv, reply& out) {
   sample(b, "prefork_worker_timeouts_total", "", v.master.timeouts_killed);
   head(b, "prefork_crash_backoffs_total", "counter", "Respawns delayed because a worker kept dying at once.");
   sample(b, "prefork_crash_backoffs_total", "", v.master.crash_backoffs);
-  head(b, "prefork_upgrades_total", "counter", "USR2 upgrades begun by this master.");
+  head(b, "prefork_upgrades_total", "counter", "USR2 upgrades begun (carried from master to master).");
   sample(b, "prefork_upgrades_total", "", v.master.upgrades);
   head(b, "prefork_reloads_total", "counter", "HUP reloads done by this master.");
   sample(b, "prefork_reloads_total", "", v.master.reloads);

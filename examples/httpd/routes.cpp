@@ -1,6 +1,7 @@
 // httpd/routes.cpp: the built-in routes and the static fallback (see routes.hpp).
 #include "routes.hpp"
 
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -252,11 +253,18 @@ void route(server& srv, const request& req, std::string_view body, reply& out) {
     } else if (req.path == "/_metrics") {
       render_metrics(srv, out);
     } else {
+      // The master's stop, not this worker's: a worker retired by HUP or by
+      // an upgrade's hand-over stops while the service goes on.
       out.clear();
-      const bool stopping = srv.worker && srv.worker->stopping();
-      out.status = stopping ? 503 : 200;
+      const bool stopping = srv.worker && srv.worker->scoreboard().master_stopping();
+      struct stat st {};
+      const bool draining =
+          !stopping && !srv.opts.drain_file.empty() && ::stat(srv.opts.drain_file.c_str(), &st) == 0;
+      out.status = stopping || draining ? 503 : 200;
       out.content_type = "text/plain; charset=utf-8";
-      out.body_view = stopping ? std::string_view("stopping\n") : std::string_view("ok\n");
+      out.body_view = stopping ? std::string_view("stopping\n")
+                      : draining ? std::string_view("draining\n")
+                                 : std::string_view("ok\n");
     }
     out.headers = "Cache-Control: no-store\r\n";
     out.admin = true;

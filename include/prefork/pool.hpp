@@ -84,7 +84,9 @@ class master {
     // A new image of an in-place upgrade takes the old one's scoreboard,
     // wake-up pipe and workers instead.
     adopted_ = upgrade_.take_over(state_, config_);
-    if (!adopted_) state_.board.emplace(config_.max_workers);
+    // A scoreboard of our own otherwise (with a fork_exec predecessor's
+    // counters), or when the previous image's has another layout.
+    if (!state_.board) detail::fresh_board(state_, config_.max_workers, upgrade_.carried_counters());
     state_.wanted = config_.workers;
     // Slot sockets handed over by an upgrade receive connections: each needs a worker.
     if (config_.reuseport) state_.wanted = std::max(state_.wanted, slots_.count());
@@ -314,8 +316,11 @@ class master {
       return log("received " + signame + ": already stopping");
     stop_ = kind;
     // After a hand-over the new master is the service: systemd must not
-    // hear that it stops.
-    if (!upgrade_.handed_over()) notify("STOPPING=1");
+    // hear that it stops, nor a balancer asking the workers' health.
+    if (!upgrade_.handed_over()) {
+      state_.board->master_cells().stopping.store(1, std::memory_order_relaxed);
+      notify("STOPPING=1");
+    }
     const clock::time_point now = clock::now();
     if (kind == stop_kind::graceful) {
       stop_deadline_ = now + config_.graceful_timeout;

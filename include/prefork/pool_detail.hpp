@@ -241,7 +241,7 @@ inline std::string encode_handover(const pool_state& s, unsigned upgrades,
   out << "prefork-handover 1\n"
       << "upgrades " << upgrades << "\n"
       << "generation " << s.generation << "\n"
-      << "board " << s.board->memfd() << "\n"
+      << "board " << s.board->memfd() << " " << scoreboard_layout << " " << scoreboard_slot_size << "\n"
       << "wake " << s.wake_read.get() << " " << s.wake_write.get() << "\n";
   auto ms = [](auto d) {
     return std::max<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(d).count(), 0);
@@ -273,9 +273,11 @@ inline fd take_fd(int n, const std::string& what) {
   return owned;
 }
 
-// Fills a fresh pool_state from the text; returns the upgrade count.
+// Fills a fresh pool_state from the text; returns the upgrade count. A
+// scoreboard of another layout (an older image says none) is not mapped:
+// s.board stays empty, `refused` says why, and the caller makes a fresh one.
 inline unsigned adopt_handover(pool_state& s, const std::string& text,
-                               std::chrono::steady_clock::time_point now) {
+                               std::chrono::steady_clock::time_point now, std::string* refused = nullptr) {
   std::istringstream in(text);
   std::string line;
   unsigned upgrades = 0;
@@ -300,7 +302,27 @@ inline unsigned adopt_handover(pool_state& s, const std::string& text,
     } else if (key == "board") {
       int n = -1;
       f >> n;
-      s.board.emplace(scoreboard::from_fd(take_fd(n, "scoreboard").release()));  // from_fd owns it
+      fd board = take_fd(n, "scoreboard");
+      std::uint32_t layout = 0;
+      std::size_t slot_size = 0;
+      if (!(f >> layout >> slot_size)) {
+        f.clear();
+        layout = 0;
+      }
+      if (layout == scoreboard_layout && slot_size == scoreboard_slot_size) {
+        s.board.emplace(scoreboard::from_fd(board.release()));  // from_fd owns it
+      } else {
+        const std::string why =
+            "its layout is " +
+            (layout ? std::to_string(layout) + " (" + std::to_string(slot_size) + "-byte slots)"
+                    : std::string("unversioned (an older image)")) +
+            ", this image's is " + std::to_string(scoreboard_layout) + " (" +
+            std::to_string(scoreboard_slot_size) + "-byte slots)";
+        if (refused)
+          *refused = why;
+        else
+          bad(why);
+      }
     } else if (key == "wake") {
       int r = -1, w = -1;
       f >> r >> w;
@@ -328,10 +350,34 @@ inline unsigned adopt_handover(pool_state& s, const std::string& text,
     if (f.fail()) bad("bad number");
   }
   if (!complete) bad("cut short");
-  if (!s.board || !s.wake_read || !s.wake_write) bad("no scoreboard or wake-up pipe");
+  if ((!s.board && (!refused || refused->empty())) || !s.wake_read || !s.wake_write)
+    bad("no scoreboard or wake-up pipe");
   for (const worker_record& r : s.workers)
-    if (r.slot >= s.board->size()) bad("slot out of range");
+    if (s.board && r.slot >= s.board->size()) bad("slot out of range");
   return upgrades;
+}
+
+// A new scoreboard for the master: at the first start, after a fork_exec
+// upgrade (`carried`: the previous master's counters), or after an in-place
+// upgrade from an image whose scoreboard has another layout. That image's
+// workers, adopted, still tick in its memfd, not here: their slots show them
+// as of now (so no heartbeat timeout before the new generation replaces
+// them as HUP does, which is within upgrade_timeout unless it fails).
+inline void fresh_board(pool_state& s, std::size_t max_workers, const std::optional<master_totals>& carried) {
+  std::size_t slots = max_workers;
+  for (const worker_record& r : s.workers) slots = std::max(slots, r.slot + 1);
+  s.board.emplace(slots);
+  if (carried) s.board->carry_counters(*carried);
+  const std::int64_t now_ns = monotonic_ns();
+  for (const worker_record& r : s.workers) {
+    slot_cells& c = s.board->cells(r.slot);
+    c.pid.store(r.pid);
+    c.index.store(r.index);
+    c.generation.store(r.generation);
+    c.started_ns.store(now_ns);
+    c.last_tick_ns.store(now_ns);
+    c.state.store(static_cast<std::int32_t>(r.ready ? worker_state::idle : worker_state::booting));
+  }
 }
 
 // USR1 in the master: its own hook, then the USR1 byte to every worker.

@@ -98,9 +98,12 @@ inline const char* to_string(restart_cause c) noexcept {
   return "?";
 }
 
-// The master's own counters, as read at one moment. They count from the
-// start of this master image (started_unix): a new master after a USR2
-// upgrade starts them again, which Prometheus takes as a counter reset.
+// The master's own counters, as read at one moment. They count over the
+// life of the service, not of one master process: an in-place upgrade keeps
+// the scoreboard that holds them, and a fork_exec upgrade hands them to the
+// new master (PREFORK_UPGRADE_COUNTERS, upgrade_handover.hpp), so they never
+// go back to zero behind a Prometheus counter. started_unix is this master
+// image's own start.
 struct master_totals {
   std::chrono::system_clock::time_point started_unix;
   std::uint64_t restarts[restart_cause_count] = {};  // by restart_cause
@@ -152,6 +155,7 @@ struct master_cells {
   std::atomic<std::uint64_t> crash_backoffs;
   std::atomic<std::uint64_t> upgrades;
   std::atomic<std::uint64_t> reloads;
+  std::atomic<std::int32_t> stopping;  // 1 from the moment the master begins a stop (not a hand-over)
 };
 
 inline void bump(std::atomic<std::uint64_t>& counter, std::uint64_t by = 1) noexcept {
@@ -194,6 +198,13 @@ struct slot_cells {
   // a test) sees them; the other slots leave these zero.
   master_cells master;
 };
+
+// The scoreboard's layout: what an in-place upgrade checks before it maps
+// the previous image's memfd (pool_detail.hpp's handover). Bump the number
+// whenever slot_cells or master_cells change; the size catches a forgotten
+// bump and a build with other alignment.
+inline constexpr std::uint32_t scoreboard_layout = 2;
+inline constexpr std::size_t scoreboard_slot_size = sizeof(slot_cells);
 
 static_assert(std::atomic<std::int64_t>::is_always_lock_free &&
                   std::atomic<std::int32_t>::is_always_lock_free,
@@ -256,6 +267,14 @@ class scoreboard {
     return t;
   }
 
+  // True from the moment the master began to stop (QUIT, TERM, INT), so a
+  // health check can say so while the workers still finish their requests.
+  // Not set when an old master stops after handing over to a new one, nor
+  // for workers retired by HUP: the service goes on then.
+  bool master_stopping() const noexcept {
+    return cells_[0].master.stopping.load(std::memory_order_relaxed) != 0;
+  }
+
   // How many slots are in `s` now.
   std::size_t count(worker_state s) const noexcept {
     std::size_t n = 0;
@@ -289,7 +308,7 @@ class scoreboard {
 
   // The memfd behind the slots and the master's counters, to keep across
   // an in-place exec (which so keeps counting; a fork+exec upgrade's new
-  // master has a scoreboard of its own and counts from zero).
+  // master has a scoreboard of its own and is handed the counters).
   int memfd() const noexcept { return cells_.memfd(); }
   static scoreboard from_fd(int memfd) {
     return scoreboard(shared_array<detail::slot_cells>::from_fd(memfd));
@@ -301,6 +320,15 @@ class scoreboard {
   detail::master_cells& master_cells() const noexcept { return cells_[0].master; }
   void count_restart(restart_cause why, std::uint64_t n = 1) const noexcept {
     detail::bump(cells_[0].master.restarts[static_cast<std::size_t>(why)], n);
+  }
+  // For a new master: the counters of the one before it, added to its own.
+  void carry_counters(const master_totals& from) const noexcept {
+    detail::master_cells& m = cells_[0].master;
+    for (std::size_t k = 0; k < restart_cause_count; ++k) detail::bump(m.restarts[k], from.restarts[k]);
+    detail::bump(m.timeouts_killed, from.timeouts_killed);
+    detail::bump(m.crash_backoffs, from.crash_backoffs);
+    detail::bump(m.upgrades, from.upgrades);
+    detail::bump(m.reloads, from.reloads);
   }
 
  private:

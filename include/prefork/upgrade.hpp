@@ -120,13 +120,15 @@ namespace prefork::detail {
 
 // fork_exec: the new master, with stdin, stdout, stderr and the listeners
 // at their numbers, everything else closed, default signal dispositions.
-inline child spawn_successor(const std::vector<int>& listeners, const std::vector<std::string>& names) {
+inline child spawn_successor(const std::vector<int>& listeners, const std::vector<std::string>& names,
+                             const master_totals& counters) {
   spawn_options options;
   for (int n = 0; n <= 2; ++n)
     if (::fcntl(n, F_GETFD) != -1) options.fds.emplace_back(n, n);
   for (int l : listeners) options.fds.emplace_back(l, l);
   options.env = successor_environment({"PREFORK_FDS=" + fd_list(listeners),
-                                       std::string(upgrade_from_variable) + "=" + std::to_string(::getpid())},
+                                       std::string(upgrade_from_variable) + "=" + std::to_string(::getpid()),
+                                       std::string(counters_variable) + "=" + encode_counters(counters)},
                                       names, true);
   options.cwd = startup_cwd();  // where a relative argv[0] was found at start
   return spawn(startup_argv(), options);
@@ -157,6 +159,7 @@ class upgrader {
   // new master of fork_exec notes whom to QUIT once ready.
   bool take_over(pool_state& s, const pool_config& config) {
     old_master_ = take_upgrade_from_variable();
+    carried_ = take_counters_variable();
     std::optional<handover_source> source = take_handover_variable();
     if (!source) return false;
     // End of file once the courier has written everything and exited.
@@ -167,7 +170,8 @@ class upgrader {
     const clock::time_point now = clock::now();
     // The pool's state ends with "end"; the queued signals follow it.
     std::size_t end = text.find("\nend\n");
-    upgrades_ = adopt_handover(s, end == std::string::npos ? text : text.substr(0, end + 5), now);
+    std::string refused;
+    upgrades_ = adopt_handover(s, end == std::string::npos ? text : text.substr(0, end + 5), now, &refused);
     queued_ = decode_queued(end == std::string::npos ? std::string() : text.substr(end + 5));
     phase_ = phase::adopting;
     deadline_ = now + config.upgrade_timeout;
@@ -180,7 +184,12 @@ class upgrader {
     for (const worker_record& r : s.workers)
       messages_.push_back("adopted worker " + std::to_string(r.index) + " (pid " + std::to_string(r.pid) +
                           ", generation " + std::to_string(r.generation) + ")");
-    if (s.board->size() < config.max_workers)
+    if (!refused.empty())
+      messages_.push_back(
+          "not adopting the previous image's scoreboard: " + refused +
+          "; starting a fresh one (the adopted workers tick in the old one, unseen: the new generation "
+          "replaces them as HUP does)");
+    else if (s.board->size() < config.max_workers)
       messages_.push_back("keeping the previous image's scoreboard of " + std::to_string(s.board->size()) +
                           " slots (max_workers " + std::to_string(config.max_workers) + " takes a restart)");
     if (!queued_.empty())
@@ -193,6 +202,10 @@ class upgrader {
   std::vector<std::string> take_messages() { return std::exchange(messages_, {}); }
 
   pid_t old_master() const noexcept { return old_master_; }
+
+  // The counters the previous master handed over (either mode), for a
+  // scoreboard that did not come with them.
+  const std::optional<master_totals>& carried_counters() const noexcept { return carried_; }
 
   // The next signal for the master to handle: those an in-place upgrade
   // handed over (or a failed exec kept) first, they are the older ones.
@@ -233,20 +246,21 @@ class upgrader {
       listeners.insert(listeners.end(), extra_fds.begin(), extra_fds.end());
       names.insert(names.end(), extra_names.begin(), extra_names.end());
     }
-    if (config.upgrade == upgrade_mode::fork_exec) return start_fork_exec(config, pid, listeners, names);
+    if (config.upgrade == upgrade_mode::fork_exec)
+      return start_fork_exec(config, pid, listeners, names, s.board->master());
     exec_in_place(config, s, listeners, names, sigs);
   }
 
   // fork_exec, on USR2: idle -> starting.
   void start_fork_exec(const pool_config& config, pid_file& pid, const std::vector<int>& listeners,
-                       const std::vector<std::string>& names) {
+                       const std::vector<std::string>& names, const master_totals& counters) {
     std::string renamed;
     try {
       if (pid) {
         pid.rename_to(config.pid_file.string() + ".oldbin");
         renamed = ", pid file renamed to " + pid.path().string();
       }
-      successor_ = spawn_successor(listeners, names);
+      successor_ = spawn_successor(listeners, names, counters);
     } catch (const std::exception& e) {
       std::string restored = restore_pid_file(config, pid);
       return log_event(config, std::string("upgrade failed: cannot start the new master: ") + e.what() +
@@ -293,7 +307,8 @@ class upgrader {
     try {
       exec_handing_over(listeners, names, hidden,
                         {std::string(handover_variable) + "=" + std::to_string(ends.read.get()) + "," +
-                         std::to_string(courier.pid())});
+                             std::to_string(courier.pid()),
+                         std::string(counters_variable) + "=" + encode_counters(s.board->master())});
     } catch (const std::exception& e) {
       ends.read.reset();  // a courier still writing gets EPIPE and ends
       std::string how = courier.wait().describe();
@@ -460,11 +475,12 @@ class upgrader {
   phase phase_ = phase::idle;
   child successor_;  // fork_exec: the new master until it takes over or is reaped
   clock::time_point deadline_{};
-  int successor_signal_ = 0;        // what the new master was last asked to stop with
-  bool killed_ = false;             // SIGKILL sent to the new master
-  pid_t old_master_ = 0;            // fork_exec, in the new master: whom to QUIT once ready
-  unsigned upgrades_ = 0;           // in_place upgrades so far
-  std::deque<signal_info> queued_;  // in_place: signals to handle before the pipe's
+  int successor_signal_ = 0;              // what the new master was last asked to stop with
+  bool killed_ = false;                   // SIGKILL sent to the new master
+  pid_t old_master_ = 0;                  // fork_exec, in the new master: whom to QUIT once ready
+  unsigned upgrades_ = 0;                 // in_place upgrades so far
+  std::optional<master_totals> carried_;  // the previous master's counters (either mode)
+  std::deque<signal_info> queued_;        // in_place: signals to handle before the pipe's
   std::vector<std::string> messages_;
 };
 

@@ -33,6 +33,7 @@
 #include <prefork/pipe.hpp>
 #include <prefork/pool_detail.hpp>
 #include <prefork/process.hpp>
+#include <prefork/scoreboard.hpp>
 #include <prefork/signal.hpp>
 
 extern char** environ;
@@ -41,6 +42,7 @@ namespace prefork::detail {
 
 inline constexpr char upgrade_from_variable[] = "PREFORK_UPGRADE_FROM";  // fork_exec: the old master's PID
 inline constexpr char handover_variable[] = "PREFORK_UPGRADE_STATE";     // in_place: "PIPE_FD,COURIER_PID"
+inline constexpr char counters_variable[] = "PREFORK_UPGRADE_COUNTERS";  // both: master_totals, "name=N,..."
 
 // Our environment for the next program: without the descriptor protocol's
 // variables (the caller adds PREFORK_FDS; the listeners' names, if any, are
@@ -55,7 +57,8 @@ inline std::vector<std::string> successor_environment(std::vector<std::string> e
   for (char** e = environ; e && *e; ++e) {
     std::string_view entry(*e);
     if (is_protocol_variable(entry) || named(entry, upgrade_from_variable) ||
-        named(entry, handover_variable) || (new_pid && named(entry, "WATCHDOG_PID")))
+        named(entry, handover_variable) || named(entry, counters_variable) ||
+        (new_pid && named(entry, "WATCHDOG_PID")))
       continue;
     env.emplace_back(entry);
   }
@@ -163,6 +166,54 @@ inline std::optional<handover_source> take_handover_variable() {
     throw std::runtime_error("in-place upgrade: malformed " + std::string(handover_variable) + "=\"" + value +
                              "\"");
   return handover_source{take_fd(pipe_fd, "state pipe"), static_cast<pid_t>(courier)};
+}
+
+// The master's counters for the next image, "upgrades=1,reloads=0,...":
+// names, so that an image which knows fewer or more of them takes what it
+// knows. In the environment rather than the in-place state, which an older
+// image would refuse for an unknown line.
+inline std::string encode_counters(const master_totals& t) {
+  std::string out = "upgrades=" + std::to_string(t.upgrades) + ",reloads=" + std::to_string(t.reloads) +
+                    ",timeouts_killed=" + std::to_string(t.timeouts_killed) +
+                    ",crash_backoffs=" + std::to_string(t.crash_backoffs);
+  for (std::size_t k = 0; k < restart_cause_count; ++k)
+    out += std::string(",restarts.") + to_string(static_cast<restart_cause>(k)) + "=" +
+           std::to_string(t.restarts[k]);
+  return out;
+}
+
+inline master_totals decode_counters(std::string_view text) {
+  master_totals t;
+  while (!text.empty()) {
+    std::size_t comma = text.find(',');
+    std::string_view item = text.substr(0, comma);
+    text = comma == std::string_view::npos ? std::string_view() : text.substr(comma + 1);
+    std::size_t eq = item.find('=');
+    if (eq == std::string_view::npos) continue;
+    std::string_view key = item.substr(0, eq);
+    std::uint64_t n = 0;
+    bool ok = eq + 1 < item.size();
+    for (char c : item.substr(eq + 1)) {
+      if (c < '0' || c > '9' || n > (~std::uint64_t{0} - 9) / 10) ok = false;
+      if (ok) n = n * 10 + static_cast<std::uint64_t>(c - '0');
+    }
+    if (!ok) continue;
+    if (key == "upgrades") t.upgrades = n;
+    if (key == "reloads") t.reloads = n;
+    if (key == "timeouts_killed") t.timeouts_killed = n;
+    if (key == "crash_backoffs") t.crash_backoffs = n;
+    for (std::size_t k = 0; k < restart_cause_count; ++k)
+      if (key == std::string("restarts.") + to_string(static_cast<restart_cause>(k))) t.restarts[k] = n;
+  }
+  return t;
+}
+
+inline std::optional<master_totals> take_counters_variable() {
+  const char* text = std::getenv(counters_variable);
+  if (!text) return std::nullopt;
+  master_totals t = decode_counters(text);
+  ::unsetenv(counters_variable);
+  return t;
 }
 
 // fork_exec: the old master's PID when this master is its successor.
