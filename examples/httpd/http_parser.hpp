@@ -105,8 +105,8 @@ class request_parser {
   /// a one-line, human-readable reason for the response body ("Content-Length
   /// is not a number"). The connection must be closed after answering: once a
   /// head is rejected, where the next request would start cannot be trusted.
-  int error_status() const noexcept { return st_.status; }
-  std::string_view error_reason() const noexcept { return st_.reason != nullptr ? st_.reason : ""; }
+  int error_status() const noexcept { return st_.at == stage::error ? got_.status : 0; }
+  std::string_view error_reason() const noexcept { return st_.at == stage::error ? got_.reason : ""; }
 
   /// Ready for the next request (keeps the capacity it has: no allocation).
   void reset() noexcept;
@@ -159,25 +159,35 @@ class request_parser {
   limits lim_;
   request req_;
   std::vector<field_offsets> offsets_;  // max_fields records; the first st_.fields are this head's
-  // What one request's parsing has found so far: all of it zero at the
-  // start, so reset() is a few wide stores.
+  // What one request's parsing has found so far, in two parts. The first
+  // must be zero at the start of a request: reset() clears it, and it is
+  // kept within 64 bytes so that is four vector stores (past that, the
+  // compilers zero it with "rep stos", whose start-up alone cost as much as
+  // parsing a short head). Positions are 32-bit: the constructor keeps a
+  // head under 2 GiB.
   struct progress {
-    stage at;                  // stage::request_line is zero
-    std::size_t line;          // where the line being scanned starts
-    std::size_t scanned;       // how far the search for its LF got
-    std::size_t fields_begin;  // where the field section starts
-    std::size_t header_length;
-    const char* reason;        // after error; nullptr reads as ""
-    const char* path_literal;  // "/" for an absolute-form target without a path
-    int status;
-    // Offsets of the request-line parts and of what the fields told us.
-    std::uint32_t method[2], target[2], path[2], query[2], host[2];
-    unsigned host_count, te_codings, te_chunked;  // te_: over all Transfer-Encoding lines
-    unsigned empty_lines;
-    unsigned fields;  // how many of offsets_ this head has filled
+    std::uint32_t line;          // where the line being scanned starts
+    std::uint32_t scanned;       // how far the search for its LF got
+    std::uint32_t fields_begin;  // where the field section starts
+    std::uint32_t header_length;
+    std::uint32_t query[2], host[2];       // offsets; an unset one reads as empty
+    std::uint32_t te_codings, te_chunked;  // over all Transfer-Encoding lines
+    std::uint32_t fields;                  // how many of offsets_ this head has filled
+    stage at;                              // stage::request_line is zero
+    std::uint8_t host_count, empty_lines;
+    bool path_slash;  // the path is "/" though the target has none ("http://h")
     bool host_from_target, te_last_chunked, connection_close, connection_keep_alive, expect_other;
   };
+  static_assert(sizeof(progress) <= 64, "reset() clears progress with a few vector stores");
   progress st_{};
+  // The second part is written before it is read: by fail() (reason,
+  // status), by every request line that is accepted (the offsets).
+  struct found {
+    const char* reason = nullptr;
+    int status = 0;
+    std::uint32_t method[2]{}, target[2]{}, path[2]{};
+  };
+  found got_;
 };
 
 // Implementation. A line seen whole for the first time goes through
@@ -218,6 +228,9 @@ inline std::uint64_t word8(const char (&s)[9]) noexcept {
   return w;
 }
 
+// An offset into a head, which the constructor's check keeps under 2 GiB.
+constexpr std::uint32_t u32(std::size_t x) noexcept { return static_cast<std::uint32_t>(x); }
+
 }  // namespace detail
 
 inline request_parser::request_parser(limits lim) : lim_(lim) {
@@ -253,8 +266,8 @@ inline parse_result request_parser::fail(int status, const char* reason) noexcep
   req_.query = std::string_view();
   req_.host = std::string_view();
   st_.at = stage::error;
-  st_.status = status;
-  st_.reason = reason;
+  got_.status = status;
+  got_.reason = reason;
   return parse_result::error;
 }
 
@@ -278,7 +291,7 @@ inline parse_result request_parser::parse(std::string_view bytes) {
     }
     const void* lf = st_.scanned < n ? std::memchr(p + st_.scanned, '\n', n - st_.scanned) : nullptr;
     if (lf == nullptr) {
-      st_.scanned = n;
+      st_.scanned = detail::u32(n);
       // Refuse an over-long line as soon as it is certain, not when it ends:
       // a client could otherwise make us buffer without bound.
       if (st_.at == stage::request_line) {
@@ -308,18 +321,18 @@ inline parse_result request_parser::parse(std::string_view bytes) {
       } else {
         if (on_request_line(bytes, st_.line, end) == parse_result::error) return parse_result::error;
         st_.at = stage::fields;
-        st_.fields_begin = next;
+        st_.fields_begin = detail::u32(next);
       }
     } else {
       if (end == st_.line) {
-        st_.header_length = next;
+        st_.header_length = detail::u32(next);
         if (on_head_end() == parse_result::error) return parse_result::error;
         materialise(bytes);
         return parse_result::done;
       }
       if (on_field_line(bytes, st_.line, end) == parse_result::error) return parse_result::error;
     }
-    st_.line = st_.scanned = next;
+    st_.line = st_.scanned = detail::u32(next);
   }
 }
 
@@ -357,20 +370,21 @@ inline parse_result request_parser::fast_head(const char* p, std::size_t n) noex
     req_.minor_version = p[j + 8] == '0' ? 0 : 1;
     if (kind >= 0 && p[t] == '/') {  // origin-form of GET, HEAD or POST: nothing more to check
       req_.kind = static_cast<verb>(kind);
-      st_.method[0] = static_cast<std::uint32_t>(b), st_.method[1] = static_cast<std::uint32_t>(i - b);
-      st_.target[0] = static_cast<std::uint32_t>(t), st_.target[1] = static_cast<std::uint32_t>(j - t);
+      got_.method[0] = static_cast<std::uint32_t>(b), got_.method[1] = static_cast<std::uint32_t>(i - b);
+      got_.target[0] = static_cast<std::uint32_t>(t), got_.target[1] = static_cast<std::uint32_t>(j - t);
       set_path_query(p, t, j);
     } else if (on_request_parts(p, b, i, t, j, true, kind) == parse_result::error) {
       return parse_result::error;
     }
     st_.at = stage::fields;
-    b = fields_begin = st_.fields_begin = j + 11;
+    b = fields_begin = j + 11;
+    st_.fields_begin = detail::u32(b);
   }
   const std::size_t max_header = lim_.max_header_bytes, max_line = lim_.max_field_line;
   while (b < n) {
     if (p[b] == '\r') {  // the empty line ending the head
       if (n - b < 2 || p[b + 1] != '\n' || b + 2 - fields_begin > max_header) break;
-      st_.header_length = b + 2;
+      st_.header_length = detail::u32(b + 2);
       return on_head_end();
     }
     const std::size_t i = detail::scan_name(p, b, n);
@@ -403,7 +417,7 @@ inline parse_result request_parser::fast_head(const char* p, std::size_t n) noex
     if (on_field(p, b, i, v, ve) == parse_result::error) return parse_result::error;
     b = e + 2;
   }
-  st_.line = st_.scanned = b;
+  st_.line = st_.scanned = detail::u32(b);
   return parse_result::incomplete;
 }
 
@@ -434,9 +448,9 @@ inline parse_result request_parser::on_head_end() noexcept {
 inline void request_parser::materialise(std::string_view bytes) noexcept {
   const char* p = bytes.data();
   const auto view = [p](const std::uint32_t* o) { return std::string_view(p + o[0], o[1]); };
-  req_.method = view(st_.method);
-  req_.target = view(st_.target);
-  req_.path = st_.path_literal != nullptr ? std::string_view(st_.path_literal) : view(st_.path);
+  req_.method = view(got_.method);
+  req_.target = view(got_.target);
+  req_.path = st_.path_slash ? std::string_view("/", 1) : view(got_.path);
   req_.query = view(st_.query);
   req_.host = view(st_.host);
   // Sized once, then filled through a plain pointer: push_back would store

@@ -84,8 +84,8 @@ inline parse_result request_parser::on_request_parts(const char* p, std::size_t 
   else if (!detail::parse_verb(std::string_view(p + b, i - b), req_.kind))
     return fail(501, "unknown method");
   const auto off = [&](std::size_t x) { return static_cast<std::uint32_t>(x); };
-  st_.method[0] = off(b), st_.method[1] = off(i - b);
-  st_.target[0] = off(t), st_.target[1] = off(j - t);
+  got_.method[0] = off(b), got_.method[1] = off(i - b);
+  got_.target[0] = off(t), got_.target[1] = off(j - t);
   std::string_view target(p + t, j - t);
   if (!fragment_checked && target.find('#') != std::string_view::npos)
     return fail(400, "fragment in the request target");
@@ -95,14 +95,14 @@ inline parse_result request_parser::on_request_parts(const char* p, std::size_t 
       return fail(400, "CONNECT needs a host:port target");
     st_.host[0] = off(t), st_.host[1] = off(j - t);
     st_.host_from_target = true;
-    st_.path[0] = st_.path[1] = st_.query[0] = st_.query[1] = 0;
+    got_.path[0] = got_.path[1] = st_.query[0] = st_.query[1] = 0;
     return parse_result::incomplete;
   }
   std::size_t path_begin = t;  // origin-form
   if (target[0] != '/') {
     if (target == "*") {
       if (req_.kind != verb::options) return fail(400, "asterisk-form target is only for OPTIONS");
-      st_.path[0] = off(t), st_.path[1] = 1;
+      got_.path[0] = off(t), got_.path[1] = 1;
       return parse_result::incomplete;
     }
     // absolute-form: scheme "://" authority [path-abempty] ["?" query]
@@ -134,8 +134,8 @@ inline void request_parser::set_path_query(const char* p, std::size_t path_begin
     const void* question = std::memchr(p + path_begin, '?', j - path_begin);
     q = question != nullptr ? static_cast<std::size_t>(static_cast<const char*>(question) - p) : j;
   }
-  st_.path[0] = off(path_begin), st_.path[1] = off(q - path_begin);
-  if (q == path_begin && (q == j || p[q] == '?')) st_.path_literal = "/";
+  got_.path[0] = off(path_begin), got_.path[1] = off(q - path_begin);
+  if (q == path_begin && (q == j || p[q] == '?')) st_.path_slash = true;
   if (q < j) st_.query[0] = off(q + 1), st_.query[1] = off(j - q - 1);
 }
 }  // namespace httpd
