@@ -120,6 +120,9 @@ class request_parser {
   enum class stage : std::uint8_t { request_line, fields, done, error };
 
   parse_result fail(int status, const char* reason) noexcept;
+  // parse() past its fast path; tried: fast_head() has just given up on
+  // the line at st_.line, so it is not asked again.
+  parse_result parse_more(std::string_view bytes, bool tried);
   // The fast path: whole, well-formed lines within the limits, in one pass
   // each. It gives up on anything else, leaving the line to the line-at-a-
   // time path below, which is the reference: so every verdict (and its
@@ -127,7 +130,12 @@ class request_parser {
   // From st_.line: done, error, or incomplete for "the line at st_.line is the
   // slow path's". Positions stay in registers, members are written on the
   // way out: reading back fresh stores was a good part of a short head's cost.
-  parse_result fast_head(const char* p, std::size_t n) noexcept;
+  // b, fields_begin, at: st_'s line, fields_begin and at, passed in so that
+  // a fresh request starts from constants, not from loads of what reset()
+  // has just stored (each such load is a store-forwarding delay at the
+  // head of the chain of dependent loads that sets a short head's time).
+  parse_result fast_head(const char* p, std::size_t n, std::size_t b, std::size_t fields_begin,
+                         stage at) noexcept;
   parse_result on_request_line(std::string_view bytes, std::size_t begin, std::size_t end) noexcept;
   // What a request line means, once its syntax is known good: method [b, i),
   // target [t, j); fragment_checked: the target is known to hold no '#'.
@@ -272,6 +280,22 @@ inline parse_result request_parser::fail(int status, const char* reason) noexcep
 }
 
 inline parse_result request_parser::parse(std::string_view bytes) {
+  // A request not looked at yet, usually whole: the fast path, in line,
+  // with none of the bookkeeping of a resumed parse.
+  if (st_.scanned == 0 && st_.at == stage::request_line) {
+    const parse_result r = fast_head(bytes.data(), bytes.size(), 0, 0, stage::request_line);
+    if (r == parse_result::done) materialise(bytes);
+    if (r != parse_result::incomplete) return r;
+    return parse_more(bytes, st_.scanned == st_.line);
+  }
+  return parse_more(bytes, false);
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline))
+#endif
+inline parse_result
+request_parser::parse_more(std::string_view bytes, bool tried) {
   if (st_.at == stage::done) {
     if (bytes.size() < st_.header_length)
       throw std::logic_error("httpd::request_parser::parse: the buffer lost bytes already parsed");
@@ -284,8 +308,8 @@ inline parse_result request_parser::parse(std::string_view bytes) {
   const char* p = bytes.data();
   const std::size_t n = bytes.size();
   while (true) {
-    if (st_.scanned == st_.line) {  // a line not looked at yet
-      const parse_result r = fast_head(p, n);
+    if (st_.scanned == st_.line && !tried) {  // a line not looked at yet
+      const parse_result r = fast_head(p, n, st_.line, st_.fields_begin, st_.at);
       if (r == parse_result::done) materialise(bytes);
       if (r != parse_result::incomplete) return r;
     }
@@ -333,12 +357,13 @@ inline parse_result request_parser::parse(std::string_view bytes) {
       if (on_field_line(bytes, st_.line, end) == parse_result::error) return parse_result::error;
     }
     st_.line = st_.scanned = detail::u32(next);
+    tried = false;
   }
 }
 
-inline parse_result request_parser::fast_head(const char* p, std::size_t n) noexcept {
-  std::size_t b = st_.line, fields_begin = st_.fields_begin;
-  if (st_.at == stage::request_line) {
+inline parse_result request_parser::fast_head(const char* p, std::size_t n, std::size_t b,
+                                              std::size_t fields_begin, stage at) noexcept {
+  if (at == stage::request_line) {
     // method SP target SP "HTTP/1." DIGIT CRLF, nothing else; an empty line
     // before it, or anything unusual, is the slow path's.
     // GET, HEAD and POST are nearly every request: one 4-byte compare each
@@ -387,11 +412,15 @@ inline parse_result request_parser::fast_head(const char* p, std::size_t n) noex
       st_.header_length = detail::u32(b + 2);
       return on_head_end();
     }
-    const std::size_t i = detail::scan_name(p, b, n);
+    // "Host:" is in nearly every head: known by one compare, not a scan
+    // (whose result would be one more link in the chain of dependent
+    // loads that sets a short head's time).
+    const bool host = n - b >= 5 && p[b + 4] == ':' && detail::token_is(p + b, "host");
+    const std::size_t i = host ? b + 4 : detail::scan_name(p, b, n);
     if (i == b || i >= n || p[i] != ':') break;
     std::size_t v = i + 1;
     while (v < n && detail::is_ows_char(p[v])) ++v;
-    if (i - b == 4 && detail::token_is(p + b, "host")) {
+    if (host) {
       // Host in one pass: nearly always a plain reg-name or IPv4 address,
       // perhaps a port, then CRLF. The value scan below would only repeat
       // this; anything else goes that way, to the full authority check.
@@ -401,7 +430,16 @@ inline parse_result request_parser::fast_head(const char* p, std::size_t n) noex
         }
       if (k > v && n - k >= 2 && p[k] == '\r' && p[k + 1] == '\n' && k + 2 - fields_begin <= max_header &&
           k - b <= max_line) {
-        if (on_field(p, b, i, v, k, true) == parse_result::error) return parse_result::error;
+        if (st_.host_count == 0 && st_.fields < lim_.max_fields) {
+          // on_field() and on_host() in line: the first Host, known valid.
+          st_.host_count = 1;
+          field_offsets& rec = offsets_[st_.fields++];
+          rec.name = detail::u32(b), rec.name_len = 4, rec.value = detail::u32(v),
+          rec.value_len = detail::u32(k - v);
+          if (!st_.host_from_target) st_.host[0] = detail::u32(v), st_.host[1] = detail::u32(k - v);
+        } else if (on_field(p, b, i, v, k, true) == parse_result::error) {
+          return parse_result::error;
+        }
         b = k + 2;
         continue;
       }
