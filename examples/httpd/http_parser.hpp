@@ -185,6 +185,7 @@ class request_parser {
     std::uint8_t host_count, empty_lines;
     bool path_slash;  // the path is "/" though the target has none ("http://h")
     bool host_from_target, te_last_chunked, connection_close, connection_keep_alive, expect_other;
+    bool framing;  // an Expect, Connection, Content-Length or Transfer-Encoding field was seen
   };
   static_assert(sizeof(progress) <= 64, "reset() clears progress with a few vector stores");
   progress st_{};
@@ -410,6 +411,13 @@ inline parse_result request_parser::fast_head(const char* p, std::size_t n, std:
     if (p[b] == '\r') {  // the empty line ending the head
       if (n - b < 2 || p[b + 1] != '\n' || b + 2 - fields_begin > max_header) break;
       st_.header_length = detail::u32(b + 2);
+      // Most heads have none of the fields on_head_end() weighs against
+      // each other: then only Host is left to check.
+      if (!st_.framing && (st_.host_count != 0 || req_.minor_version == 0)) {
+        req_.keep_alive = req_.minor_version != 0;
+        st_.at = stage::done;
+        return parse_result::done;
+      }
       return on_head_end();
     }
     // "Host:" is in nearly every head: known by one compare, not a scan

@@ -88,6 +88,7 @@ request_parser::on_special_field(const char* p, std::size_t b, std::size_t i, st
   switch (name.size()) {
     case 6:
       if (first != 'e' || !detail::token_is(p + b, "expect")) break;
+      st_.framing = true;
       if (iequals(value, "100-continue"))
         req_.expect_continue = true;
       else
@@ -95,6 +96,7 @@ request_parser::on_special_field(const char* p, std::size_t b, std::size_t i, st
       break;
     case 10:
       if (first != 'c' || !detail::token_is(p + b, "connection")) break;
+      st_.framing = true;
       detail::for_each_element(value, [this](std::string_view token) {
         if (iequals(token, "close"))
           st_.connection_close = true;
@@ -105,6 +107,7 @@ request_parser::on_special_field(const char* p, std::size_t b, std::size_t i, st
       break;
     case 14: {
       if (first != 'c' || !detail::token_is(p + b, "content-length")) break;
+      st_.framing = true;
       if (value.empty()) return fail(400, "Content-Length is not a number");
       std::uint64_t len = 0;
       for (char c : value) {
@@ -119,6 +122,7 @@ request_parser::on_special_field(const char* p, std::size_t b, std::size_t i, st
     }
     case 17: {
       if (first != 't' || !detail::token_is(p + b, "transfer-encoding")) break;
+      st_.framing = true;
       unsigned before = st_.te_codings;
       bool ok = detail::for_each_element(value, [this](std::string_view coding) {
         // A coding with parameters is well-formed but never chunked (chunked
