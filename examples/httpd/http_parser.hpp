@@ -114,9 +114,6 @@ class request_parser {
   const limits& get_limits() const noexcept { return lim_; }
 
  private:
-  struct field_offsets {
-    std::uint32_t name, name_len, value, value_len;
-  };
   enum class stage : std::uint8_t { request_line, fields, done, error };
 
   parse_result fail(int status, const char* reason) noexcept;
@@ -162,11 +159,19 @@ class request_parser {
   // Whether [v, ve) is plainly a valid host: letters, digits, '-' and '.'
   // (a reg-name), then perhaps ':' and digits. No means "ask valid_authority".
   bool host_quick(const char* p, std::size_t v, std::size_t ve) const noexcept;
-  void materialise(std::string_view bytes) noexcept;
+  // The views stored so far point into got_.base: re-point them at p, a
+  // copy of that buffer (the server's buffer moved between calls).
+  void rebase(const char* p) noexcept;
+  // Room for field k in req_.fields, whose size only grows while a head is
+  // parsed (within the capacity reserved at construction: no allocation).
+  void grow_fields(std::size_t k);
+  // Records field k of this head, with its name [b, i) and value [v, ve).
+  void add_field(const char* p, std::size_t b, std::size_t i, std::size_t v, std::size_t ve) noexcept;
+  // At done: req_.fields holds exactly this head's fields.
+  void trim_fields() noexcept;
 
   limits lim_;
   request req_;
-  std::vector<field_offsets> offsets_;  // max_fields records; the first st_.fields are this head's
   // What one request's parsing has found so far, in two parts. The first
   // must be zero at the start of a request: reset() clears it, and it is
   // kept within 64 bytes so that is four vector stores (past that, the
@@ -178,9 +183,8 @@ class request_parser {
     std::uint32_t scanned;       // how far the search for its LF got
     std::uint32_t fields_begin;  // where the field section starts
     std::uint32_t header_length;
-    std::uint32_t query[2], host[2];       // offsets; an unset one reads as empty
     std::uint32_t te_codings, te_chunked;  // over all Transfer-Encoding lines
-    std::uint32_t fields;                  // how many of offsets_ this head has filled
+    std::uint32_t fields;                  // how many of req_.fields this head has filled
     stage at;                              // stage::request_line is zero
     std::uint8_t host_count, empty_lines;
     bool path_slash;  // the path is "/" though the target has none ("http://h")
@@ -190,11 +194,11 @@ class request_parser {
   static_assert(sizeof(progress) <= 64, "reset() clears progress with a few vector stores");
   progress st_{};
   // The second part is written before it is read: by fail() (reason,
-  // status), by every request line that is accepted (the offsets).
+  // status), by parse() (base).
   struct found {
     const char* reason = nullptr;
     int status = 0;
-    std::uint32_t method[2]{}, target[2]{}, path[2]{};
+    const char* base = nullptr;  // the buffer the request's views point into
   };
   found got_;
 };
@@ -249,15 +253,18 @@ inline request_parser::request_parser(limits lim) : lim_(lim) {
       std::uint64_t{2} * detail::max_empty_lines + lim.max_request_line + lim.max_header_bytes + 4;
   if (lim.max_request_line > 0xffffffffu || lim.max_header_bytes > 0xffffffffu || most > 0x7fffffffu)
     throw std::invalid_argument("httpd::limits: max_request_line + max_header_bytes must stay under 2 GiB");
-  offsets_.resize(lim.max_fields);
   req_.fields.reserve(lim.max_fields);
 }
 
 inline void request_parser::reset() noexcept {
-  // req_.fields keeps its size until the next done or error (see materialise).
-  // The request's views are re-pointed by every done and cleared by every
-  // error (see materialise and fail); its kind, version and keep_alive are
-  // set by every head that gets that far. What a head may leave unset:
+  // req_.fields keeps its size until the next done or error (see
+  // add_field). The request's views are written as each line is taken, in
+  // place (no offsets turned into views at the end); method, target and
+  // path by every request line, fields by every field line; its kind,
+  // version and keep_alive by every head that gets that far; an error
+  // clears them all (see fail). What a head may leave unset:
+  req_.query = std::string_view();
+  req_.host = std::string_view();
   req_.content_length.reset();
   req_.chunked = req_.expect_continue = false;
   st_ = progress{};
@@ -284,8 +291,9 @@ inline parse_result request_parser::parse(std::string_view bytes) {
   // A request not looked at yet, usually whole: the fast path, in line,
   // with none of the bookkeeping of a resumed parse.
   if (st_.scanned == 0 && st_.at == stage::request_line) {
+    got_.base = bytes.data();
     const parse_result r = fast_head(bytes.data(), bytes.size(), 0, 0, stage::request_line);
-    if (r == parse_result::done) materialise(bytes);
+    if (r == parse_result::done) trim_fields();
     if (r != parse_result::incomplete) return r;
     return parse_more(bytes, st_.scanned == st_.line);
   }
@@ -297,21 +305,17 @@ __attribute__((noinline))
 #endif
 inline parse_result
 request_parser::parse_more(std::string_view bytes, bool tried) {
-  if (st_.at == stage::done) {
-    if (bytes.size() < st_.header_length)
-      throw std::logic_error("httpd::request_parser::parse: the buffer lost bytes already parsed");
-    materialise(bytes);
-    return parse_result::done;
-  }
   if (st_.at == stage::error) return parse_result::error;
-  if (bytes.size() < st_.scanned)
+  if (bytes.size() < (st_.at == stage::done ? st_.header_length : st_.scanned))
     throw std::logic_error("httpd::request_parser::parse: the buffer lost bytes already parsed");
+  if (bytes.data() != got_.base) rebase(bytes.data());
+  if (st_.at == stage::done) return parse_result::done;
   const char* p = bytes.data();
   const std::size_t n = bytes.size();
   while (true) {
     if (st_.scanned == st_.line && !tried) {  // a line not looked at yet
       const parse_result r = fast_head(p, n, st_.line, st_.fields_begin, st_.at);
-      if (r == parse_result::done) materialise(bytes);
+      if (r == parse_result::done) trim_fields();
       if (r != parse_result::incomplete) return r;
     }
     const void* lf = st_.scanned < n ? std::memchr(p + st_.scanned, '\n', n - st_.scanned) : nullptr;
@@ -352,7 +356,7 @@ request_parser::parse_more(std::string_view bytes, bool tried) {
       if (end == st_.line) {
         st_.header_length = detail::u32(next);
         if (on_head_end() == parse_result::error) return parse_result::error;
-        materialise(bytes);
+        trim_fields();
         return parse_result::done;
       }
       if (on_field_line(bytes, st_.line, end) == parse_result::error) return parse_result::error;
@@ -396,8 +400,8 @@ inline parse_result request_parser::fast_head(const char* p, std::size_t n, std:
     req_.minor_version = p[j + 8] == '0' ? 0 : 1;
     if (kind >= 0 && p[t] == '/') {  // origin-form of GET, HEAD or POST: nothing more to check
       req_.kind = static_cast<verb>(kind);
-      got_.method[0] = static_cast<std::uint32_t>(b), got_.method[1] = static_cast<std::uint32_t>(i - b);
-      got_.target[0] = static_cast<std::uint32_t>(t), got_.target[1] = static_cast<std::uint32_t>(j - t);
+      req_.method = std::string_view(p + b, i - b);
+      req_.target = std::string_view(p + t, j - t);
       set_path_query(p, t, j);
     } else if (on_request_parts(p, b, i, t, j, true, kind) == parse_result::error) {
       return parse_result::error;
@@ -441,10 +445,8 @@ inline parse_result request_parser::fast_head(const char* p, std::size_t n, std:
         if (st_.host_count == 0 && st_.fields < lim_.max_fields) {
           // on_field() and on_host() in line: the first Host, known valid.
           st_.host_count = 1;
-          field_offsets& rec = offsets_[st_.fields++];
-          rec.name = detail::u32(b), rec.name_len = 4, rec.value = detail::u32(v),
-          rec.value_len = detail::u32(k - v);
-          if (!st_.host_from_target) st_.host[0] = detail::u32(v), st_.host[1] = detail::u32(k - v);
+          add_field(p, b, i, v, k);
+          if (!st_.host_from_target) req_.host = std::string_view(p + v, k - v);
         } else if (on_field(p, b, i, v, k, true) == parse_result::error) {
           return parse_result::error;
         }
@@ -491,27 +493,56 @@ inline parse_result request_parser::on_head_end() noexcept {
   return parse_result::done;
 }
 
-inline void request_parser::materialise(std::string_view bytes) noexcept {
-  const char* p = bytes.data();
-  const auto view = [p](const std::uint32_t* o) { return std::string_view(p + o[0], o[1]); };
-  req_.method = view(got_.method);
-  req_.target = view(got_.target);
-  req_.path = st_.path_slash ? std::string_view("/", 1) : view(got_.path);
-  req_.query = view(st_.query);
-  req_.host = view(st_.host);
-  // Sized once, then filled through a plain pointer: push_back would store
-  // and reload the vector's end for every field, a chain through memory
-  // that cost more than the parsing of the fields. reset() leaves the size
-  // alone, so a server whose requests carry as many fields as the last one's
-  // does not resize at all; there is never an allocation (the capacity was
-  // reserved at construction).
-  const std::size_t count = st_.fields;
-  if (req_.fields.size() != count) req_.fields.resize(count);
-  const field_offsets* from = offsets_.data();
-  header_field* out = req_.fields.data();
-  for (std::size_t k = 0; k < count; ++k)
-    out[k] = {std::string_view(p + from[k].name, from[k].name_len),
-              std::string_view(p + from[k].value, from[k].value_len)};
+inline void request_parser::add_field(const char* p, std::size_t b, std::size_t i, std::size_t v,
+                                      std::size_t ve) noexcept {
+  // Written in place, through the vector's storage: its size grows ahead
+  // (grow_fields), so a server whose heads carry about as many fields as
+  // the last one's never resizes; trim_fields() cuts it to this head's.
+  const std::size_t k = st_.fields++;
+  if (k >= req_.fields.size()) grow_fields(k);
+  header_field& f = req_.fields.data()[k];
+  f.name = std::string_view(p + b, i - b);
+  f.value = std::string_view(p + v, ve - v);
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline))
+#endif
+inline void
+request_parser::grow_fields(std::size_t k) {
+  // k < max_fields (on_field checks it first), so this stays within the
+  // capacity reserved at construction.
+  const std::size_t want = 2 * k + 8;
+  req_.fields.resize(want < lim_.max_fields ? want : lim_.max_fields);
+}
+
+inline void request_parser::trim_fields() noexcept {
+  // Shrinking a vector of trivially destructible views only moves its end.
+  if (req_.fields.size() != st_.fields) req_.fields.resize(st_.fields);
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline))
+#endif
+inline void
+request_parser::rebase(const char* p) noexcept {
+  const char* old = got_.base;
+  got_.base = p;
+  if (old == nullptr) return;
+  // Offsets in integers: the old buffer may be gone.
+  const auto move = [p, from = reinterpret_cast<std::uintptr_t>(old)](std::string_view& v) {
+    if (v.data() != nullptr)
+      v = std::string_view(p + (reinterpret_cast<std::uintptr_t>(v.data()) - from), v.size());
+  };
+  if (st_.at != stage::request_line) {  // else they are the last request's, to be overwritten
+    move(req_.method);
+    move(req_.target);
+    if (!st_.path_slash) move(req_.path);  // else the literal "/"
+  }
+  move(req_.query);  // reset() clears these two
+  move(req_.host);
+  header_field* f = req_.fields.data();
+  for (std::size_t k = 0; k < st_.fields; ++k) move(f[k].name), move(f[k].value);
 }
 
 }  // namespace httpd

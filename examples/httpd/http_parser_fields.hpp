@@ -47,12 +47,7 @@ inline parse_result request_parser::on_field_line(std::string_view bytes, std::s
 inline parse_result request_parser::on_field(const char* p, std::size_t b, std::size_t i, std::size_t v,
                                              std::size_t ve, bool host_checked) noexcept {
   if (st_.fields >= lim_.max_fields) return fail(431, "too many header fields");
-  const auto off = [](std::size_t x) { return static_cast<std::uint32_t>(x); };
-  // Member by member: building the record whole and copying it in made the
-  // compilers read back four fresh 32-bit stores as one 128-bit load, which
-  // cannot be store-forwarded (a stall worth a quarter of this function).
-  field_offsets& rec = offsets_[st_.fields++];
-  rec.name = off(b), rec.name_len = off(i - b), rec.value = off(v), rec.value_len = off(ve - v);
+  add_field(p, b, i, v, ve);
   // Only names of these lengths can matter below: one test skips the rest.
   constexpr std::uint32_t special = 1u << 4 | 1u << 6 | 1u << 10 | 1u << 14 | 1u << 17;
   if (host_checked) return on_host(p, v, ve, true);
@@ -69,8 +64,7 @@ inline parse_result request_parser::on_host(const char* p, std::size_t v, std::s
   if (!checked && ve != v && !host_quick(p, v, ve) &&
       !detail::valid_authority(std::string_view(p + v, ve - v)))
     return fail(400, "invalid Host field");
-  if (!st_.host_from_target)
-    st_.host[0] = static_cast<std::uint32_t>(v), st_.host[1] = static_cast<std::uint32_t>(ve - v);
+  if (!st_.host_from_target) req_.host = std::string_view(p + v, ve - v);
   return parse_result::incomplete;
 }
 
