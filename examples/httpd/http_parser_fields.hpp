@@ -7,12 +7,14 @@
 // offsets and looks at the fields that decide framing and connection
 // handling: Host (its shape, RFC 9112 3.2 and RFC 3986 3.2), Content-Length,
 // Transfer-Encoding, Connection and Expect. Their combination is judged at
-// the end of the head, in on_head_end(). Included by http_parser.hpp;
-// include that.
+// the end of the head, in on_head_end(). The fields are kept in the
+// request's vector as views, written as each line is taken (add_field;
+// rebase when the buffer moves). Included by http_parser.hpp; include that.
 #pragma once
 
 #include "http_parser.hpp"
 
+#include <cstddef>
 #include <cstdint>
 #include <string_view>
 
@@ -148,4 +150,82 @@ inline bool request_parser::host_quick(const char* p, std::size_t v, std::size_t
     }
   return k == ve;
 }
+
+// The end of the head: what the fields say, taken together.
+inline parse_result request_parser::on_head_end() noexcept {
+  if (req_.minor_version == 1 && st_.host_count == 0)
+    return fail(400, "missing Host field (required in HTTP/1.1)");
+  if (st_.te_codings != 0) {
+    if (req_.minor_version == 0) return fail(400, "Transfer-Encoding in an HTTP/1.0 request");
+    if (req_.content_length) return fail(400, "both Content-Length and Transfer-Encoding");
+    if (!st_.te_last_chunked) return fail(400, "final transfer coding is not chunked");
+    if (st_.te_chunked > 1) return fail(400, "chunked transfer coding applied more than once");
+    if (st_.te_codings > 1) return fail(501, "transfer codings other than chunked are not implemented");
+    req_.chunked = true;
+  }
+  if (req_.content_length && *req_.content_length > lim_.max_body) return fail(413, "request body too large");
+  if (st_.expect_other) return fail(417, "unsupported expectation (only 100-continue is)");
+  if (req_.minor_version == 0) {
+    // RFC 9110 10.1.1: a 1.0 client cannot have meant it.
+    req_.expect_continue = false;
+    req_.keep_alive = st_.connection_keep_alive && !st_.connection_close;
+  } else {
+    req_.keep_alive = !st_.connection_close;
+  }
+  st_.at = stage::done;
+  return parse_result::done;
+}
+
+inline void request_parser::add_field(const char* p, std::size_t b, std::size_t i, std::size_t v,
+                                      std::size_t ve) noexcept {
+  // Written in place, through the vector's storage: its size grows ahead
+  // (grow_fields), so a server whose heads carry about as many fields as
+  // the last one's never resizes; trim_fields() cuts it to this head's.
+  const std::size_t k = st_.fields++;
+  if (k >= req_.fields.size()) grow_fields(k);
+  header_field& f = req_.fields.data()[k];
+  f.name = std::string_view(p + b, i - b);
+  f.value = std::string_view(p + v, ve - v);
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline))
+#endif
+inline void
+request_parser::grow_fields(std::size_t k) {
+  // k < max_fields (on_field checks it first), so this stays within the
+  // capacity reserved at construction.
+  const std::size_t want = 2 * k + 8;
+  req_.fields.resize(want < lim_.max_fields ? want : lim_.max_fields);
+}
+
+inline void request_parser::trim_fields() noexcept {
+  // Shrinking a vector of trivially destructible views only moves its end.
+  if (req_.fields.size() != st_.fields) req_.fields.resize(st_.fields);
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline))
+#endif
+inline void
+request_parser::rebase(const char* p) noexcept {
+  const char* old = got_.base;
+  got_.base = p;
+  if (old == nullptr) return;
+  // Offsets in integers: the old buffer may be gone.
+  const auto move = [p, from = reinterpret_cast<std::uintptr_t>(old)](std::string_view& v) {
+    if (v.data() != nullptr)
+      v = std::string_view(p + (reinterpret_cast<std::uintptr_t>(v.data()) - from), v.size());
+  };
+  if (st_.at != stage::request_line) {  // else they are the last request's, to be overwritten
+    move(req_.method);
+    move(req_.target);
+    if (!st_.path_slash) move(req_.path);  // else the literal "/"
+  }
+  move(req_.query);  // reset() clears these two
+  move(req_.host);
+  header_field* f = req_.fields.data();
+  for (std::size_t k = 0; k < st_.fields; ++k) move(f[k].name), move(f[k].value);
+}
+
 }  // namespace httpd
