@@ -81,9 +81,9 @@ enum class parse_result { incomplete, done, error };
 
 /// Parses one request head at a time. Fed the same buffer, grown, on each call:
 /// it remembers how far it scanned, so calling parse() after every read() costs
-/// O(new bytes) however the bytes are split (one at a time works). It keeps
-/// offsets, not pointers, so the server may reallocate the buffer between calls
-/// as long as the bytes already fed stay the same.
+/// O(new bytes) however the bytes are split (one at a time works). The server
+/// may reallocate the buffer between calls as long as the bytes already fed
+/// stay the same: the views taken so far are re-pointed at the new one.
 class request_parser {
  public:
   explicit request_parser(limits lim = {});
@@ -247,8 +247,8 @@ constexpr std::uint32_t u32(std::size_t x) noexcept { return static_cast<std::ui
 }  // namespace detail
 
 inline request_parser::request_parser(limits lim) : lim_(lim) {
-  // Offsets are 32-bit to keep the per-field record small; a head this large
-  // would be a denial of service long before it mattered.
+  // Positions are kept 32-bit, to keep the per-request state small; a head
+  // this large would be a denial of service long before it mattered.
   const std::uint64_t most =
       std::uint64_t{2} * detail::max_empty_lines + lim.max_request_line + lim.max_header_bytes + 4;
   if (lim.max_request_line > 0xffffffffu || lim.max_header_bytes > 0xffffffffu || most > 0x7fffffffu)
