@@ -3,8 +3,8 @@
 //
 // on_field_line() is the reference check of a whole field line (the line-at-
 // a-time path); the fast path in http_parser.hpp checks the same syntax
-// itself. Both hand a well-formed field to on_field(), which records its
-// offsets and looks at the fields that decide framing and connection
+// itself. Both hand a well-formed field to on_field(), which records it
+// and looks at the fields that decide framing and connection
 // handling: Host (its shape, RFC 9112 3.2 and RFC 3986 3.2), Content-Length,
 // Transfer-Encoding, Connection and Expect. Their combination is judged at
 // the end of the head, in on_head_end(). The fields are kept in the
