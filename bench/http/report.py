@@ -401,19 +401,22 @@ def parser_section(results):
             row += (f"{o2[name] / pico:.2f}× |" if pico and o2.get(name) else "- |")
             t += row + "\n"
         md.append(t)
-    if base:
-        t = (f"\nBefore and after the speed work of issue 24. Before: commit {base.get('commit', '?')} "
-             f"({base.get('date', '?')}), {base.get('note', '')}.\n\n")
+    # The baseline file holds the start of the speed work of issue 24, and
+    # under "later" the start of each later round of it: one table each.
+    for k, b0 in enumerate(([base] + base.get("later", [])) if base else []):
+        what = "the speed work of issue 24" if k == 0 else "this round of it"
+        t = (f"\nBefore and after {what}. Before: commit {b0.get('commit', '?')} "
+             f"({b0.get('date', '?')}), {b0.get('note', '')}.\n\n")
         t += ("| figure | build | request | prefork before | prefork now | picohttpparser | "
               "prefork / pico before | prefork / pico now |\n|---|---|---|---:|---:|---:|---:|---:|\n")
-        for build, per in base.get("instructions", {}).items():
+        for build, per in b0.get("instructions", {}).items():
             for req, b in per.items():
                 now = cg.get(build, {}).get(req)
                 pico = cg.get("-O2", {}).get("picohttpparser: " + req)
                 t += (f"| instructions | {build} | {req} | {fmt(b)} | {fmt(now) if now else 'n/a'} | "
                       f"{fmt(pico) if pico else 'n/a'} | {f'{b / pico:.2f}×' if pico else 'n/a'} | "
                       f"{f'{now / pico:.2f}×' if pico and now else 'n/a'} |\n")
-        for build, per in base.get("ns", {}).items():
+        for build, per in b0.get("ns", {}).items():
             for req, b in per.items():
                 now = figures.get((build, req, "prefork"))
                 pico = figures.get((build, req, "picohttpparser"))

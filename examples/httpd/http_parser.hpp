@@ -81,9 +81,9 @@ enum class parse_result { incomplete, done, error };
 
 /// Parses one request head at a time. Fed the same buffer, grown, on each call:
 /// it remembers how far it scanned, so calling parse() after every read() costs
-/// O(new bytes) however the bytes are split (one at a time works). It keeps
-/// offsets, not pointers, so the server may reallocate the buffer between calls
-/// as long as the bytes already fed stay the same.
+/// O(new bytes) however the bytes are split (one at a time works). The server
+/// may reallocate the buffer between calls as long as the bytes already fed
+/// stay the same: the views taken so far are re-pointed at the new one.
 class request_parser {
  public:
   explicit request_parser(limits lim = {});
@@ -105,8 +105,8 @@ class request_parser {
   /// a one-line, human-readable reason for the response body ("Content-Length
   /// is not a number"). The connection must be closed after answering: once a
   /// head is rejected, where the next request would start cannot be trusted.
-  int error_status() const noexcept { return st_.status; }
-  std::string_view error_reason() const noexcept { return st_.reason != nullptr ? st_.reason : ""; }
+  int error_status() const noexcept { return st_.at == stage::error ? got_.status : 0; }
+  std::string_view error_reason() const noexcept { return st_.at == stage::error ? got_.reason : ""; }
 
   /// Ready for the next request (keeps the capacity it has: no allocation).
   void reset() noexcept;
@@ -114,12 +114,12 @@ class request_parser {
   const limits& get_limits() const noexcept { return lim_; }
 
  private:
-  struct field_offsets {
-    std::uint32_t name, name_len, value, value_len;
-  };
   enum class stage : std::uint8_t { request_line, fields, done, error };
 
   parse_result fail(int status, const char* reason) noexcept;
+  // parse() past its fast path; tried: fast_head() has just given up on
+  // the line at st_.line, so it is not asked again.
+  parse_result parse_more(std::string_view bytes, bool tried);
   // The fast path: whole, well-formed lines within the limits, in one pass
   // each. It gives up on anything else, leaving the line to the line-at-a-
   // time path below, which is the reference: so every verdict (and its
@@ -127,7 +127,12 @@ class request_parser {
   // From st_.line: done, error, or incomplete for "the line at st_.line is the
   // slow path's". Positions stay in registers, members are written on the
   // way out: reading back fresh stores was a good part of a short head's cost.
-  parse_result fast_head(const char* p, std::size_t n) noexcept;
+  // b, fields_begin, at: st_'s line, fields_begin and at, passed in so that
+  // a fresh request starts from constants, not from loads of what reset()
+  // has just stored (each such load is a store-forwarding delay at the
+  // head of the chain of dependent loads that sets a short head's time).
+  parse_result fast_head(const char* p, std::size_t n, std::size_t b, std::size_t fields_begin,
+                         stage at) noexcept;
   parse_result on_request_line(std::string_view bytes, std::size_t begin, std::size_t end) noexcept;
   // What a request line means, once its syntax is known good: method [b, i),
   // target [t, j); fragment_checked: the target is known to hold no '#'.
@@ -154,30 +159,48 @@ class request_parser {
   // Whether [v, ve) is plainly a valid host: letters, digits, '-' and '.'
   // (a reg-name), then perhaps ':' and digits. No means "ask valid_authority".
   bool host_quick(const char* p, std::size_t v, std::size_t ve) const noexcept;
-  void materialise(std::string_view bytes) noexcept;
+  // The views stored so far point into got_.base: re-point them at p, a
+  // copy of that buffer (the server's buffer moved between calls).
+  void rebase(const char* p) noexcept;
+  // Room for field k in req_.fields, whose size only grows while a head is
+  // parsed (within the capacity reserved at construction: no allocation).
+  void grow_fields(std::size_t k);
+  // Records field k of this head, with its name [b, i) and value [v, ve).
+  void add_field(const char* p, std::size_t b, std::size_t i, std::size_t v, std::size_t ve) noexcept;
+  // At done: req_.fields holds exactly this head's fields.
+  void trim_fields() noexcept;
 
   limits lim_;
   request req_;
-  std::vector<field_offsets> offsets_;  // max_fields records; the first st_.fields are this head's
-  // What one request's parsing has found so far: all of it zero at the
-  // start, so reset() is a few wide stores.
+  // What one request's parsing has found so far, in two parts. The first
+  // must be zero at the start of a request: reset() clears it, and it is
+  // kept within 64 bytes so that is four vector stores (past that, the
+  // compilers zero it with "rep stos", whose start-up alone cost as much as
+  // parsing a short head). Positions are 32-bit: the constructor keeps a
+  // head under 2 GiB.
   struct progress {
-    stage at;                  // stage::request_line is zero
-    std::size_t line;          // where the line being scanned starts
-    std::size_t scanned;       // how far the search for its LF got
-    std::size_t fields_begin;  // where the field section starts
-    std::size_t header_length;
-    const char* reason;        // after error; nullptr reads as ""
-    const char* path_literal;  // "/" for an absolute-form target without a path
-    int status;
-    // Offsets of the request-line parts and of what the fields told us.
-    std::uint32_t method[2], target[2], path[2], query[2], host[2];
-    unsigned host_count, te_codings, te_chunked;  // te_: over all Transfer-Encoding lines
-    unsigned empty_lines;
-    unsigned fields;  // how many of offsets_ this head has filled
+    std::uint32_t line;          // where the line being scanned starts
+    std::uint32_t scanned;       // how far the search for its LF got
+    std::uint32_t fields_begin;  // where the field section starts
+    std::uint32_t header_length;
+    std::uint32_t te_codings, te_chunked;  // over all Transfer-Encoding lines
+    std::uint32_t fields;                  // how many of req_.fields this head has filled
+    stage at;                              // stage::request_line is zero
+    std::uint8_t host_count, empty_lines;
+    bool path_slash;  // the path is "/" though the target has none ("http://h")
     bool host_from_target, te_last_chunked, connection_close, connection_keep_alive, expect_other;
+    bool framing;  // an Expect, Connection, Content-Length or Transfer-Encoding field was seen
   };
+  static_assert(sizeof(progress) <= 64, "reset() clears progress with a few vector stores");
   progress st_{};
+  // The second part is written before it is read: by fail() (reason,
+  // status), by parse() (base).
+  struct found {
+    const char* reason = nullptr;
+    int status = 0;
+    const char* base = nullptr;  // the buffer the request's views point into
+  };
+  found got_;
 };
 
 // Implementation. A line seen whole for the first time goes through
@@ -218,24 +241,30 @@ inline std::uint64_t word8(const char (&s)[9]) noexcept {
   return w;
 }
 
+// An offset into a head, which the constructor's check keeps under 2 GiB.
+constexpr std::uint32_t u32(std::size_t x) noexcept { return static_cast<std::uint32_t>(x); }
+
 }  // namespace detail
 
 inline request_parser::request_parser(limits lim) : lim_(lim) {
-  // Offsets are 32-bit to keep the per-field record small; a head this large
-  // would be a denial of service long before it mattered.
+  // Positions are kept 32-bit, to keep the per-request state small; a head
+  // this large would be a denial of service long before it mattered.
   const std::uint64_t most =
       std::uint64_t{2} * detail::max_empty_lines + lim.max_request_line + lim.max_header_bytes + 4;
   if (lim.max_request_line > 0xffffffffu || lim.max_header_bytes > 0xffffffffu || most > 0x7fffffffu)
     throw std::invalid_argument("httpd::limits: max_request_line + max_header_bytes must stay under 2 GiB");
-  offsets_.resize(lim.max_fields);
   req_.fields.reserve(lim.max_fields);
 }
 
 inline void request_parser::reset() noexcept {
-  // req_.fields keeps its size until the next done or error (see materialise).
-  // The request's views are re-pointed by every done and cleared by every
-  // error (see materialise and fail); its kind, version and keep_alive are
-  // set by every head that gets that far. What a head may leave unset:
+  // req_.fields keeps its size until the next done or error (see
+  // add_field). The request's views are written as each line is taken, in
+  // place (no offsets turned into views at the end); method, target and
+  // path by every request line, fields by every field line; its kind,
+  // version and keep_alive by every head that gets that far; an error
+  // clears them all (see fail). What a head may leave unset:
+  req_.query = std::string_view();
+  req_.host = std::string_view();
   req_.content_length.reset();
   req_.chunked = req_.expect_continue = false;
   st_ = progress{};
@@ -253,32 +282,45 @@ inline parse_result request_parser::fail(int status, const char* reason) noexcep
   req_.query = std::string_view();
   req_.host = std::string_view();
   st_.at = stage::error;
-  st_.status = status;
-  st_.reason = reason;
+  got_.status = status;
+  got_.reason = reason;
   return parse_result::error;
 }
 
 inline parse_result request_parser::parse(std::string_view bytes) {
-  if (st_.at == stage::done) {
-    if (bytes.size() < st_.header_length)
-      throw std::logic_error("httpd::request_parser::parse: the buffer lost bytes already parsed");
-    materialise(bytes);
-    return parse_result::done;
+  // A request not looked at yet, usually whole: the fast path, in line,
+  // with none of the bookkeeping of a resumed parse.
+  if (st_.scanned == 0 && st_.at == stage::request_line) {
+    got_.base = bytes.data();
+    const parse_result r = fast_head(bytes.data(), bytes.size(), 0, 0, stage::request_line);
+    if (r == parse_result::done) trim_fields();
+    if (r != parse_result::incomplete) return r;
+    return parse_more(bytes, st_.scanned == st_.line);
   }
+  return parse_more(bytes, false);
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline))
+#endif
+inline parse_result
+request_parser::parse_more(std::string_view bytes, bool tried) {
   if (st_.at == stage::error) return parse_result::error;
-  if (bytes.size() < st_.scanned)
+  if (bytes.size() < (st_.at == stage::done ? st_.header_length : st_.scanned))
     throw std::logic_error("httpd::request_parser::parse: the buffer lost bytes already parsed");
+  if (bytes.data() != got_.base) rebase(bytes.data());
+  if (st_.at == stage::done) return parse_result::done;
   const char* p = bytes.data();
   const std::size_t n = bytes.size();
   while (true) {
-    if (st_.scanned == st_.line) {  // a line not looked at yet
-      const parse_result r = fast_head(p, n);
-      if (r == parse_result::done) materialise(bytes);
+    if (st_.scanned == st_.line && !tried) {  // a line not looked at yet
+      const parse_result r = fast_head(p, n, st_.line, st_.fields_begin, st_.at);
+      if (r == parse_result::done) trim_fields();
       if (r != parse_result::incomplete) return r;
     }
     const void* lf = st_.scanned < n ? std::memchr(p + st_.scanned, '\n', n - st_.scanned) : nullptr;
     if (lf == nullptr) {
-      st_.scanned = n;
+      st_.scanned = detail::u32(n);
       // Refuse an over-long line as soon as it is certain, not when it ends:
       // a client could otherwise make us buffer without bound.
       if (st_.at == stage::request_line) {
@@ -308,24 +350,25 @@ inline parse_result request_parser::parse(std::string_view bytes) {
       } else {
         if (on_request_line(bytes, st_.line, end) == parse_result::error) return parse_result::error;
         st_.at = stage::fields;
-        st_.fields_begin = next;
+        st_.fields_begin = detail::u32(next);
       }
     } else {
       if (end == st_.line) {
-        st_.header_length = next;
+        st_.header_length = detail::u32(next);
         if (on_head_end() == parse_result::error) return parse_result::error;
-        materialise(bytes);
+        trim_fields();
         return parse_result::done;
       }
       if (on_field_line(bytes, st_.line, end) == parse_result::error) return parse_result::error;
     }
-    st_.line = st_.scanned = next;
+    st_.line = st_.scanned = detail::u32(next);
+    tried = false;
   }
 }
 
-inline parse_result request_parser::fast_head(const char* p, std::size_t n) noexcept {
-  std::size_t b = st_.line, fields_begin = st_.fields_begin;
-  if (st_.at == stage::request_line) {
+inline parse_result request_parser::fast_head(const char* p, std::size_t n, std::size_t b,
+                                              std::size_t fields_begin, stage at) noexcept {
+  if (at == stage::request_line) {
     // method SP target SP "HTTP/1." DIGIT CRLF, nothing else; an empty line
     // before it, or anything unusual, is the slow path's.
     // GET, HEAD and POST are nearly every request: one 4-byte compare each
@@ -357,27 +400,39 @@ inline parse_result request_parser::fast_head(const char* p, std::size_t n) noex
     req_.minor_version = p[j + 8] == '0' ? 0 : 1;
     if (kind >= 0 && p[t] == '/') {  // origin-form of GET, HEAD or POST: nothing more to check
       req_.kind = static_cast<verb>(kind);
-      st_.method[0] = static_cast<std::uint32_t>(b), st_.method[1] = static_cast<std::uint32_t>(i - b);
-      st_.target[0] = static_cast<std::uint32_t>(t), st_.target[1] = static_cast<std::uint32_t>(j - t);
+      req_.method = std::string_view(p + b, i - b);
+      req_.target = std::string_view(p + t, j - t);
       set_path_query(p, t, j);
     } else if (on_request_parts(p, b, i, t, j, true, kind) == parse_result::error) {
       return parse_result::error;
     }
     st_.at = stage::fields;
-    b = fields_begin = st_.fields_begin = j + 11;
+    b = fields_begin = j + 11;
+    st_.fields_begin = detail::u32(b);
   }
   const std::size_t max_header = lim_.max_header_bytes, max_line = lim_.max_field_line;
   while (b < n) {
     if (p[b] == '\r') {  // the empty line ending the head
       if (n - b < 2 || p[b + 1] != '\n' || b + 2 - fields_begin > max_header) break;
-      st_.header_length = b + 2;
+      st_.header_length = detail::u32(b + 2);
+      // Most heads have none of the fields on_head_end() weighs against
+      // each other: then only Host is left to check.
+      if (!st_.framing && (st_.host_count != 0 || req_.minor_version == 0)) {
+        req_.keep_alive = req_.minor_version != 0;
+        st_.at = stage::done;
+        return parse_result::done;
+      }
       return on_head_end();
     }
-    const std::size_t i = detail::scan_name(p, b, n);
+    // "Host:" is in nearly every head: known by one compare, not a scan
+    // (whose result would be one more link in the chain of dependent
+    // loads that sets a short head's time).
+    const bool host = n - b >= 5 && p[b + 4] == ':' && detail::token_is(p + b, "host");
+    const std::size_t i = host ? b + 4 : detail::scan_name(p, b, n);
     if (i == b || i >= n || p[i] != ':') break;
     std::size_t v = i + 1;
     while (v < n && detail::is_ows_char(p[v])) ++v;
-    if (i - b == 4 && detail::token_is(p + b, "host")) {
+    if (host) {
       // Host in one pass: nearly always a plain reg-name or IPv4 address,
       // perhaps a port, then CRLF. The value scan below would only repeat
       // this; anything else goes that way, to the full authority check.
@@ -387,7 +442,14 @@ inline parse_result request_parser::fast_head(const char* p, std::size_t n) noex
         }
       if (k > v && n - k >= 2 && p[k] == '\r' && p[k + 1] == '\n' && k + 2 - fields_begin <= max_header &&
           k - b <= max_line) {
-        if (on_field(p, b, i, v, k, true) == parse_result::error) return parse_result::error;
+        if (st_.host_count == 0 && st_.fields < lim_.max_fields) {
+          // on_field() and on_host() in line: the first Host, known valid.
+          st_.host_count = 1;
+          add_field(p, b, i, v, k);
+          if (!st_.host_from_target) req_.host = std::string_view(p + v, k - v);
+        } else if (on_field(p, b, i, v, k, true) == parse_result::error) {
+          return parse_result::error;
+        }
         b = k + 2;
         continue;
       }
@@ -403,55 +465,8 @@ inline parse_result request_parser::fast_head(const char* p, std::size_t n) noex
     if (on_field(p, b, i, v, ve) == parse_result::error) return parse_result::error;
     b = e + 2;
   }
-  st_.line = st_.scanned = b;
+  st_.line = st_.scanned = detail::u32(b);
   return parse_result::incomplete;
-}
-
-inline parse_result request_parser::on_head_end() noexcept {
-  if (req_.minor_version == 1 && st_.host_count == 0)
-    return fail(400, "missing Host field (required in HTTP/1.1)");
-  if (st_.te_codings != 0) {
-    if (req_.minor_version == 0) return fail(400, "Transfer-Encoding in an HTTP/1.0 request");
-    if (req_.content_length) return fail(400, "both Content-Length and Transfer-Encoding");
-    if (!st_.te_last_chunked) return fail(400, "final transfer coding is not chunked");
-    if (st_.te_chunked > 1) return fail(400, "chunked transfer coding applied more than once");
-    if (st_.te_codings > 1) return fail(501, "transfer codings other than chunked are not implemented");
-    req_.chunked = true;
-  }
-  if (req_.content_length && *req_.content_length > lim_.max_body) return fail(413, "request body too large");
-  if (st_.expect_other) return fail(417, "unsupported expectation (only 100-continue is)");
-  if (req_.minor_version == 0) {
-    // RFC 9110 10.1.1: a 1.0 client cannot have meant it.
-    req_.expect_continue = false;
-    req_.keep_alive = st_.connection_keep_alive && !st_.connection_close;
-  } else {
-    req_.keep_alive = !st_.connection_close;
-  }
-  st_.at = stage::done;
-  return parse_result::done;
-}
-
-inline void request_parser::materialise(std::string_view bytes) noexcept {
-  const char* p = bytes.data();
-  const auto view = [p](const std::uint32_t* o) { return std::string_view(p + o[0], o[1]); };
-  req_.method = view(st_.method);
-  req_.target = view(st_.target);
-  req_.path = st_.path_literal != nullptr ? std::string_view(st_.path_literal) : view(st_.path);
-  req_.query = view(st_.query);
-  req_.host = view(st_.host);
-  // Sized once, then filled through a plain pointer: push_back would store
-  // and reload the vector's end for every field, a chain through memory
-  // that cost more than the parsing of the fields. reset() leaves the size
-  // alone, so a server whose requests carry as many fields as the last one's
-  // does not resize at all; there is never an allocation (the capacity was
-  // reserved at construction).
-  const std::size_t count = st_.fields;
-  if (req_.fields.size() != count) req_.fields.resize(count);
-  const field_offsets* from = offsets_.data();
-  header_field* out = req_.fields.data();
-  for (std::size_t k = 0; k < count; ++k)
-    out[k] = {std::string_view(p + from[k].name, from[k].name_len),
-              std::string_view(p + from[k].value, from[k].value_len)};
 }
 
 }  // namespace httpd

@@ -7,7 +7,7 @@
 // knows the method and the four forms of a target (RFC 9112 3.2):
 // origin-form "/path?query", absolute-form "http://authority/path",
 // authority-form "host:port" for CONNECT only, asterisk-form "*" for OPTIONS
-// only. Only offsets are kept; materialise() turns them into views.
+// only. The parts are written to the request as views as they are found.
 // Included by http_parser.hpp; include that.
 #pragma once
 
@@ -83,9 +83,8 @@ inline parse_result request_parser::on_request_parts(const char* p, std::size_t 
     req_.kind = static_cast<verb>(kind);
   else if (!detail::parse_verb(std::string_view(p + b, i - b), req_.kind))
     return fail(501, "unknown method");
-  const auto off = [&](std::size_t x) { return static_cast<std::uint32_t>(x); };
-  st_.method[0] = off(b), st_.method[1] = off(i - b);
-  st_.target[0] = off(t), st_.target[1] = off(j - t);
+  req_.method = std::string_view(p + b, i - b);
+  req_.target = std::string_view(p + t, j - t);
   std::string_view target(p + t, j - t);
   if (!fragment_checked && target.find('#') != std::string_view::npos)
     return fail(400, "fragment in the request target");
@@ -93,16 +92,16 @@ inline parse_result request_parser::on_request_parts(const char* p, std::size_t 
   if (req_.kind == verb::connect) {  // authority-form, and only there
     if (!detail::valid_authority(target, detail::port_rule::required))
       return fail(400, "CONNECT needs a host:port target");
-    st_.host[0] = off(t), st_.host[1] = off(j - t);
+    req_.host = target;
     st_.host_from_target = true;
-    st_.path[0] = st_.path[1] = st_.query[0] = st_.query[1] = 0;
+    req_.path = std::string_view();
     return parse_result::incomplete;
   }
   std::size_t path_begin = t;  // origin-form
   if (target[0] != '/') {
     if (target == "*") {
       if (req_.kind != verb::options) return fail(400, "asterisk-form target is only for OPTIONS");
-      st_.path[0] = off(t), st_.path[1] = 1;
+      req_.path = target;
       return parse_result::incomplete;
     }
     // absolute-form: scheme "://" authority [path-abempty] ["?" query]
@@ -117,7 +116,7 @@ inline parse_result request_parser::on_request_parts(const char* p, std::size_t 
     if (authority.find('@') != std::string_view::npos)
       return fail(400, "user information in the request target");
     if (!detail::valid_authority(authority)) return fail(400, "invalid host in the request target");
-    st_.host[0] = off(t + a), st_.host[1] = off(z - a);
+    req_.host = authority;
     st_.host_from_target = true;
     path_begin = t + z;
   }
@@ -126,7 +125,6 @@ inline parse_result request_parser::on_request_parts(const char* p, std::size_t 
 }
 
 inline void request_parser::set_path_query(const char* p, std::size_t path_begin, std::size_t j) noexcept {
-  const auto off = [](std::size_t x) { return static_cast<std::uint32_t>(x); };
   std::size_t q = path_begin;
   if (j - path_begin < 16) {  // memchr's call costs more than a short loop
     while (q < j && p[q] != '?') ++q;
@@ -134,8 +132,12 @@ inline void request_parser::set_path_query(const char* p, std::size_t path_begin
     const void* question = std::memchr(p + path_begin, '?', j - path_begin);
     q = question != nullptr ? static_cast<std::size_t>(static_cast<const char*>(question) - p) : j;
   }
-  st_.path[0] = off(path_begin), st_.path[1] = off(q - path_begin);
-  if (q == path_begin && (q == j || p[q] == '?')) st_.path_literal = "/";
-  if (q < j) st_.query[0] = off(q + 1), st_.query[1] = off(j - q - 1);
+  if (q == path_begin && (q == j || p[q] == '?')) {
+    st_.path_slash = true;
+    req_.path = std::string_view("/", 1);
+  } else {
+    req_.path = std::string_view(p + path_begin, q - path_begin);
+  }
+  if (q < j) req_.query = std::string_view(p + q + 1, j - q - 1);
 }
 }  // namespace httpd

@@ -73,11 +73,16 @@ inline __m128i load16(const char* q) noexcept { return _mm_loadu_si128(reinterpr
 // The first flagged byte at or after i, given mask(v) flags bytes of a
 // 16-byte vector v: over [i, n) in steps of 16, the last step a load ending
 // at n; portable(p, i, n) when the whole buffer is shorter than 16.
+// A run already shorter than a vector at i goes straight to the last step
+// (the compilers otherwise load the loop's constants for nothing first).
 template <class Mask, class Portable>
 inline std::size_t scan16(const char* p, std::size_t i, std::size_t n, Mask mask, Portable portable) noexcept {
-  for (; i + 16 <= n; i += 16) {
-    const unsigned m = static_cast<unsigned>(mask(load16(p + i)));
-    if (m != 0) return i + static_cast<unsigned>(__builtin_ctz(m));
+  if (i + 16 <= n) {
+    do {
+      const unsigned m = static_cast<unsigned>(mask(load16(p + i)));
+      if (m != 0) return i + static_cast<unsigned>(__builtin_ctz(m));
+      i += 16;
+    } while (i + 16 <= n);
   }
   if (i == n) return n;
   if (n < 16) return portable(p, i, n);
