@@ -65,11 +65,14 @@ TEST_CASE("a worker stuck in a request is killed after timeout and replaced; the
 TEST_CASE("an idle worker is never killed for silence", "[pool][heartbeat]") {
   prefork::test::leak_check leaks;
   {
-    pool p(2, [](prefork::pool_config& c) { c.timeout = 200ms; });
+    // A timeout of 1 s (a tick every 250 ms) leaves 750 ms for a worker to
+    // be scheduled late on a loaded machine; with 200 ms this test once saw
+    // kills at a load average of 15 on 2 cores.
+    pool p(2, [](prefork::pool_config& c) { c.timeout = 1s; });
     std::set<pid_t> first = p.start(2);
-    // Five timeouts of idleness, watching the log all along: the workers
-    // tick from inside accept(), so no kill line may come.
-    for (auto end = clock::now() + 1s; clock::now() < end && p.ev.count("SIGKILL") == 0;)
+    // Two and a half timeouts of idleness, watching the log all along: the
+    // workers tick from inside accept(), so no kill line may come.
+    for (auto end = clock::now() + 2500ms; clock::now() < end && p.ev.count("SIGKILL") == 0;)
       p.ev.pump(static_cast<int>(
                     std::chrono::duration_cast<std::chrono::milliseconds>(end - clock::now()).count()) +
                 1);
