@@ -82,7 +82,8 @@ def section(results):
         "(the default) against one socket per worker (`--reuseport`, pool_config::reuseport), "
         "for blocking and evented workers. Medians of "
         f"{meta.get('rounds', '?')} interleaved rounds of {meta.get('seconds', '?')} s "
-        f"({meta.get('date', '')}, {meta.get('cores', '?')} cores, kernel {meta.get('kernel', '?')}). "
+        f"({meta.get('date', '')}, {meta.get('cores', '?')} cores, load average {meta.get('load_start', '?')} "
+        f"at the start, kernel {meta.get('kernel', '?')}). "
         "CPU is the server's (master and workers, from /proc/PID/stat) per request; "
         "*busiest worker* is the share of the requests the busier of the two served "
         "(50% is an even split), from the scoreboard's per-worker counts.\n")
@@ -113,21 +114,23 @@ def section(results):
     return "\n".join(md)
 
 
-GUIDANCE = """**Which to choose.** The shared socket is the default and the right one for
-most servers: any idle worker takes the next connection, so a worker busy
-with a slow request never holds up the others' clients, and what the kernel
-does not spread, the workers' own pace does. `--reuseport` gives each worker
-its own queue: the kernel spreads new connections evenly (random, by the
-steering program) whatever the workers are doing, no worker wakes for a
-connection another takes, and the connections of an evented worker, which
-keeps many at once, no longer go mostly to whichever worker happens to be
-waiting in `epoll_wait` first. Choose it for evented workers with many
-short connections, where that balance and the lost wake-ups count; keep the
-shared socket for blocking workers and for requests of very uneven length,
-where a connection queued behind a slow request on its worker waits even
-though the other worker is idle (the known cost of SO_REUSEPORT). Either
-way prefork loses no queued connection: a dead worker's queue waits for its
-replacement, and `TTOU` drains a socket before closing it.
+GUIDANCE = """**Which to choose.** Evented workers with kept-alive connections: `--reuseport`.
+With one shared socket, whichever worker is waiting in `epoll_wait` when the
+connections arrive takes them, and keeps them for their whole life: in these
+runs one worker served every request of the 64 connections and the other
+sat idle. With a socket each, the kernel (the steering program, at random)
+gives each worker its half, and both cores work. Blocking workers, or new
+connections per request: the shared socket. A blocking worker takes one
+connection at a time, so the workers already alternate on a shared queue
+(an even split above without reuseport), and any idle worker takes the next
+connection; with a socket each, a connection is bound to one worker when its
+SYN arrives and waits behind that worker's request even while the other is
+idle, which cost throughput and p99 here. The same holds for requests of
+very uneven length (a slow one holds up its socket's queue: the known cost
+of SO_REUSEPORT). CPU per request is about the same either way. prefork
+loses no queued connection in either mode: a dead worker's queue waits for
+its replacement, and `TTOU` or `WINCH` steer new connections away from a
+socket and drain it before closing it.
 """
 
 
