@@ -142,7 +142,10 @@ TEST_CASE(
     for (int round = 1; round <= 2; ++round) {
       // A third slot, beyond the new images' configured 2: it must be served too.
       ::kill(master.pid(), SIGTTIN);
-      log.wait_for(") ready");
+      log.wait_for("received SIGTTIN: now 3 workers");
+      // Its socket is opened before its worker is forked.
+      const auto deadline = clock::now() + 20s;
+      while (listeners_on(port).size() < 3 && clock::now() < deadline) std::this_thread::yield();
       const std::set<std::string> slots = listeners_on(port);
       CHECK(slots.size() == 3);  // slot 0 (the listener), slots 1 and 2
       load.wait_progress(20);
