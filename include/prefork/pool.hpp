@@ -233,7 +233,10 @@ class master {
                            [&](const detail::worker_record& r) { return r.pid == pid; });
     // A new master reaped elsewhere is gone all the same: the upgrade must
     // learn it, or a stop would wait for it forever.
-    if (upgrade_.reaped(pid, status ? *status : exit_status::unknown(), config_, pid_file_)) return;
+    if (upgrade_.reaped(pid, status ? *status : exit_status::unknown(), config_, pid_file_)) {
+      slots_.forget_steering();  // a failed new image may have attached its own
+      return;
+    }
     std::string how = status ? status->describe() : "was reaped by another waitpid (status unknown)";
     if (it == state_.workers.end()) {
       if (status) log("reaped unknown child pid " + std::to_string(pid) + ": " + how);
@@ -299,12 +302,8 @@ class master {
           return log("received SIGTTIN: already at max_workers (" + std::to_string(config_.max_workers) +
                      ")");
         ++state_.wanted;
-        // Every open slot socket receives connections: none may stay without a worker.
-        if (config_.reuseport) state_.wanted = std::max(state_.wanted, slots_.count());
         return log("received SIGTTIN: now " + std::to_string(state_.wanted) + " workers");
       case SIGTTOU:
-        if (config_.reuseport)  // closing the last slot's socket would reset its queue
-          return log("received SIGTTOU: ignored with reuseport (a slot is not retired yet)");
         if (state_.wanted > 0) --state_.wanted;
         return log("received SIGTTOU: now " + std::to_string(state_.wanted) + " workers");
       default: return log("received " + signame + ": ignored");
@@ -378,7 +377,6 @@ class master {
     detail::bump(state_.board->master_cells().reloads);
     state_.board->count_restart(restart_cause::reload, state_.workers.size());
     state_.wanted = config_.workers;  // a reload re-reads the count, undoing TTIN, TTOU and WINCH
-    if (config_.reuseport) state_.wanted = std::max(state_.wanted, slots_.count());  // as for TTIN
     announced_generation_ = false;
     for (detail::worker_record& r : state_.workers) r.retiring = true;
     log("received SIGHUP: reloaded; replacing " + std::to_string(state_.workers.size()) +
@@ -451,7 +449,19 @@ class master {
   }
 
   void maintain_worker_count(clock::time_point now) {
-    for (unsigned index = 0; index < state_.wanted; ++index) {
+    // With reuseport a slot beyond the wanted ones keeps a worker until its
+    // queue is drained (reuseport.hpp).
+    unsigned limit = state_.wanted;
+    if (config_.reuseport) {
+      wake_by(slots_.retire(state_.wanted, config_, now, [&](unsigned index) {
+        return std::any_of(state_.workers.begin(), state_.workers.end(),
+                           [&](const detail::worker_record& r) { return r.index == index; });
+      }));
+      limit = std::max(limit, slots_.count());
+    }
+    auto needed = [&](unsigned index) { return index < state_.wanted || slots_.draining(index); };
+    for (unsigned index = 0; index < limit; ++index) {
+      if (!needed(index)) continue;
       detail::worker_record* active = nullptr;
       for (detail::worker_record& r : state_.workers)
         if (r.index == index && !r.retiring) active = &r;
@@ -484,10 +494,11 @@ class master {
       }
     }
     for (detail::worker_record& r : state_.workers)
-      if (r.index >= state_.wanted && !r.quit_sent) {
+      if (!needed(r.index) && !r.quit_sent) {
         log(name(r) + " no longer wanted: asking it to stop");
         send_quit(r, now);
       }
+    if (config_.reuseport) slots_.steer(state_.wanted, config_.listeners, config_, now);
   }
 
   // Every slot is taken, by old workers that are to be replaced (HUP,

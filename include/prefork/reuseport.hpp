@@ -13,27 +13,53 @@
 // (listen_options::reuseport). Stands on socket, getsockopt, setsockopt,
 // getsockname, bind and listen.
 //
-// Not yet here: retiring a slot (TTOU), which the master refuses with
-// reuseport. Closing a slot's socket resets its queue, so new connections
-// must first stop reaching it, then its worker must drain it. Two ways are
-// sound: a classic BPF program on the group (SO_ATTACH_REUSEPORT_CBPF,
-// "ld rand; mod #n; ret a") re-attached with n one lower, which never
-// selects the last socket of the group; slots are opened in index order and
-// only the highest is ever retired, so the group's order is the slots'. Or
-// net.ipv4.tcp_migrate_req (Linux 5.14), which moves a closing listener's
-// queue to another socket of the group; it is a per-network-namespace
-// setting, off by default, that a library must not turn on behind the
-// administrator's back, so it can only be a bonus. The BPF way is the one
-// to build.
+// Retiring a slot (TTOU, WINCH, HUP after TTIN) without losing its queue.
+// Closing a listener resets every connection in its accept queue, so new
+// connections must first stop reaching the slot, then its worker must
+// drain what waits there, and only then may the socket close. The master
+// attaches a classic BPF program to each listener's reuseport group
+// (SO_ATTACH_REUSEPORT_CBPF: "ld rand; mod #n; ret a"), which picks one of
+// the group's first n sockets, n the slots that take new connections. The
+// kernel numbers a group's sockets in the order they joined it (listen())
+// and, when one closes, moves the last into its place
+// (reuseport_detach_sock); an index the program returns beyond the group
+// falls back to the kernel's hash over all of them. So the invariant kept
+// here: slot i is socket i of its group. Slot 0 joined first (the
+// configured listener), slots are opened in index order, and they are
+// closed highest first, a drained slot waiting for those above it. A TTIN
+// during a drain takes the slot back as it is, at its place. A new image
+// after USR2 inherits the sockets, their order and the old program, and
+// attaches its own on its first round.
+// Drained means: its queue is empty (TCP_INFO) and `settle` has passed
+// since the steering changed, for handshakes whose SYN reached the slot
+// before (their final ACK still lands in its queue; a lost SYN-ACK is
+// resent after 1 s). Until then the slot keeps a worker, a new one if its
+// worker died or was asked to stop too early. Random, not a hash of the
+// flow: the program sees only the packet after the TCP header and the
+// skb's rxhash, often 0 on loopback; which socket takes a SYN only matters
+// once per connection. The other ways are unsound here: eBPF
+// (SO_ATTACH_REUSEPORT_EBPF with a sockarray map) needs bpf(2), often
+// denied to unprivileged processes and containers, and libbpf or
+// hand-written bytecode; net.ipv4.tcp_migrate_req (Linux 5.14) moves a
+// closing listener's queue to a sibling, but it is a per-namespace
+// setting, off by default, that a library must not flip behind the
+// administrator's back. If attaching fails (seccomp, a kernel before 4.5),
+// slots are never retired: they keep their workers, as before TTOU could.
 #pragma once
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
+#include <linux/filter.h>
+
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -42,6 +68,8 @@
 #include <prefork/error.hpp>
 #include <prefork/exec.hpp>
 #include <prefork/fd.hpp>
+#include <prefork/listen_queue.hpp>
+#include <prefork/pool_config.hpp>
 #include <prefork/socket.hpp>
 #include <prefork/socket_address.hpp>
 
@@ -84,6 +112,80 @@ class slot_listeners {
 
   // How many slots have sockets: slot 0 and those opened since.
   unsigned count() const noexcept { return static_cast<unsigned>(slots_.size()) + 1; }
+
+  using clock = std::chrono::steady_clock;
+  static constexpr std::chrono::milliseconds settle{2000};
+
+  // First in the master's round: which slots beyond `wanted` still drain
+  // (draining()), and the closing of drained slots that no worker runs on
+  // (`has_worker(index)`), highest first. Returns when to look again.
+  template <class HasWorker>
+  clock::time_point retire(unsigned wanted, const pool_config& config, clock::time_point now,
+                           HasWorker has_worker) {
+    const unsigned keep = std::max(wanted, 1u);
+    draining_.assign(count(), false);
+    unsteered_.resize(count());
+    clock::time_point next = clock::time_point::max();
+    for (unsigned i = count() - 1; i >= keep; --i) {
+      const std::optional<clock::time_point>& since = unsteered_[i];
+      std::size_t queued = 0;
+      for (const fd& l : slots_[i - 1]) queued += queue_of(l.get());
+      draining_[i] = !steered_ok_ || !since || now < *since + settle || queued != 0;
+      if (draining_[i])
+        next = std::min(next, since && now < *since + settle ? *since + settle : now + poll_every);
+    }
+    while (count() > keep && !draining_[count() - 1] && !has_worker(count() - 1)) {
+      const unsigned top = count() - 1;
+      slots_.pop_back();
+      unsteered_.pop_back();
+      log_event(config, "slot " + std::to_string(top) + " drained and retired: its sockets are closed");
+    }
+    if (count() > keep && next == clock::time_point::max()) next = now + poll_every;  // a worker to exit
+    return next;
+  }
+
+  // Whether slot `index` is beyond the wanted ones but still needs a
+  // worker to drain it (as of the last retire()).
+  bool draining(unsigned index) const noexcept { return index < draining_.size() && draining_[index]; }
+
+  // Last in the master's round, after the spawns opened new slots: new
+  // connections go to slots 0 .. max(wanted, 1) - 1 (those open), none to
+  // the slots beyond, which start to drain.
+  void steer(unsigned wanted, const std::vector<fd>& base, const pool_config& config, clock::time_point now) {
+    const unsigned n = std::min(std::max(wanted, 1u), count());
+    if (n != steered_ && steered_ok_) {
+      for (const fd& l : base) {
+        sock_filter code[] = {
+            {BPF_LD | BPF_W | BPF_ABS, 0, 0, static_cast<std::uint32_t>(SKF_AD_OFF + SKF_AD_RANDOM)},
+            {BPF_ALU | BPF_MOD | BPF_K, 0, 0, n},
+            {BPF_RET | BPF_A, 0, 0, 0},
+        };
+        sock_fprog prog{static_cast<unsigned short>(sizeof code / sizeof code[0]), code};
+        if (::setsockopt(l.get(), SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog, sizeof prog) == -1) {
+          steered_ok_ = false;
+          log_event(config, "reuseport: cannot steer new connections on " + local_address(l.get()) +
+                                " (SO_ATTACH_REUSEPORT_CBPF: " + std::strerror(errno) +
+                                "); slots are never retired");
+          break;
+        }
+      }
+      if (steered_ok_) steered_ = n;
+    }
+    unsteered_.resize(count());
+    for (unsigned i = 0; i < count(); ++i) {
+      if (i < n || !steered_ok_) {
+        unsteered_[i].reset();
+      } else if (!unsteered_[i]) {
+        unsteered_[i] = now;
+        log_event(config, "reuseport: slot " + std::to_string(i) +
+                              " takes no new connections; it closes once its queue is drained");
+      }
+    }
+  }
+
+  // After a failed upgrade: the new image attached its own program, which
+  // must be replaced on the next round.
+  void forget_steering() noexcept { steered_ = 0; }
 
   // USR2, both modes: every slot socket, after the listeners, named
   // "prefork.slot.<index>.<listener number>" in PREFORK_FDNAMES, so the
@@ -179,8 +281,19 @@ class slot_listeners {
     return sock;
   }
 
+  static std::size_t queue_of(int sock) noexcept {
+    std::error_code ec;
+    std::optional<listen_queue> q = tcp_listen_queue(sock, ec);
+    return q ? q->queued : 1;  // unreadable: not known to be empty
+  }
+
   static constexpr char name_prefix[] = "prefork.slot.";
-  std::vector<std::vector<fd>> slots_;  // slots_[i]: slot i + 1's sockets
+  static constexpr std::chrono::milliseconds poll_every{25};  // a queue has no "now empty" event
+  std::vector<std::vector<fd>> slots_;                        // slots_[i]: slot i + 1's sockets
+  std::vector<std::optional<clock::time_point>> unsteered_;  // [i]: since when slot i takes no new connection
+  std::vector<bool> draining_;                               // [i]: slot i still needs a worker
+  unsigned steered_ = 0;                                     // n of the program attached, 0: none yet
+  bool steered_ok_ = true;
 };
 
 }  // namespace prefork::detail

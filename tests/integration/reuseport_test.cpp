@@ -244,36 +244,3 @@ TEST_CASE("plain SO_REUSEPORT, a socket per worker process, loses the dead worke
   }
   CHECK(leaks.problems() == "");
 }
-
-TEST_CASE("reuseport: TTOU is refused, and TTIN after WINCH brings back every slot", "[pool][reuseport]") {
-  prefork::test::leak_check leaks;
-  {
-    std::string address;
-    pool p(
-        2,
-        [&](prefork::pool_config& c) {
-          c.reuseport = true;
-          c.listeners.clear();
-          c.listeners.push_back(reuseport_listener("127.0.0.1:0"));
-          address = prefork::local_address(c.listeners[0].get());
-        },
-        report_index);
-    spawned(p, 2);
-    p.signal(SIGTTOU);
-    p.ev.wait_for("received SIGTTOU: ignored with reuseport");
-    p.signal(SIGWINCH);
-    p.ev.wait_for("exited 0");
-    p.ev.wait_for("exited 0");
-    // Connections wait in both slots' queues meanwhile.
-    std::vector<std::unique_ptr<client>> waiting;
-    for (int i = 0; i < 16; ++i) waiting.push_back(std::make_unique<client>(address));
-    p.signal(SIGTTIN);
-    CHECK(p.ev.wait_for("received SIGTTIN").find("now 2 workers") != std::string::npos);
-    std::map<unsigned, pid_t> back = spawned(p, 2);
-    CHECK(back.size() == 2);
-    for (auto& c : waiting) CHECK(c->receive() != "");
-    waiting.clear();
-    p.quit();
-  }
-  CHECK(leaks.problems() == "");
-}

@@ -1,0 +1,230 @@
+// pool_config::reuseport: TTOU and WINCH retire a slot without losing one
+// connection of its queue. Under a client loop: the retiring slot's worker
+// is stopped (SIGSTOP) until connections wait on its socket, TTOU, then
+// SIGCONT: every connection is answered, none reset, none that started
+// after the master said the slot was out of the steering reaches it, and
+// its socket is closed in the end (/proc/net/tcp). TTIN afterwards opens
+// the slot again, at its place in the reuseport group, and it serves.
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "pool_harness.hpp"
+#include "reuseport_support.hpp"
+
+using namespace pool_test;
+using reuseport_test::listening_on;
+using reuseport_test::port_of;
+
+namespace {
+
+// Per connection: "<index> <pid>\n", then close.
+void report_index(prefork::worker& w) {
+  while (prefork::fd conn = w.accept()) {
+    std::string line = std::to_string(w.index()) + " " + std::to_string(::getpid()) + "\n";
+    std::error_code ec;
+    prefork::write_all(conn.get(), line.data(), line.size(), ec);
+    w.request_done();
+  }
+}
+
+char process_state(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string all((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  auto close = all.rfind(')');
+  return close == std::string::npos || close + 2 >= all.size() ? '?' : all[close + 2];
+}
+
+struct conn {
+  prefork::fd sock;
+  bool steered = false;  // opened after the master steered new connections off the slot
+  std::string got;
+  bool done = false;
+  std::string error;
+};
+
+// Reads what is there on the open connections, waiting up to `wait`; an
+// answered connection is closed at once (the loop opens hundreds).
+void collect(std::vector<conn>& conns, std::chrono::milliseconds wait) {
+  std::vector<pollfd> polls;
+  std::vector<conn*> who;
+  for (conn& c : conns)
+    if (!c.done) {
+      polls.push_back({c.sock.get(), POLLIN, 0});
+      who.push_back(&c);
+    }
+  if (polls.empty() || ::poll(polls.data(), polls.size(), static_cast<int>(wait.count())) <= 0) return;
+  for (std::size_t i = 0; i < polls.size(); ++i) {
+    if (polls[i].revents == 0) continue;
+    conn& c = *who[i];
+    char buf[256];
+    prefork::io_result r = prefork::read_some(c.sock.get(), buf, sizeof buf);
+    if (r && r.bytes > 0) {
+      c.got.append(buf, r.bytes);
+      continue;
+    }
+    c.done = true;
+    c.sock.reset();
+    if (!r) c.error = std::strerror(r.error);
+    if (r && c.got.find('\n') == std::string::npos) c.error = "end of file without an answer";
+  }
+}
+
+std::size_t settled_unanswered(std::vector<conn>& conns, unsigned short port, clock::time_point deadline) {
+  for (;;) {
+    REQUIRE(clock::now() < deadline);
+    collect(conns, 20ms);
+    std::size_t open = 0;
+    for (const conn& c : conns) open += !c.done;
+    if (open == listening_on(port).queued) return open;
+  }
+}
+
+std::map<unsigned, pid_t> spawned(pool& p, unsigned n) {
+  std::map<unsigned, pid_t> by_index;
+  for (unsigned i = 0; i < n; ++i) {
+    std::string line = p.ev.wait_for("spawn ");
+    std::istringstream in(line.substr(line.find("spawn ") + 6));
+    unsigned index = 0, generation = 0;
+    pid_t pid = 0;
+    in >> index >> generation >> pid;
+    by_index[index] = pid;
+  }
+  p.wait_ready(n);
+  return by_index;
+}
+
+void reuseport_config(prefork::pool_config& c, unsigned short& port) {
+  prefork::listen_options opts;
+  opts.reuseport = true;
+  c.reuseport = true;
+  c.listeners.clear();
+  c.listeners.push_back(prefork::listen("127.0.0.1:0", opts));
+  port = port_of(prefork::local_address(c.listeners[0].get()));
+}
+
+// Connections to `address` until answers came from each of `want`.
+std::set<std::string> answers_from(const std::string& address, const std::set<std::string>& want) {
+  std::set<std::string> seen;
+  for (int i = 0; i < 200 && seen != want; ++i) seen.insert(client(address).receive());
+  return seen;
+}
+
+}  // namespace
+
+TEST_CASE("reuseport: TTOU retires the last slot after its worker drained its queue; none is lost",
+          "[pool][reuseport]") {
+  prefork::test::leak_check leaks;
+  {
+    unsigned short port = 0;
+    pool p(
+        2, [&](prefork::pool_config& c) { reuseport_config(c, port); }, report_index);
+    std::map<unsigned, pid_t> by_index = spawned(p, 2);
+    const std::string address = "127.0.0.1:" + std::to_string(port);
+    REQUIRE(listening_on(port).inodes.size() == 2);
+    const pid_t last = by_index.at(1);
+    ::kill(last, SIGSTOP);
+    auto deadline = clock::now() + 20s;
+    while (process_state(last) != 'T' && clock::now() < deadline) std::this_thread::yield();
+    REQUIRE(process_state(last) == 'T');
+
+    // Connections until some wait on the stopped worker's slot.
+    std::vector<conn> conns;
+    std::size_t queued = 0;
+    while (queued < 4) {
+      for (int i = 0; i < 8; ++i) conns.push_back(conn{prefork::connect(address), false, "", false, ""});
+      queued = settled_unanswered(conns, port, deadline);
+    }
+
+    // TTOU under a client loop; SIGCONT once the slot is out of the steering.
+    p.signal(SIGTTOU);
+    bool steered = false, retired = false;
+    std::size_t after_retired = 0;
+    while (after_retired < 20) {
+      REQUIRE(clock::now() < deadline);
+      conns.push_back(conn{prefork::connect(address), steered, "", false, ""});
+      collect(conns, 2ms);
+      if (!steered && p.ev.count("slot 1 takes no new connections") > 0) {
+        steered = true;
+        ::kill(last, SIGCONT);
+      }
+      if (!retired) retired = p.ev.count("slot 1 drained and retired") > 0;
+      after_retired += retired;
+    }
+    for (;;) {
+      std::size_t open = 0;
+      for (const conn& c : conns) open += !c.done;
+      if (open == 0 || clock::now() >= deadline) break;
+      collect(conns, 100ms);
+    }
+
+    std::vector<std::string> failures, misrouted;
+    std::size_t by_last = 0;
+    for (const conn& c : conns) {
+      if (c.got.find('\n') == std::string::npos) {
+        failures.push_back(c.error.empty() ? "no answer in 20s" : c.error);
+        continue;
+      }
+      if (c.got == "1 " + std::to_string(last) + "\n") ++by_last;
+      if (c.steered && c.got != "0 " + std::to_string(by_index.at(0)) + "\n") misrouted.push_back(c.got);
+    }
+    INFO("opened " << conns.size() << ", queued on the stopped slot " << queued << "; log:\n"
+                   << p.ev.transcript());
+    CHECK(failures == std::vector<std::string>{});
+    CHECK(misrouted == std::vector<std::string>{});
+    CHECK(by_last >= queued);
+    p.ev.wait_for("worker 1 (pid " + std::to_string(last) + ", generation 1) exited 0");
+    CHECK(listening_on(port).inodes.size() == 1);
+    CHECK(children_of(p.pid()) == std::set<pid_t>{by_index.at(0)});
+
+    // TTIN: slot 1 is opened again, last in the group, and the steering
+    // takes it in.
+    p.signal(SIGTTIN);
+    std::map<unsigned, pid_t> back = spawned(p, 1);
+    REQUIRE(back.count(1) == 1);
+    CHECK(listening_on(port).inodes.size() == 2);
+    const std::set<std::string> both{"0 " + std::to_string(by_index.at(0)),
+                                     "1 " + std::to_string(back.at(1))};
+    CHECK(answers_from(address, both) == both);
+    p.quit();
+  }
+  CHECK(leaks.problems() == "");
+}
+
+TEST_CASE("reuseport: WINCH drains and closes every slot but 0, where connections wait for TTIN",
+          "[pool][reuseport]") {
+  prefork::test::leak_check leaks;
+  {
+    unsigned short port = 0;
+    pool p(
+        3, [&](prefork::pool_config& c) { reuseport_config(c, port); }, report_index);
+    std::map<unsigned, pid_t> by_index = spawned(p, 3);
+    const std::string address = "127.0.0.1:" + std::to_string(port);
+    REQUIRE(listening_on(port).inodes.size() == 3);
+    p.signal(SIGWINCH);
+    // Highest first: slot 1 may only close once slot 2 has.
+    p.ev.wait_for("slot 2 drained and retired");
+    p.ev.wait_for("slot 1 drained and retired");
+    for (int i = 0; i < 3; ++i) p.ev.wait_for("exited 0");
+    CHECK(listening_on(port).inodes.size() == 1);
+    CHECK(children_of(p.pid()).empty());
+    // Connections wait in slot 0's queue meanwhile.
+    std::vector<std::unique_ptr<client>> waiting;
+    for (int i = 0; i < 16; ++i) waiting.push_back(std::make_unique<client>(address));
+    p.signal(SIGTTIN);
+    CHECK(p.ev.wait_for("received SIGTTIN").find("now 1 workers") != std::string::npos);
+    pid_t first = spawned(p, 1).at(0);
+    for (auto& c : waiting) CHECK(c->receive() == "0 " + std::to_string(first));
+    waiting.clear();
+    p.signal(SIGTTIN);
+    pid_t second = spawned(p, 1).at(1);
+    const std::set<std::string> both{"0 " + std::to_string(first), "1 " + std::to_string(second)};
+    CHECK(answers_from(address, both) == both);
+    p.quit();
+  }
+  CHECK(leaks.problems() == "");
+}
