@@ -25,15 +25,9 @@ using namespace upgrade_test;
 
 namespace {
 
-void say(const std::string& text) {
-  std::string line = text + "\n";
-  std::error_code ec;
-  prefork::write_all(2, line.data(), line.size(), ec);
-}
-
 // Echoes until the client closes; "who\n" alone is answered with the
 // worker's index instead.
-void echo(prefork::worker& w) {
+void echo_or_index(prefork::worker& w) {
   while (prefork::fd conn = w.accept()) {
     char buf[16384];
     for (bool first = true;; first = false) {
@@ -120,7 +114,7 @@ PREFORK_HELPER(reuseport_master) {
           std::to_string(::getpid()));
     };
     prefork::master master(std::move(config));
-    return master.run(echo);
+    return master.run(echo_or_index);
   } catch (const std::exception& e) {
     say(std::string("master failed: ") + e.what());
     return 1;

@@ -20,39 +20,6 @@
 using namespace upgrade_test;
 namespace fs = std::filesystem;
 
-namespace {
-
-void say(const std::string& text) {
-  std::string line = text + "\n";
-  std::error_code ec;
-  prefork::write_all(2, line.data(), line.size(), ec);
-}
-
-// Echoes what the client sends until it shuts its side down.
-void echo(prefork::worker& w) {
-  while (prefork::fd conn = w.accept()) {
-    char buf[16384];
-    for (;;) {
-      pollfd p{conn.get(), POLLIN, 0};
-      if (::poll(&p, 1, 500) == -1 && errno != EINTR) break;
-      w.tick();
-      if (p.revents == 0) continue;
-      prefork::io_result got = prefork::read_some(conn.get(), buf, sizeof buf);
-      std::error_code ec;
-      if (!got || got.bytes == 0 || prefork::write_all(conn.get(), buf, got.bytes, ec) != got.bytes) break;
-    }
-    w.request_done();
-  }
-}
-
-pid_t number_after(const std::string& line, const std::string& before) {
-  auto at = line.find(before);
-  REQUIRE(at != std::string::npos);
-  return static_cast<pid_t>(std::stol(line.substr(at + before.size())));
-}
-
-}  // namespace
-
 // The master: PID_FILE. Started with 0 closed, it listens and gets 0; a new
 // image finds its listener in PREFORK_FDS.
 PREFORK_HELPER(stdin_closed_master) {

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -30,6 +31,7 @@
 
 #include <prefork/fd.hpp>
 #include <prefork/socket.hpp>
+#include <prefork/worker.hpp>
 
 #include "catch.hpp"
 #include "line_reader.hpp"
@@ -48,6 +50,39 @@ inline const bool subreaper = ::prctl(PR_SET_CHILD_SUBREAPER, 1) == 0;
 // ones, children_of(pid, kids::zombies) for the unreaped.
 using prefork::test::children_of;
 using prefork::test::kids;
+
+// One line on stderr, which the test reads; one write(2), so lines from
+// the masters and workers never interleave.
+inline void say(const std::string& text) {
+  std::string line = text + "\n";
+  std::error_code ec;
+  prefork::write_all(2, line.data(), line.size(), ec);
+}
+
+// The pid (or any number) that follows `before` in a line the master said.
+inline pid_t number_after(const std::string& line, const std::string& before) {
+  auto at = line.find(before);
+  REQUIRE(at != std::string::npos);
+  return static_cast<pid_t>(std::stol(line.substr(at + before.size())));
+}
+
+// A worker's body: echoes each connection until the client shuts its side
+// down, ticking the heartbeat while it waits.
+inline void echo(prefork::worker& w) {
+  while (prefork::fd conn = w.accept()) {
+    char buf[16384];
+    for (;;) {
+      pollfd p{conn.get(), POLLIN, 0};
+      if (::poll(&p, 1, 500) == -1 && errno != EINTR) break;
+      w.tick();
+      if (p.revents == 0) continue;
+      prefork::io_result got = prefork::read_some(conn.get(), buf, sizeof buf);
+      std::error_code ec;
+      if (!got || got.bytes == 0 || prefork::write_all(conn.get(), buf, got.bytes, ec) != got.bytes) break;
+    }
+    w.request_done();
+  }
+}
 
 // Everything the peer sends until it closes, or an error text: "" plus the
 // bytes on success. Never waits past `deadline`.

@@ -40,29 +40,11 @@ namespace fs = std::filesystem;
 
 namespace {
 
-void say(const std::string& text) {
-  std::string line = text + "\n";
-  std::error_code ec;
-  prefork::write_all(2, line.data(), line.size(), ec);
-}
-
 std::string first_line(const fs::path& path) {
   std::ifstream in(path);
   std::string text;
   std::getline(in, text);
   return text;
-}
-
-void echo(prefork::worker& w) {
-  while (prefork::fd conn = w.accept()) {
-    char buf[4096];
-    for (;;) {
-      prefork::io_result got = prefork::read_some(conn.get(), buf, sizeof buf);
-      std::error_code ec;
-      if (!got || got.bytes == 0 || prefork::write_all(conn.get(), buf, got.bytes, ec) != got.bytes) break;
-    }
-    w.request_done();
-  }
 }
 
 // The master's USR1 hook: "gate closed", then wait for a byte on the FIFO.
@@ -122,12 +104,6 @@ PREFORK_HELPER(upgrade_signals_master) {
 }
 
 namespace {
-
-pid_t number_after(const std::string& line, const std::string& before) {
-  auto at = line.find(before);
-  REQUIRE(at != std::string::npos);
-  return static_cast<pid_t>(std::stol(line.substr(at + before.size())));
-}
 
 bool has_bit(const std::string& mask_line, int sig) {
   if (mask_line.empty()) return false;  // gone

@@ -28,36 +28,11 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// One line on stderr, which the test reads; one write(2), so lines from
-// the masters and workers never interleave.
-void say(const std::string& text) {
-  std::string line = text + "\n";
-  std::error_code ec;
-  prefork::write_all(2, line.data(), line.size(), ec);
-}
-
 std::string read_file(const fs::path& path) {
   std::ifstream in(path);
   std::string text;
   std::getline(in, text);
   return text;
-}
-
-// Echoes until the client closes, ticking while it waits.
-void echo(prefork::worker& w) {
-  while (prefork::fd conn = w.accept()) {
-    char buf[16384];
-    for (;;) {
-      pollfd p{conn.get(), POLLIN, 0};
-      if (::poll(&p, 1, 500) == -1 && errno != EINTR) break;
-      w.tick();
-      if (p.revents == 0) continue;
-      prefork::io_result got = prefork::read_some(conn.get(), buf, sizeof buf);
-      std::error_code ec;
-      if (!got || got.bytes == 0 || prefork::write_all(conn.get(), buf, got.bytes, ec) != got.bytes) break;
-    }
-    w.request_done();
-  }
 }
 
 }  // namespace
@@ -102,12 +77,6 @@ PREFORK_HELPER(upgrade_master) {
 }
 
 namespace {
-
-pid_t number_after(const std::string& line, const std::string& before) {
-  auto at = line.find(before);
-  REQUIRE(at != std::string::npos);
-  return static_cast<pid_t>(std::stol(line.substr(at + before.size())));
-}
 
 // A master under test, in a directory of its own: pid file, switch file,
 // and optionally a symbolic link to this binary to start it through.
