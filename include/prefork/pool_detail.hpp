@@ -45,6 +45,15 @@
 
 namespace prefork::detail {
 
+// A worker's part in a refork (refork.hpp).
+enum class refork_role : std::uint8_t {
+  none,
+  chosen,        // to be promoted once its replacement is ready
+  promoting,     // sent the promote byte; becoming the mold
+  mold,          // the mold: forks, serves nothing
+  mold_retired,  // a mold no longer used (a newer mold, HUP): asked to stop
+};
+
 struct worker_record {
   pid_t pid = 0;
   unsigned index = 0;
@@ -58,6 +67,8 @@ struct worker_record {
   bool quit_sent = false;
   bool term_sent = false;
   bool killed = false;  // SIGKILL sent
+  refork_role role = refork_role::none;
+  bool via_mold = false;  // forked by the mold; pid 0 until the worker reports it
 };
 
 // Crash-loop state of one worker number.
@@ -106,6 +117,18 @@ struct pool_state {
     return true;
   }
 };
+
+// The graceful stop message: the QUIT byte, then end of file, so the
+// worker's stop_fd() stays readable from now on.
+inline void send_quit(worker_record& r, std::chrono::steady_clock::time_point now,
+                      std::chrono::milliseconds graceful_timeout) {
+  if (r.quit_sent) return;
+  r.quit_sent = r.retiring = true;
+  r.drain_deadline = now + graceful_timeout;
+  char b = static_cast<char>(SIGQUIT);
+  [[maybe_unused]] io_result ignored = write_some(r.control.get(), &b, 1);
+  r.control.reset();
+}
 
 // TERM and INT: how long workers get to die of SIGTERM before SIGKILL.
 inline constexpr std::chrono::milliseconds quick_stop_wait{2000};
@@ -247,9 +270,10 @@ inline std::string encode_handover(const pool_state& s, unsigned upgrades,
     return std::max<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(d).count(), 0);
   };
   for (const worker_record& r : s.workers)
-    out << "worker " << r.pid << " " << r.index << " " << r.generation << " " << r.slot << " "
-        << r.control.get() << " " << r.ready << r.retiring << r.quit_sent << r.term_sent << r.killed << " "
-        << ms(now - r.spawned) << " " << (r.quit_sent ? ms(r.drain_deadline - now) : 0) << "\n";
+    if (r.pid != 0)  // ordered from a mold, not yet started: its channel closes with the exec, so it stops
+      out << "worker " << r.pid << " " << r.index << " " << r.generation << " " << r.slot << " "
+          << r.control.get() << " " << r.ready << r.retiring << r.quit_sent << r.term_sent << r.killed << " "
+          << ms(now - r.spawned) << " " << (r.quit_sent ? ms(r.drain_deadline - now) : 0) << "\n";
   out << "end\n";
   return out.str();
 }
