@@ -189,10 +189,7 @@ class master {
     return state_.board->cells(r.slot);
   }
 
-  std::string name(const detail::worker_record& r) const {
-    return "worker " + std::to_string(r.index) + " (pid " + std::to_string(r.pid) + ", generation " +
-           std::to_string(r.generation) + ")";
-  }
+  std::string name(const detail::worker_record& r) const { return detail::worker_name(r); }
 
   void wake_by(clock::time_point t) noexcept { next_wake_ = std::min(next_wake_, t); }
 
@@ -426,34 +423,7 @@ class master {
   }
 
   void murder_lazy_workers(clock::time_point now) {
-    const std::int64_t now_ns =
-        std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
-    for (detail::worker_record& r : state_.workers) {
-      if (r.killed || r.pid == 0) continue;  // pid 0: ordered from the mold (refork_.check)
-      if (r.quit_sent && stop_ == stop_kind::none) {
-        if (now >= r.drain_deadline) {
-          log(name(r) + " did not finish within graceful_timeout: SIGKILL");
-          r.killed = true;
-          ::kill(r.pid, SIGKILL);
-          continue;
-        }
-        wake_by(r.drain_deadline);
-      }
-      detail::slot_cells& c = cells(r);
-      std::int64_t last = c.last_tick_ns.load(std::memory_order_relaxed);
-      auto silent = std::chrono::nanoseconds(now_ns - last);
-      if (silent < config_.timeout) {
-        wake_by(detail::from_ns(last) + config_.timeout);
-        continue;
-      }
-      r.killed = true;
-      ::kill(r.pid, SIGKILL);
-      state_.board->count_restart(restart_cause::timeout);
-      detail::bump(state_.board->master_cells().timeouts_killed);
-      std::string activity = state_.board->slot(r.slot).activity;
-      log(name(r) + " silent for " + detail::seconds(silent) + " (timeout " +
-          detail::seconds(config_.timeout) + "), last activity \"" + activity + "\": killed with SIGKILL");
-    }
+    wake_by(detail::kill_silent_workers(state_, config_, now, stop_ == stop_kind::none));
   }
 
   void maintain_worker_count(clock::time_point now) {
@@ -597,50 +567,25 @@ class master {
   }
 
   // In the child, which never returns into the master's code: _exit runs no
-  // destructor of the master's objects (the pid file would be removed). A
-  // worker promoted to mold forks the next workers here, each going round
-  // the loop again with the slot and channel the master chose for it.
+  // destructor of the master's objects (the pid file would be removed).
   [[noreturn]] void become_worker(unsigned index, std::size_t slot, fd control) {
     const pid_t master_pid = ::getppid();
     sigs_->forget_in_child();
     detail::worker_signals();  // also unblocks, once dispositions are right
     for (detail::worker_record& r : state_.workers) r.control.reset();
     state_.wake_read.reset();
-    int code = 0;
+    const std::vector<fd>* mine = &config_.listeners;
     try {
-      for (;;) {
-        detail::slot_cells& c = state_.board->cells(slot);
-        c.pid.store(::getpid());
-        const std::vector<fd>* mine = &config_.listeners;
-        if (config_.reuseport) {
-          mine = &slots_.of(index, config_.listeners);
-          slots_.keep_only(index, config_.listeners);
-        }
-        fd channel;
-        {
-          worker w(worker::setup{&config_, mine, &*state_.board, slot, index, c.generation.load(),
-                                 std::move(control), state_.wake_write.get()});
-          if (config_.after_fork) config_.after_fork(w);
-          work_(w);
-          if (!w.promoted_ || w.quit_) break;
-          if (config_.after_promotion) config_.after_promotion(w);
-          channel = std::move(w.control_);
-        }
-        detail::mold_order next = detail::run_mold(config_, *state_.board, slot, std::move(channel),
-                                                   state_.wake_write.get(), master_pid);
-        detail::worker_signals();  // the mold forked with every signal blocked
-        slot = next.slot;
-        control = std::move(next.control);
-        index = state_.board->cells(slot).index.load();
+      if (config_.reuseport) {
+        mine = &slots_.of(index, config_.listeners);
+        slots_.keep_only(index, config_.listeners);
       }
     } catch (const std::exception& e) {
       log("worker " + std::to_string(index) + " (pid " + std::to_string(::getpid()) + "): " + e.what());
-      code = 1;
-    } catch (...) {
-      code = 1;
+      ::_exit(1);
     }
-    (void)std::fflush(nullptr);
-    ::_exit(code);
+    detail::worker_life::run(config_, *mine, *state_.board, slot, index, std::move(control),
+                             state_.wake_write.get(), work_, master_pid);
   }
 
   // READY, RELOADING, STOPPING, MAINPID: worth waiting for, a little.

@@ -157,6 +157,49 @@ std::string seconds(Duration d) {
   return buf;
 }
 
+inline std::string worker_name(const worker_record& r) {
+  return "worker " + std::to_string(r.index) + " (pid " + std::to_string(r.pid) + ", generation " +
+         std::to_string(r.generation) + ")";
+}
+
+// SIGKILL for workers whose heartbeat is older than `timeout`, and (unless
+// the pool is stopping, which has its own deadline) for those that did not
+// drain within graceful_timeout. Returns when to look again.
+inline std::chrono::steady_clock::time_point kill_silent_workers(pool_state& s, const pool_config& config,
+                                                                 std::chrono::steady_clock::time_point now,
+                                                                 bool draining_counts) {
+  auto next = std::chrono::steady_clock::time_point::max();
+  const std::int64_t now_ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
+  for (worker_record& r : s.workers) {
+    if (r.killed || r.pid == 0) continue;  // pid 0: ordered from the mold (reforker::check)
+    if (r.quit_sent && draining_counts) {
+      if (now >= r.drain_deadline) {
+        log_event(config, worker_name(r) + " did not finish within graceful_timeout: SIGKILL");
+        r.killed = true;
+        ::kill(r.pid, SIGKILL);
+        continue;
+      }
+      next = std::min(next, r.drain_deadline);
+    }
+    std::int64_t last = s.board->cells(r.slot).last_tick_ns.load(std::memory_order_relaxed);
+    auto silent = std::chrono::nanoseconds(now_ns - last);
+    if (silent < config.timeout) {
+      next = std::min(next, from_ns(last) + config.timeout);
+      continue;
+    }
+    r.killed = true;
+    ::kill(r.pid, SIGKILL);
+    s.board->count_restart(restart_cause::timeout);
+    bump(s.board->master_cells().timeouts_killed);
+    std::string activity = s.board->slot(r.slot).activity;
+    log_event(config, worker_name(r) + " silent for " + seconds(silent) + " (timeout " +
+                          seconds(config.timeout) + "), last activity \"" + activity +
+                          "\": killed with SIGKILL");
+  }
+  return next;
+}
+
 // fork(2) copies only the calling thread: a lock another thread held (in
 // malloc, in stdio) stays locked forever in the child.
 inline void refuse_threads(const char* who) {

@@ -44,6 +44,8 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -160,6 +162,47 @@ inline mold_order run_mold(const pool_config& config, const scoreboard& board, s
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) leave(1, "fork of a new worker failed");
   }
 }
+
+// A worker process's life, from the master's fork to its _exit: serve;
+// promoted, be the mold; in a worker the mold forked, serve again, with the
+// slot and control channel the master chose for it.
+class worker_life {
+ public:
+  [[noreturn]] static void run(const pool_config& config, const std::vector<fd>& listeners,
+                               const scoreboard& board, std::size_t slot, unsigned index, fd control,
+                               int wake_fd, const std::function<void(worker&)>& work, pid_t master) {
+    int code = 0;
+    try {
+      for (;;) {
+        slot_cells& c = board.cells(slot);
+        c.pid.store(::getpid());
+        fd channel;
+        {
+          worker w(worker::setup{&config, &listeners, &board, slot, index, c.generation.load(),
+                                 std::move(control), wake_fd});
+          if (config.after_fork) config.after_fork(w);
+          work(w);
+          if (!w.promoted_ || w.quit_) break;
+          if (config.after_promotion) config.after_promotion(w);
+          channel = std::move(w.control_);
+        }
+        mold_order next = run_mold(config, board, slot, std::move(channel), wake_fd, master);
+        worker_signals();  // the mold forked with every signal blocked
+        slot = next.slot;
+        control = std::move(next.control);
+        index = board.cells(slot).index.load();
+      }
+    } catch (const std::exception& e) {
+      log_event(config,
+                "worker " + std::to_string(index) + " (pid " + std::to_string(::getpid()) + "): " + e.what());
+      code = 1;
+    } catch (...) {
+      code = 1;
+    }
+    (void)std::fflush(nullptr);
+    ::_exit(code);
+  }
+};
 
 // The master's side: when to promote, which mold serves the current
 // generation, and the workers it forked whose pid has not arrived yet.

@@ -59,6 +59,7 @@ namespace prefork {
 class master;
 
 namespace detail {
+class worker_life;
 // On a worker's control channel: become the mold (refork.hpp). SIGURG's
 // number, as the master's signal for a refork by hand.
 inline constexpr char promote_byte = static_cast<char>(SIGURG);
@@ -270,6 +271,7 @@ class worker {
 
  private:
   friend class master;
+  friend class detail::worker_life;
 
   struct setup {
     const pool_config* config;

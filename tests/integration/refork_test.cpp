@@ -182,3 +182,28 @@ TEST_CASE("refork with reuseport is refused before any fork", "[refork][errors]"
   c.listeners.push_back(prefork::listen("127.0.0.1:0", opts));
   CHECK_THROWS_AS(prefork::master(std::move(c)), std::invalid_argument);
 }
+
+TEST_CASE("refork: a hung mold is killed for silence, and workers come from the master again", "[refork]") {
+  prefork::test::leak_check leaks;
+  {
+    pool p(1, [](prefork::pool_config& c) {
+      c.refork = true;
+      c.timeout = 1500ms;
+    });
+    p.start(1);
+    serve_requests(p.address, 1);
+    p.signal(SIGURG);
+    pid_t mold = pid_in(p.ev.wait_for("is the mold of generation 2"));
+    wait_new_generation(p, 2, 1, 1);
+    ::kill(mold, SIGSTOP);
+    p.ev.wait_for("(pid " + std::to_string(mold) + ", generation 1) silent for");
+    p.ev.wait_for("is gone: new workers are forked from the master");
+    p.signal(SIGTTIN);
+    std::string spawned = p.ev.wait_for("generation 2) spawned");
+    CHECK(spawned.find("by the mold") == std::string::npos);
+    p.ev.wait_for("generation 2) ready");
+    CHECK(p.board->ready() == 2);
+    p.quit();
+  }
+  CHECK(leaks.problems() == "");
+}
