@@ -388,6 +388,9 @@ class master {
 
   // Reads the scoreboard: who became ready, who asked to be recycled.
   void notice_workers() {
+    // First the pids that workers forked by the mold wrote into their slots.
+    refork_.notice(state_, config_, stop_ == stop_kind::none && !upgrade_.in_progress() && state_.wanted > 0,
+                   clock::now());
     for (detail::worker_record& r : state_.workers) {
       detail::slot_cells& c = cells(r);
       auto s = static_cast<worker_state>(c.state.load(std::memory_order_acquire));
@@ -407,8 +410,6 @@ class master {
           log(name(r) + " is above max_rss (" + std::to_string(config_.max_rss) + " bytes): replacing it");
       }
     }
-    refork_.notice(state_, config_, stop_ == stop_kind::none && !upgrade_.in_progress() && state_.wanted > 0,
-                   clock::now());
     if (!announced_generation_ && stop_ == stop_kind::none && state_.ready_count() >= state_.wanted) {
       announced_generation_ = true;
       notify(upgrade_.ready_prefix() + "READY=1\nSTATUS=" + std::to_string(state_.ready_count()) +
@@ -457,7 +458,8 @@ class master {
           if (r.index == index && r.retiring && !r.quit_sent && r.role != detail::refork_role::mold &&
               r.role != detail::refork_role::promoting) {
             if (r.role == detail::refork_role::chosen) {
-              refork_.promote(r, config_);
+              refork_.promote(r, config_, now);
+              wake_by(r.drain_deadline);
               continue;
             }
             log(name(r) + " replaced by pid " + std::to_string(active->pid) + ": asking it to stop");

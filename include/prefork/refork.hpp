@@ -312,8 +312,9 @@ class reforker {
   }
 
   // The chosen worker's replacement is ready: stop serving, become the mold.
-  void promote(worker_record& r, const pool_config& config) {
+  void promote(worker_record& r, const pool_config& config, clock::time_point now) {
     r.role = refork_role::promoting;
+    r.drain_deadline = now + config.graceful_timeout;  // to finish what it holds and become the mold
     char b = promote_byte;
     [[maybe_unused]] io_result ignored = write_some(r.control.get(), &b, 1);
     log_event(config, "worker " + std::to_string(r.index) + " (pid " + std::to_string(r.pid) +
@@ -338,6 +339,18 @@ class reforker {
     const bool mold_alive = std::any_of(s.workers.begin(), s.workers.end(), [](const worker_record& r) {
       return r.role == refork_role::mold && !r.killed;
     });
+    for (worker_record& r : s.workers) {
+      if (r.role != refork_role::promoting) continue;
+      if (now < r.drain_deadline) {
+        next = std::min(next, r.drain_deadline);
+        continue;
+      }
+      log_event(config,
+                worker_name(r) + " did not become the mold within graceful_timeout: asking it to stop");
+      r.role = refork_role::none;
+      send_quit(r, now, config.graceful_timeout);
+      next = std::min(next, r.drain_deadline);  // SIGKILL then, as for any drain
+    }
     for (auto it = s.workers.begin(); it != s.workers.end();) {
       if (it->pid != 0) {
         ++it;

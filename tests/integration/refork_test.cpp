@@ -207,3 +207,30 @@ TEST_CASE("refork: a hung mold is killed for silence, and workers come from the 
   }
   CHECK(leaks.problems() == "");
 }
+
+TEST_CASE("refork: a promoted worker that does not finish its request in time is stopped, not left half-mold",
+          "[refork]") {
+  prefork::test::leak_check leaks;
+  {
+    pool p(1, [](prefork::pool_config& c) {
+      c.refork = true;
+      c.graceful_timeout = 1s;
+    });
+    pid_t stuck = *p.start(1).begin();
+    client holder(p.address);
+    CHECK(holder.ask("hold") == "holding " + std::to_string(stuck));
+    p.signal(SIGURG);
+    p.ev.wait_for("to be promoted to mold");
+    p.ev.wait_for("generation 1) ready");  // its replacement, from the master
+    p.ev.wait_for("(pid " + std::to_string(stuck) + "): promoting to mold");
+    p.ev.wait_for("(pid " + std::to_string(stuck) +
+                  ", generation 1) did not become the mold within graceful_timeout");
+    p.ev.wait_for("(pid " + std::to_string(stuck) +
+                  ", generation 1) did not finish within graceful_timeout: SIGKILL");
+    p.ev.wait_for("(pid " + std::to_string(stuck) + ", generation 1) killed by SIGKILL");
+    CHECK(p.ev.count("is the mold") == 0);
+    CHECK(serve_requests(p.address, 1) != stuck);
+    p.quit();
+  }
+  CHECK(leaks.problems() == "");
+}
