@@ -413,8 +413,9 @@ inline void reopen_logs(const pool_config& config, const pool_state& s) {
     }
   }
   char b = static_cast<char>(SIGUSR1);
-  for (const worker_record& r : s.workers)
-    if (r.control) write_some(r.control.get(), &b, 1);  // full or broken: the worker is busy or gone
+  for (const worker_record& r : s.workers)  // a mold reads only orders on its channel, and logs little
+    if (r.control && (r.role == refork_role::none || r.role == refork_role::chosen))
+      write_some(r.control.get(), &b, 1);  // full or broken: the worker is busy or gone
 }
 
 // notify() with bounded patience: the master's loop must not stall behind
