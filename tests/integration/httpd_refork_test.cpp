@@ -60,3 +60,24 @@ TEST_CASE("prefork-httpd --refork-after refuses a count of 0 or a bad list", "[h
     CHECK(r.code == 2);
   }
 }
+
+TEST_CASE("prefork-httpd --refork-after with an in-place upgrade: the mold is replaced with the rest",
+          "[httpd][refork][upgrade]") {
+  prefork::test::leak_check leaks;
+  {
+    server s({"-w", "2", "--refork-after", "5", "--upgrade", "in-place", "--graceful-timeout", "5"});
+    for (int i = 0; i < 12 && s.log().find("is the mold of generation 2") == std::string::npos; ++i)
+      CHECK(get(s.port(), "/hello").status == 200);
+    std::string line = s.wait_log("is the mold of generation 2", 0);
+    const std::string mold =
+        line.substr(line.find("(pid ") + 5, line.find(')', line.find("(pid ")) - line.find("(pid ") - 5);
+    s.wait_log("refork complete", 0);
+    s.signal(SIGUSR2);
+    s.wait_log("upgrade 1 complete", 0);
+    s.wait_log("(pid " + mold + ", generation 1) exited 0",
+               0);  // the old image's mold, stopped by the new one
+    for (int i = 0; i < 5; ++i) CHECK(get(s.port(), "/hello").status == 200);
+    check_clean_stop(s);
+  }
+  CHECK(leaks.problems() == "");
+}
