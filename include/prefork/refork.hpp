@@ -131,7 +131,7 @@ inline mold_order run_mold(const pool_config& config, const scoreboard& board, s
     unsigned threads = thread_count_now();
     if (threads > 1 + sanitizer_thread_count)
       leave(1, "cannot fork with " + std::to_string(threads - sanitizer_thread_count) +
-                   " threads (start threads after after_promotion's fork-safe point, in after_fork)");
+                   " threads (stop them before the work function returns; start them in after_fork)");
     (void)std::fflush(nullptr);
     pid_t middle = 0;
     {

@@ -236,3 +236,31 @@ TEST_CASE("refork: a promoted worker that does not finish its request in time is
   }
   CHECK(leaks.problems() == "");
 }
+
+TEST_CASE("refork: a mold with a second thread refuses to fork, and the master forks instead", "[refork]") {
+  prefork::test::leak_check leaks;
+  {
+    pool p(1, [](prefork::pool_config& c) {
+      c.refork = true;
+      auto announce = c.after_fork;
+      c.after_fork = [announce](prefork::worker& w) {
+        announce(w);
+        std::thread([] {
+          for (;;) ::pause();
+        }).detach();
+      };
+    });
+    p.start(1);
+    serve_requests(p.address, 1);
+    p.signal(SIGURG);
+    p.ev.wait_for("is the mold of generation 2");
+    p.ev.wait_for("cannot fork with 2 threads");
+    p.ev.wait_for("is gone: new workers are forked from the master");
+    std::string spawned = p.ev.wait_for("generation 2) spawned");
+    CHECK(spawned.find("by the mold") == std::string::npos);
+    p.ev.wait_for("generation 2) ready");
+    CHECK(serve_requests(p.address, 1) > 0);
+    p.quit();
+  }
+  CHECK(leaks.problems() == "");
+}
