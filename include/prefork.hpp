@@ -26,6 +26,7 @@
 #include <prefork/exec.hpp>
 #include <prefork/systemd.hpp>
 #include <prefork/reuseport.hpp>
+#include <prefork/refork.hpp>
 #include <prefork/pool.hpp>
 #include <prefork/upgrade_handover.hpp>
 #include <prefork/listen_queue.hpp>

@@ -586,6 +586,16 @@ def main(argv):
     md.append("\n`bench_pool` (the library's pool, measured from inside):\n\n")
     md.append(pool or "Not measured in this run (bench_pool was not built).\n")
 
+    md.append("\n## Refork\n")
+    md.append("`bench_refork`: `examples/refork` with 4 workers that each build a 64 MiB table on "
+              "their first request, forked from the master and then from a warm mold "
+              "(`--refork-after 50`); the Pss and Rss of the workers (and of the mold) from "
+              "/proc/PID/smaps_rollup once every worker has served, how long the refork took, "
+              "and the requests a client made meanwhile, one connection each "
+              "([docs/refork.md](refork.md)):\n\n")
+    refork = verbatim(read(os.path.join(results, "refork.txt")))
+    md.append(refork or "Not measured in this run (bench_refork was not built).\n")
+
     md.append("\n## The peers and their configuration\n")
     md.append(
         "Every server binds 127.0.0.1 on a port of its own, runs 2 workers, keeps its config, pid "

@@ -77,6 +77,9 @@ Unicorn-style preforking pool: one master binds the sockets, workers accept.
       --header-timeout SEC  time to receive a complete header section (default 10)
       --max-body BYTES      largest request body accepted (default 1048576)
       --max-requests N      replace a worker after N requests, +-10% (0: never)
+      --refork-after N,N,.. when a worker has served N requests, it becomes the
+                            mold the next workers are forked from, sharing its
+                            warm memory (one promotion per count; docs/refork.md)
       --max-connections N   connections one evented worker holds at once; more
                             wait in the kernel's queue (default and ceiling:
                             what the descriptor limit allows, at most 10000)
@@ -192,7 +195,17 @@ options parse_command_line(int argc, char** argv) {
     else if (is(nullptr, "--header-timeout")) o.header_timeout = parse_seconds(name, take(), false);
     else if (is(nullptr, "--max-body")) o.max_body = static_cast<std::size_t>(parse_count(name, take(), 1ULL << 40));
     else if (is(nullptr, "--max-requests")) o.max_requests = static_cast<unsigned>(parse_count(name, take(), 4000000000ULL));
-    else if (is(nullptr, "--max-connections")) {
+    else if (is(nullptr, "--refork-after")) {
+      std::string list = take();
+      o.refork_after.clear();
+      for (std::size_t at = 0; at <= list.size();) {
+        std::size_t comma = std::min(list.find(',', at), list.size());
+        std::uint64_t n = parse_count(name, list.substr(at, comma - at), 4000000000ULL);
+        if (n == 0) bad(name, "counts must be at least 1");
+        o.refork_after.push_back(n);
+        at = comma + 1;
+      }
+    } else if (is(nullptr, "--max-connections")) {
       o.max_connections = static_cast<std::size_t>(parse_count(name, take(), 10000));
       if (o.max_connections == 0) bad(name, "needs at least 1 connection");
     }

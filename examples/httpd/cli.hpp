@@ -7,6 +7,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <cstddef>
 #include <filesystem>
 #include <stdexcept>
@@ -30,6 +31,7 @@ struct options {
   std::chrono::milliseconds header_timeout{10000};
   std::size_t max_body = 1048576;
   unsigned max_requests = 0;
+  std::vector<std::uint64_t> refork_after;  // --refork-after: promote a worker to mold at these counts
   std::size_t max_connections = 0;  // per evented worker; 0: from RLIMIT_NOFILE
   std::filesystem::path pid_file;
   std::string access_log;           // empty: none; "-": stdout

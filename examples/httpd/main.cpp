@@ -218,6 +218,8 @@ int main(int argc, char** argv) {
     config.upgrade =
         opts.upgrade == httpd::upgrade_kind::in_place ? prefork::upgrade_mode::in_place : prefork::upgrade_mode::fork_exec;
     config.max_requests = opts.max_requests;
+    config.refork_after = opts.refork_after;
+    config.refork = !opts.refork_after.empty();
     config.reuseport = opts.reuseport;
 
     config.log = [&](std::string_view event) { log_line(event); };
@@ -244,7 +246,8 @@ int main(int argc, char** argv) {
       launch.reset();  // the master's business: a worker must not hold the launcher's channel
       ::signal(SIGPIPE, SIG_IGN);  // sendfile to a client gone is an error, not a death
       srv.worker = &w;
-      if (!opts.user.empty()) prefork::become_user(opts.user, opts.group);
+      // A worker forked by a mold (refork) inherits the mold's user already.
+      if (!opts.user.empty() && ::geteuid() == 0) prefork::become_user(opts.user, opts.group);
     };
 
     prefork::master m(std::move(config));

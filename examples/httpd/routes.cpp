@@ -152,7 +152,8 @@ void render_status(server& srv, bool json, reply& out) {
            ",\"seconds_since_tick\":" + fixed(row.seconds_since_tick) + ",\"activity\":\"";
       append_escaped(b, w.activity, true);
       b += "\",\"slot\":" + std::to_string(row.slot) + ",\"rss_bytes\":" + (rss.empty() ? "null" : rss) +
-           ",\"pss_bytes\":" + (pss.empty() ? "null" : pss) + "}";
+           ",\"pss_bytes\":" + (pss.empty() ? "null" : pss) +
+           ",\"mold\":" + (w.state == prefork::worker_state::mold ? "true" : "false") + "}";
     }
     b += "]}\n";
     return;

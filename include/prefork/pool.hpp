@@ -12,7 +12,8 @@
 // section 5): QUIT graceful stop, TERM/INT quick stop, USR1 reopen logs, HUP
 // reload and replace every worker (new ones first), WINCH stop the workers
 // but keep the master, TTIN/TTOU one worker more/fewer, USR2 upgrade the
-// program without closing a socket (upgrade.hpp). Under systemd it reports
+// program without closing a socket (upgrade.hpp), URG promote a warm worker
+// to be the mold of the next workers (refork.hpp). Under systemd it reports
 // READY, RELOADING, STOPPING, STATUS, WATCHDOG and EXTEND_TIMEOUT_USEC.
 // Stands on fork, waitpid, kill, poll, pipe2, and /proc/self/status.
 #pragma once
@@ -38,11 +39,13 @@
 #include <prefork/error.hpp>
 #include <prefork/exec.hpp>
 #include <prefork/fd.hpp>
+#include <prefork/fd_passing.hpp>
 #include <prefork/file.hpp>
 #include <prefork/pipe.hpp>
 #include <prefork/pool_config.hpp>
 #include <prefork/pool_detail.hpp>
 #include <prefork/process.hpp>
+#include <prefork/refork.hpp>
 #include <prefork/reuseport.hpp>
 #include <prefork/scoreboard.hpp>
 #include <prefork/signal.hpp>
@@ -81,6 +84,7 @@ class master {
     for (const fd& l : config_.listeners) detail::check_listener(l.get());
     detail::check_fd_names("pool_config: listener_names", config_.listener_names, config_.listeners.size());
     if (config_.reuseport) detail::slot_listeners::check(config_.listeners);
+    refork_.configure(config_);
     // A new image of an in-place upgrade takes the old one's scoreboard,
     // wake-up pipe and workers instead.
     adopted_ = upgrade_.take_over(state_, config_);
@@ -102,6 +106,7 @@ class master {
     if (!work) throw std::invalid_argument("master::run: no work function");
     if (running_) throw std::logic_error("master::run: already ran");
     detail::refuse_threads("master::run");
+    refork_.start();
     running_ = true;
     work_ = std::move(work);
     detail::occupy_std_fds();
@@ -110,7 +115,8 @@ class master {
     inherited unused = take_inherited_fds();
     if (!config_.pid_file.empty()) pid_file_ = pid_file::create(config_.pid_file);
     detail::ignored_sigpipe no_sigpipe;  // a dead worker's control pipe must give EPIPE, not kill us
-    signal_pipe sigs{SIGQUIT, SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP, SIGWINCH, SIGTTIN, SIGTTOU, SIGCHLD};
+    signal_pipe sigs{SIGQUIT,  SIGTERM, SIGINT,  SIGUSR1, SIGUSR2, SIGHUP,
+                     SIGWINCH, SIGTTIN, SIGTTOU, SIGURG,  SIGCHLD};
     sigs_ = &sigs;
     if (adopted_) {
       // The previous image blocked every signal for its exec; our handlers
@@ -143,6 +149,7 @@ class master {
         const clock::time_point now = clock::now();
         notice_workers();
         murder_lazy_workers(now);
+        wake_by(refork_.check(state_, config_, now));
         wake_by(upgrade_.check(config_, now));
         wake_by(notifier_.tick(now, state_, stop_ != stop_kind::none));
         if (stop_ == stop_kind::graceful && !state_.workers.empty())
@@ -171,6 +178,8 @@ class master {
 
   const prefork::scoreboard& scoreboard() const noexcept { return *state_.board; }
   const pool_config& config() const noexcept { return config_; }
+  // A refork by hand, as SIGURG (from a hook: the master has one thread).
+  void refork() { refork_.request(config_); }
 
  private:
   using clock = std::chrono::steady_clock;
@@ -182,10 +191,7 @@ class master {
     return state_.board->cells(r.slot);
   }
 
-  std::string name(const detail::worker_record& r) const {
-    return "worker " + std::to_string(r.index) + " (pid " + std::to_string(r.pid) + ", generation " +
-           std::to_string(r.generation) + ")";
-  }
+  std::string name(const detail::worker_record& r) const { return detail::worker_name(r); }
 
   void wake_by(clock::time_point t) noexcept { next_wake_ = std::min(next_wake_, t); }
 
@@ -208,7 +214,8 @@ class master {
   void reap_all_workers() {
     std::vector<pid_t> known;
     known.reserve(state_.workers.size() + 1);
-    for (const detail::worker_record& r : state_.workers) known.push_back(r.pid);
+    for (const detail::worker_record& r : state_.workers)
+      if (r.pid != 0) known.push_back(r.pid);
     if (pid_t next = upgrade_.successor_pid()) known.push_back(next);
     for (pid_t pid : known) {
       int status = 0;
@@ -219,7 +226,9 @@ class master {
         reaped(pid, std::nullopt);  // someone else's waitpid(-1) took it: gone, status unknown
       }
     }
-    if (::getpid() != 1) return;
+    // A subreaper (refork) is the parent of the mold's workers and of
+    // whatever else its descendants orphan.
+    if (::getpid() != 1 && !refork_.on()) return;
     for (;;) {
       int status = 0;
       pid_t pid = detail::retry([&] { return ::waitpid(-1, &status, WNOHANG); });
@@ -229,6 +238,7 @@ class master {
   }
 
   void reaped(pid_t pid, const std::optional<exit_status>& status) {
+    if (pid != 0) refork_.claim(state_, pid);  // a mold's worker whose pid was not read yet
     auto it = std::find_if(state_.workers.begin(), state_.workers.end(),
                            [&](const detail::worker_record& r) { return r.pid == pid; });
     // A new master reaped elsewhere is gone all the same: the upgrade must
@@ -260,6 +270,7 @@ class master {
       health.fast_deaths = 0;
     }
     log(line);
+    refork_.gone(*it, config_);
     detail::slot_cells& c = cells(*it);
     c.pid.store(0, std::memory_order_relaxed);
     c.state.store(static_cast<std::int32_t>(worker_state::free), std::memory_order_release);
@@ -291,6 +302,7 @@ class master {
                                 slot_names);
       }
       case SIGHUP: return reload();
+      case SIGURG: return refork();
       case SIGWINCH:
         if (detail::has_controlling_terminal())
           return log(
@@ -332,7 +344,7 @@ class master {
           " workers");
       for (detail::worker_record& r : state_.workers) {
         r.term_sent = true;
-        ::kill(r.pid, SIGTERM);
+        if (r.pid != 0) ::kill(r.pid, SIGTERM);
       }
     }
     // Not a hand-over (that one took the new master off our hands): a new
@@ -343,22 +355,15 @@ class master {
   void enforce_stop_deadline(clock::time_point now) {
     if (now < stop_deadline_) return wake_by(stop_deadline_);
     for (detail::worker_record& r : state_.workers) {
-      if (r.killed) continue;
+      if (r.killed || r.pid == 0) continue;
       log(name(r) + " still running at the end of the stop: SIGKILL");
       r.killed = true;
       ::kill(r.pid, SIGKILL);
     }
   }
 
-  // The graceful stop message: the QUIT byte, then end of file, so the
-  // worker's stop_fd() stays readable from now on.
   void send_quit(detail::worker_record& r, clock::time_point now) {
-    if (r.quit_sent) return;
-    r.quit_sent = r.retiring = true;
-    r.drain_deadline = now + config_.graceful_timeout;
-    char b = static_cast<char>(SIGQUIT);
-    [[maybe_unused]] io_result ignored = write_some(r.control.get(), &b, 1);
-    r.control.reset();
+    detail::send_quit(r, now, config_.graceful_timeout);
   }
 
   void reload() {
@@ -379,12 +384,16 @@ class master {
     state_.wanted = config_.workers;  // a reload re-reads the count, undoing TTIN, TTOU and WINCH
     announced_generation_ = false;
     for (detail::worker_record& r : state_.workers) r.retiring = true;
+    refork_.on_reload(state_, config_, clock::now());
     log("received SIGHUP: reloaded; replacing " + std::to_string(state_.workers.size()) +
         " workers with generation " + std::to_string(state_.generation));
   }
 
   // Reads the scoreboard: who became ready, who asked to be recycled.
   void notice_workers() {
+    // First the pids that workers forked by the mold wrote into their slots.
+    refork_.notice(state_, config_, stop_ == stop_kind::none && !upgrade_.in_progress() && state_.wanted > 0,
+                   clock::now());
     for (detail::worker_record& r : state_.workers) {
       detail::slot_cells& c = cells(r);
       auto s = static_cast<worker_state>(c.state.load(std::memory_order_acquire));
@@ -418,34 +427,7 @@ class master {
   }
 
   void murder_lazy_workers(clock::time_point now) {
-    const std::int64_t now_ns =
-        std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
-    for (detail::worker_record& r : state_.workers) {
-      if (r.killed) continue;
-      if (r.quit_sent && stop_ == stop_kind::none) {
-        if (now >= r.drain_deadline) {
-          log(name(r) + " did not finish within graceful_timeout: SIGKILL");
-          r.killed = true;
-          ::kill(r.pid, SIGKILL);
-          continue;
-        }
-        wake_by(r.drain_deadline);
-      }
-      detail::slot_cells& c = cells(r);
-      std::int64_t last = c.last_tick_ns.load(std::memory_order_relaxed);
-      auto silent = std::chrono::nanoseconds(now_ns - last);
-      if (silent < config_.timeout) {
-        wake_by(detail::from_ns(last) + config_.timeout);
-        continue;
-      }
-      r.killed = true;
-      ::kill(r.pid, SIGKILL);
-      state_.board->count_restart(restart_cause::timeout);
-      detail::bump(state_.board->master_cells().timeouts_killed);
-      std::string activity = state_.board->slot(r.slot).activity;
-      log(name(r) + " silent for " + detail::seconds(silent) + " (timeout " +
-          detail::seconds(config_.timeout) + "), last activity \"" + activity + "\": killed with SIGKILL");
-    }
+    wake_by(detail::kill_silent_workers(state_, config_, now, stop_ == stop_kind::none));
   }
 
   void maintain_worker_count(clock::time_point now) {
@@ -471,6 +453,7 @@ class master {
           wake_by(health.not_before);
           continue;
         }
+        if (refork_.mold(state_) != nullptr && refork_.one_booting(state_)) continue;  // one at a time
         std::optional<std::size_t> slot = state_.free_slot();
         if (!slot) {
           make_room(index, now);  // a reap frees one, and SIGCHLD wakes us then
@@ -487,14 +470,20 @@ class master {
       } else if (active->ready) {
         // Its replacement serves now: only then may the old one go.
         for (detail::worker_record& r : state_.workers)
-          if (r.index == index && r.retiring && !r.quit_sent) {
+          if (r.index == index && r.retiring && !r.quit_sent && r.role != detail::refork_role::mold &&
+              r.role != detail::refork_role::promoting) {
+            if (r.role == detail::refork_role::chosen) {
+              refork_.promote(r, config_, now);
+              wake_by(r.drain_deadline);
+              continue;
+            }
             log(name(r) + " replaced by pid " + std::to_string(active->pid) + ": asking it to stop");
             send_quit(r, now);
           }
       }
     }
     for (detail::worker_record& r : state_.workers)
-      if (!needed(r.index) && !r.quit_sent) {
+      if (!needed(r.index) && !r.quit_sent && r.role != detail::refork_role::mold) {
         log(name(r) + " no longer wanted: asking it to stop");
         send_quit(r, now);
       }
@@ -517,7 +506,9 @@ class master {
     detail::worker_record* old = nullptr;
     if (!in_progress)
       for (detail::worker_record& r : state_.workers)
-        if (r.retiring && (old == nullptr || (r.index == index && old->index != index))) old = &r;
+        if (r.retiring && r.role == detail::refork_role::none &&
+            (old == nullptr || (r.index == index && old->index != index)))
+          old = &r;
     if (old != nullptr) {
       log("no free slot for worker " + std::to_string(index) + " (max_workers " +
           std::to_string(config_.max_workers) + "): replacing one at a time, asking " + name(*old) +
@@ -532,8 +523,11 @@ class master {
     }
   }
 
+  // From the mold of the current generation if there is one (refork.hpp),
+  // else from the master.
   void spawn(unsigned index, std::size_t slot, clock::time_point now) {
-    detail::refuse_threads("master: respawning a worker");
+    detail::worker_record* mold = refork_.mold(state_);
+    if (mold == nullptr) detail::refuse_threads("master: respawning a worker");
     detail::slot_cells& c = state_.board->cells(slot);
     const std::int64_t now_ns =
         std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
@@ -547,61 +541,69 @@ class master {
     c.retire.store(0);
     detail::write_activity(c, "");
     c.state.store(static_cast<std::int32_t>(worker_state::booting), std::memory_order_release);
-    std::optional<child> forked;
-    pipe_ends control;
+    pid_t pid = 0;
+    fd ours;
     try {
       if (config_.reuseport) slots_.of(index, config_.listeners);  // opened here, where failing is safe
-      control = pipe(O_NONBLOCK);
-      (void)std::fflush(nullptr);  // or buffered output would be written twice, by both processes
-      blocked_signals blocked;     // no handler of ours may run in the child
-      forked = prefork::fork();
-      if (!forked) become_worker(index, slot, std::move(control));
+      // A refork's control channel is a socket: the mold receives orders on it.
+      std::pair<fd, fd> control;
+      if (refork_.on()) {
+        control = socket_pair(SOCK_STREAM | SOCK_NONBLOCK);
+      } else {
+        pipe_ends p = pipe(O_NONBLOCK);
+        control = {std::move(p.read), std::move(p.write)};
+      }
+      if (mold != nullptr) {
+        refork_.order(*mold, slot, control.first.get());
+      } else {
+        (void)std::fflush(nullptr);  // or buffered output would be written twice, by both processes
+        blocked_signals blocked;     // no handler of ours may run in the child
+        std::optional<child> forked = prefork::fork();
+        if (!forked) {
+          control.second.reset();  // the master's end: the worker must see end of file when it closes
+          become_worker(index, slot, std::move(control.first));
+        }
+        pid = forked->detach();
+      }
+      ours = std::move(control.second);  // the worker's end closes here, before it can be seen serving
     } catch (...) {
       c.state.store(static_cast<std::int32_t>(worker_state::free));  // no ghost in the scoreboard
       throw;
     }
-    control.read.reset();  // the worker's end, closed before the worker can be seen serving
     detail::worker_record r;
-    r.pid = forked->detach();
+    r.pid = pid;
     r.index = index;
     r.generation = state_.generation;
     r.slot = slot;
-    r.control = std::move(control.write);
+    r.control = std::move(ours);
     r.spawned = now;
-    c.pid.store(r.pid);
+    r.via_mold = mold != nullptr;
+    if (pid != 0) c.pid.store(pid);
     state_.workers.push_back(std::move(r));
     wake_by(now + config_.timeout);  // its heartbeat deadline, should after_fork hang before the first tick
-    log(name(state_.workers.back()) + " spawned");
+    if (pid != 0) log(name(state_.workers.back()) + " spawned");
   }
 
   // In the child, which never returns into the master's code: _exit runs no
   // destructor of the master's objects (the pid file would be removed).
-  [[noreturn]] void become_worker(unsigned index, std::size_t slot, pipe_ends control) {
+  [[noreturn]] void become_worker(unsigned index, std::size_t slot, fd control) {
+    const pid_t master_pid = ::getppid();
     sigs_->forget_in_child();
     detail::worker_signals();  // also unblocks, once dispositions are right
     for (detail::worker_record& r : state_.workers) r.control.reset();
-    control.write.reset();
     state_.wake_read.reset();
-    int code = 0;
+    const std::vector<fd>* mine = &config_.listeners;
     try {
-      state_.board->cells(slot).pid.store(::getpid());
-      const std::vector<fd>* mine = &config_.listeners;
       if (config_.reuseport) {
         mine = &slots_.of(index, config_.listeners);
         slots_.keep_only(index, config_.listeners);
       }
-      worker w(worker::setup{&config_, mine, &*state_.board, slot, index, state_.generation,
-                             std::move(control.read), state_.wake_write.get()});
-      if (config_.after_fork) config_.after_fork(w);
-      work_(w);
     } catch (const std::exception& e) {
       log("worker " + std::to_string(index) + " (pid " + std::to_string(::getpid()) + "): " + e.what());
-      code = 1;
-    } catch (...) {
-      code = 1;
+      ::_exit(1);
     }
-    (void)std::fflush(nullptr);
-    ::_exit(code);
+    detail::worker_life::run(config_, *mine, *state_.board, slot, index, std::move(control),
+                             state_.wake_write.get(), work_, master_pid);
   }
 
   // READY, RELOADING, STOPPING, MAINPID: worth waiting for, a little.
@@ -615,6 +617,7 @@ class master {
   detail::upgrader upgrade_;
   detail::slot_listeners slots_;
   detail::service_notifier notifier_;
+  detail::reforker refork_;
   bool adopted_ = false;  // this image took over from an in-place upgrade
   pid_file pid_file_;
   signal_pipe* sigs_ = nullptr;

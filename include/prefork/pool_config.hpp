@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
@@ -57,8 +58,16 @@ struct pool_config {
   // replaced one at a time: the old one stops first, then its replacement
   // starts in its slot.
   unsigned max_workers = 0;
-  std::function<void(worker&)> after_fork;  // in the worker
-  std::function<void()> on_reload;          // HUP, in the master
+  // Refork (refork.hpp): when a worker of the current generation has served
+  // refork_after[k] requests (k = 0, 1, ... one per promotion; Pitchfork's
+  // default is 50, 100, 1000), it becomes the mold the next workers are
+  // forked from, sharing its warm memory. `refork` alone allows promotions
+  // by hand only (SIGURG, master::refork()). HUP starts the counts over.
+  std::vector<std::uint64_t> refork_after;
+  bool refork = false;
+  std::function<void(worker&)> after_fork;       // in the worker (forked by the master or by a mold)
+  std::function<void(worker&)> after_promotion;  // in a worker that becomes the mold, before its first fork
+  std::function<void()> on_reload;               // HUP, in the master
   // In the master, each time the wanted workers are all ready: at start
   // (the moment to tell a launcher or a supervisor), after HUP, after USR2.
   std::function<void()> on_ready;

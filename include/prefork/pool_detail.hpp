@@ -45,6 +45,15 @@
 
 namespace prefork::detail {
 
+// A worker's part in a refork (refork.hpp).
+enum class refork_role : std::uint8_t {
+  none,
+  chosen,        // to be promoted once its replacement is ready
+  promoting,     // sent the promote byte; becoming the mold
+  mold,          // the mold: forks, serves nothing
+  mold_retired,  // a mold no longer used (a newer mold, HUP): asked to stop
+};
+
 struct worker_record {
   pid_t pid = 0;
   unsigned index = 0;
@@ -58,6 +67,8 @@ struct worker_record {
   bool quit_sent = false;
   bool term_sent = false;
   bool killed = false;  // SIGKILL sent
+  refork_role role = refork_role::none;
+  bool via_mold = false;  // forked by the mold; pid 0 until the worker reports it
 };
 
 // Crash-loop state of one worker number.
@@ -107,6 +118,18 @@ struct pool_state {
   }
 };
 
+// The graceful stop message: the QUIT byte, then end of file, so the
+// worker's stop_fd() stays readable from now on.
+inline void send_quit(worker_record& r, std::chrono::steady_clock::time_point now,
+                      std::chrono::milliseconds graceful_timeout) {
+  if (r.quit_sent) return;
+  r.quit_sent = r.retiring = true;
+  r.drain_deadline = now + graceful_timeout;
+  char b = static_cast<char>(SIGQUIT);
+  [[maybe_unused]] io_result ignored = write_some(r.control.get(), &b, 1);
+  r.control.reset();
+}
+
 // TERM and INT: how long workers get to die of SIGTERM before SIGKILL.
 inline constexpr std::chrono::milliseconds quick_stop_wait{2000};
 
@@ -132,6 +155,49 @@ std::string seconds(Duration d) {
   char buf[32];
   (void)std::snprintf(buf, sizeof buf, "%.2fs", std::chrono::duration<double>(d).count());
   return buf;
+}
+
+inline std::string worker_name(const worker_record& r) {
+  return "worker " + std::to_string(r.index) + " (pid " + std::to_string(r.pid) + ", generation " +
+         std::to_string(r.generation) + ")";
+}
+
+// SIGKILL for workers whose heartbeat is older than `timeout`, and (unless
+// the pool is stopping, which has its own deadline) for those that did not
+// drain within graceful_timeout. Returns when to look again.
+inline std::chrono::steady_clock::time_point kill_silent_workers(pool_state& s, const pool_config& config,
+                                                                 std::chrono::steady_clock::time_point now,
+                                                                 bool draining_counts) {
+  auto next = std::chrono::steady_clock::time_point::max();
+  const std::int64_t now_ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
+  for (worker_record& r : s.workers) {
+    if (r.killed || r.pid == 0) continue;  // pid 0: ordered from the mold (reforker::check)
+    if (r.quit_sent && draining_counts) {
+      if (now >= r.drain_deadline) {
+        log_event(config, worker_name(r) + " did not finish within graceful_timeout: SIGKILL");
+        r.killed = true;
+        ::kill(r.pid, SIGKILL);
+        continue;
+      }
+      next = std::min(next, r.drain_deadline);
+    }
+    std::int64_t last = s.board->cells(r.slot).last_tick_ns.load(std::memory_order_relaxed);
+    auto silent = std::chrono::nanoseconds(now_ns - last);
+    if (silent < config.timeout) {
+      next = std::min(next, from_ns(last) + config.timeout);
+      continue;
+    }
+    r.killed = true;
+    ::kill(r.pid, SIGKILL);
+    s.board->count_restart(restart_cause::timeout);
+    bump(s.board->master_cells().timeouts_killed);
+    std::string activity = s.board->slot(r.slot).activity;
+    log_event(config, worker_name(r) + " silent for " + seconds(silent) + " (timeout " +
+                          seconds(config.timeout) + "), last activity \"" + activity +
+                          "\": killed with SIGKILL");
+  }
+  return next;
 }
 
 // fork(2) copies only the calling thread: a lock another thread held (in
@@ -247,9 +313,10 @@ inline std::string encode_handover(const pool_state& s, unsigned upgrades,
     return std::max<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(d).count(), 0);
   };
   for (const worker_record& r : s.workers)
-    out << "worker " << r.pid << " " << r.index << " " << r.generation << " " << r.slot << " "
-        << r.control.get() << " " << r.ready << r.retiring << r.quit_sent << r.term_sent << r.killed << " "
-        << ms(now - r.spawned) << " " << (r.quit_sent ? ms(r.drain_deadline - now) : 0) << "\n";
+    if (r.pid != 0)  // ordered from a mold, not yet started: its channel closes with the exec, so it stops
+      out << "worker " << r.pid << " " << r.index << " " << r.generation << " " << r.slot << " "
+          << r.control.get() << " " << r.ready << r.retiring << r.quit_sent << r.term_sent << r.killed << " "
+          << ms(now - r.spawned) << " " << (r.quit_sent ? ms(r.drain_deadline - now) : 0) << "\n";
   out << "end\n";
   return out.str();
 }
@@ -392,8 +459,9 @@ inline void reopen_logs(const pool_config& config, const pool_state& s) {
     }
   }
   char b = static_cast<char>(SIGUSR1);
-  for (const worker_record& r : s.workers)
-    if (r.control) write_some(r.control.get(), &b, 1);  // full or broken: the worker is busy or gone
+  for (const worker_record& r : s.workers)  // a mold reads only orders on its channel, and logs little
+    if (r.control && (r.role == refork_role::none || r.role == refork_role::chosen))
+      write_some(r.control.get(), &b, 1);  // full or broken: the worker is busy or gone
 }
 
 // notify() with bounded patience: the master's loop must not stall behind

@@ -36,6 +36,7 @@ enum class worker_state : std::int32_t {
   idle,      // waiting in worker::accept()
   busy,      // serving a connection
   stopping,  // a graceful stop was asked for; finishing the request in hand
+  mold,      // promoted: serves nothing, forks the workers of its generation (refork.hpp)
 };
 
 inline const char* to_string(worker_state s) noexcept {
@@ -45,6 +46,7 @@ inline const char* to_string(worker_state s) noexcept {
     case worker_state::idle: return "idle";
     case worker_state::busy: return "busy";
     case worker_state::stopping: return "stopping";
+    case worker_state::mold: return "mold";
   }
   return "?";
 }

@@ -58,6 +58,13 @@ namespace prefork {
 
 class master;
 
+namespace detail {
+class worker_life;
+// On a worker's control channel: become the mold (refork.hpp). SIGURG's
+// number, as the master's signal for a refork by hand.
+inline constexpr char promote_byte = static_cast<char>(SIGURG);
+}  // namespace detail
+
 class worker {
  public:
   worker(const worker&) = delete;
@@ -97,6 +104,10 @@ class worker {
     tick();
     std::uint64_t limit = cells().request_limit.load(std::memory_order_relaxed);
     if (limit != 0 && served >= limit) ask_retirement(detail::retire_reason::max_requests);
+    // The master looks at request counts when it wakes: a refork_after count
+    // reached is worth waking it for.
+    for (std::uint64_t due : config_->refork_after)
+      if (served == due) wake_master();
     check_rss();
   }
 
@@ -190,7 +201,8 @@ class worker {
 
   // Readable when the master has something to say, and for good once a
   // graceful stop was asked for: put it in an epoll loop and call stopping()
-  // when it fires.
+  // when it fires. (A promotion to mold, refork.hpp, is a graceful stop that
+  // fires it once: stopping() stays true, but the channel is the mold's now.)
   int stop_fd() const noexcept { return control_.get(); }
 
   // The next connection from any listener (blocking, CLOEXEC), or an invalid
@@ -259,6 +271,7 @@ class worker {
 
  private:
   friend class master;
+  friend class detail::worker_life;
 
   struct setup {
     const pool_config* config;
@@ -360,7 +373,7 @@ class worker {
     char buf[64];
     for (;;) {
       io_result r = read_some(control_.get(), buf, sizeof buf);
-      if (r.would_block() && stopping_ && !waited) {
+      if (r.would_block() && stopping_ && !waited && !(promoted_ && !quit_)) {
         // The master closes its end right after writing QUIT: wait for
         // that end of file, which keeps stop_fd() readable from now on.
         waited = true;
@@ -370,7 +383,7 @@ class worker {
       }
       if (r.would_block() || !r) break;
       if (r.bytes == 0) {
-        control_eof_ = true;
+        control_eof_ = quit_ = true;
         if (!stopping_) {
           stopping_ = true;
           detail::log_event(*config_, worker_name() +
@@ -380,7 +393,8 @@ class worker {
         break;
       }
       for (std::size_t i = 0; i < r.bytes; ++i) {
-        if (buf[i] == SIGQUIT) stopping_ = true;
+        if (buf[i] == SIGQUIT) stopping_ = quit_ = true;
+        if (buf[i] == detail::promote_byte) stopping_ = promoted_ = true;
         if (buf[i] == SIGUSR1) reopen = true;
       }
     }
@@ -416,6 +430,10 @@ class worker {
   fd statm_;
   mutable bool stopping_ = false;
   mutable bool control_eof_ = false;
+  // Promoted to mold (refork.hpp): a graceful stop, after which the process
+  // forks workers instead of exiting, unless a real stop (quit_) came too.
+  mutable bool promoted_ = false;
+  mutable bool quit_ = false;
 };
 
 }  // namespace prefork
