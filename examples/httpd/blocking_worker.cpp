@@ -156,7 +156,7 @@ class blocking_connection {
       set_activity(w_, req);
       std::string_view body;
       used_ = parser_.header_length();
-      if (accepts_body(req) && req.has_body() && !read_body(fd, body)) linger = true;
+      if (accepts_body(srv_, req) && req.has_body() && !read_body(fd, body)) linger = true;
       // read_body may have moved the buffer; the parser re-pointed req at it.
       method = req.method;
       target = req.target;

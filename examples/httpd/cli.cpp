@@ -226,6 +226,7 @@ options parse_command_line(int argc, char** argv) {
   if (!positional.empty()) {
     if (positional[0].empty()) bad("ROOT", "empty path");
     o.root = positional[0];
+    o.root_given = true;
   } else {
     o.root = default_root();
   }

@@ -239,7 +239,7 @@ class loop {
           break;
         }
         const request& req = c.parser.get();
-        if (accepts_body(req) && req.has_body()) {
+        if (accepts_body(srv_, req) && req.has_body()) {
           c.stage = phase::body;
           c.body.clear();
           c.chunks.reset();
