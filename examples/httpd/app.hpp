@@ -101,6 +101,7 @@ class response {
   // content_type() said otherwise.
   response& send(std::string_view body);
   response& send(std::string&& body);
+  response& send(const char* body) { return send(std::string_view(body)); }
   // A body that outlives the response, so nothing is copied: a literal, or
   // the request's own body() (valid until the response is sent).
   response& send_view(std::string_view body);
