@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 
@@ -14,6 +15,7 @@
 #include <prefork/worker.hpp>
 
 #include "buffer.hpp"
+#include "spool.hpp"
 
 namespace httpd {
 namespace {
@@ -117,6 +119,7 @@ class blocking_connection {
     in_.clear();
     parser_.reset();
     reply_.clear();
+    spool_.reset();
     bool linger = false;
     int status = 0;
     std::size_t sent = 0;
@@ -163,7 +166,11 @@ class blocking_connection {
       if (const header_field* f = req.find("Referer")) referer = f->value;
       if (const header_field* f = req.find("User-Agent")) agent = f->value;
       if (!linger) {
+        srv_.body_file = spool_ ? spool_.get() : -1;
+        srv_.body_file_size = spooled_;
         route(srv_, req, body, reply_);
+        srv_.body_file = -1;
+        spool_.reset();
         if (req.kind == verb::head) reply_.no_body = true;
         // Pipelined bytes after the request are not read either: closing
         // over them would reset the connection under the answer.
@@ -229,6 +236,24 @@ class blocking_connection {
       parser_.parse(in_.view());  // re-points the request at the grown buffer
       return true;
     };
+    // Beyond the application's body_in_memory(), the body goes to a file
+    // as it arrives and leaves the buffer (the head stays where it is).
+    const std::size_t limit = srv_.body_in_memory();
+    spool_.reset();
+    spooled_ = 0;
+    auto to_spool = [&](std::string_view data) -> bool {
+      if (!spool_ && !(spool_ = open_spool())) {
+        reply_.error(500, std::string("cannot open a temporary file for the request body: ") + std::strerror(errno),
+                     true);
+        return false;
+      }
+      if (!spool_write(spool_.get(), data)) {
+        reply_.error(500, "cannot write the request body to its temporary file", true);
+        return false;
+      }
+      spooled_ += data.size();
+      return true;
+    };
     if (req.chunked) {
       chunks_.reset();
       body_.clear();
@@ -236,6 +261,12 @@ class blocking_connection {
       for (;;) {
         chunk_progress p = chunks_.feed(in_.view().substr(fed), body_);
         fed += p.consumed;
+        if (body_.size() > limit || (spool_ && p.result == chunk_progress::done)) {
+          if (!to_spool(body_)) return false;
+          body_.clear();
+          in_.erase(head, fed - head);
+          fed = head;
+        }
         if (p.result == chunk_progress::done) break;
         if (p.result == chunk_progress::error) {
           reply_.error(chunks_.error_status(), chunks_.error_reason(), true);
@@ -243,11 +274,24 @@ class blocking_connection {
         }
         if (!more()) return false;
       }
-      body = body_;
+      body = spool_ ? std::string_view() : std::string_view(body_);
       used_ = fed;
       return true;
     }
     const std::size_t length = static_cast<std::size_t>(*req.content_length);
+    if (length > limit) {
+      for (std::size_t left = length;;) {
+        std::size_t take = std::min(in_.size() - head, left);
+        if (take > 0 && !to_spool(in_.view().substr(head, take))) return false;
+        in_.erase(head, take);
+        left -= take;
+        if (left == 0) break;
+        if (!more()) return false;
+      }
+      body = {};
+      used_ = head;
+      return true;
+    }
     while (in_.size() < head + length)
       if (!more()) return false;
     body = in_.view().substr(head, length);
@@ -261,6 +305,8 @@ class blocking_connection {
   chunked_decoder chunks_;
   byte_buffer in_;
   std::string out_, body_;
+  prefork::fd spool_;        // the body of the request in hand, when too large for memory
+  std::size_t spooled_ = 0;  // its size
   reply reply_;
   std::size_t used_ = 0;  // bytes of the buffer the request took
 };

@@ -20,6 +20,7 @@
 #include <prefork/worker.hpp>
 
 #include "buffer.hpp"
+#include "spool.hpp"
 
 namespace httpd {
 namespace {
@@ -70,6 +71,8 @@ struct connection {
   request_parser parser;
   chunked_decoder chunks;
   std::string body;          // a decoded chunked body
+  prefork::fd spool;         // the body, when larger than the application keeps in memory
+  std::size_t spooled = 0;   // its bytes so far
   std::size_t chunk_fed = 0;  // input bytes of the body given to `chunks`
   bool continue_sent = false;
   phase stage = phase::head;
@@ -245,6 +248,8 @@ class loop {
           c.chunks.reset();
           c.chunk_fed = c.parser.header_length();
           c.continue_sent = false;
+          c.spool.reset();
+          c.spooled = 0;
           set_deadline(c, timer::body, srv_.opts.header_timeout);
         }
       }
@@ -253,6 +258,9 @@ class loop {
       if (c.stage == phase::body) {
         const request& req = c.parser.get();
         c.parser.parse(c.in.view());  // re-point the request at the buffer as it is now
+        // Beyond the application's body_in_memory(), the body goes to a
+        // file as it arrives and leaves the buffer (the head stays).
+        const std::size_t limit = srv_.body_in_memory();
         if (req.chunked) {
           chunk_progress p = c.chunks.feed(c.in.view().substr(c.chunk_fed), c.body);
           c.chunk_fed += p.consumed;
@@ -261,26 +269,52 @@ class loop {
             respond(c, &req);
             break;
           }
+          if (c.body.size() > limit || (c.spool && p.result == chunk_progress::done)) {
+            if (!spool(c, c.body)) {
+              respond(c, &req);
+              break;
+            }
+            c.body.clear();
+            c.in.erase(used, c.chunk_fed - used);
+            c.chunk_fed = used;
+          }
           if (p.result == chunk_progress::incomplete) {
             ask_for_body(c, req);
             break;
           }
-          body = c.body;
+          body = c.spool ? std::string_view() : std::string_view(c.body);
           used = c.chunk_fed;
         } else {
           auto length = static_cast<std::size_t>(*req.content_length);
-          if (c.in.size() < used + length) {
-            ask_for_body(c, req);
-            break;
+          if (length > limit) {
+            std::size_t take = std::min(c.in.size() - used, length - c.spooled);
+            if (take > 0 && !spool(c, c.in.view().substr(used, take))) {
+              respond(c, &req);
+              break;
+            }
+            c.in.erase(used, take);
+            if (c.spooled < length) {
+              ask_for_body(c, req);
+              break;
+            }
+          } else {
+            if (c.in.size() < used + length) {
+              ask_for_body(c, req);
+              break;
+            }
+            body = c.in.view().substr(used, length);
+            used += length;
           }
-          body = c.in.view().substr(used, length);
-          used += length;
         }
       }
       const request& req = c.parser.get();
       set_activity(req);  // before routing: a slow request shows what it is
       srv_.from_admin = c.admin;
+      srv_.body_file = c.spool ? c.spool.get() : -1;
+      srv_.body_file_size = c.spooled;
       route(srv_, req, body, reply_);
+      srv_.body_file = -1;
+      c.spool.reset();
       if (req.kind == verb::head) reply_.no_body = true;
       respond(c, &req);
       c.in.consume(used);
@@ -291,7 +325,25 @@ class loop {
     return c.sock && c.file_left > 0 && !c.close_after && !c.in.empty();
   }
 
+  // Appends data to the connection's body file, opening it first; on
+  // failure reply_ holds the error.
+  bool spool(connection& c, std::string_view data) {
+    if (!c.spool && !(c.spool = open_spool())) {
+      reply_.error(500, std::string("cannot open a temporary file for the request body: ") + std::strerror(errno),
+                   true);
+      return false;
+    }
+    if (!spool_write(c.spool.get(), data)) {
+      reply_.error(500, "cannot write the request body to its temporary file", true);
+      return false;
+    }
+    c.spooled += data.size();
+    return true;
+  }
+
   void ask_for_body(connection& c, const request& req) {
+    // Stalled means no bytes for the header timeout, not a slow upload.
+    set_deadline(c, timer::body, srv_.opts.header_timeout);
     if (req.expect_continue && !c.continue_sent) {
       c.continue_sent = true;
       c.out += continue_100;
@@ -456,6 +508,7 @@ class loop {
     if (!c.sock) return;
     c.sock.reset();  // close(2) also takes it out of the epoll set
     c.file.reset();
+    c.spool.reset();
     c.file_left = 0;
     c.out.clear();
     c.out_sent = 0;

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <optional>
 #include <string>
@@ -48,6 +49,9 @@ struct server {
   // the request in hand: route() passes it on when body is empty.
   int body_file = -1;
   std::size_t body_file_size = 0;
+
+  // Bodies larger than this go to a file as they arrive (spool.hpp).
+  std::size_t body_in_memory() const { return application ? application->in_memory_limit() : SIZE_MAX; }
 };
 
 // Whether the route for this request reads its body. A request with a body

@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "atomic_store/atomic_store.hpp"
@@ -39,6 +40,14 @@ std::string put_request(std::string_view name, std::string_view value, bool clos
 
 response put(int port, std::string_view name, std::string_view value) {
   return ask(port, put_request(name, value));
+}
+
+// A field of /proc/PID/status in KiB (VmHWM: the peak resident set).
+long status_kib(pid_t pid, const std::string& field) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind(field + ":", 0) == 0) return std::stol(line.substr(field.size() + 1));
+  return -1;
 }
 
 }  // namespace
@@ -148,6 +157,10 @@ TEST_CASE("prefork-kv: a 50 MiB PUT is stored and read back whole while the work
     // One evented worker: if the upload held it, the GET below could not be answered.
     server s = start_kv(dir, {"-w", "1", "--max-body", "64M"});
     CHECK(put(s.port(), "small", "still here").status == 204);
+    std::string spawned = s.wait_log("worker 0 (pid ", 0);
+    const pid_t worker = std::stoi(spawned.substr(spawned.find("(pid ") + 5));
+    const long peak_before = status_kib(worker, "VmHWM");
+    REQUIRE(peak_before > 0);
     std::string big(50u << 20, '\0');
     for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>((i * 2654435761u) >> 13);
     const std::string request = put_request("big", big);
@@ -159,6 +172,8 @@ TEST_CASE("prefork-kv: a 50 MiB PUT is stored and read back whole while the work
     send_text(up.get(), std::string_view(request).substr(half));
     std::string reply = read_until_close(up.get());
     CHECK(reply.rfind("HTTP/1.1 204", 0) == 0);
+    // The body went to a file as it came (spool.hpp), not into the worker's memory.
+    CHECK(status_kib(worker, "VmHWM") - peak_before < 16 * 1024);
     response back = get(s.port(), "/k/big");
     CHECK(back.status == 200);
     CHECK(back.body.size() == big.size());
