@@ -187,6 +187,7 @@ class blocking_connection {
       sent = reply_.no_body ? 0 : (with_file ? 0 : reply_.body_bytes().size());
       if (with_file && sendfile_all(fd, reply_.file.get(), reply_.file_offset, reply_.file_length, send_deadline, w_))
         sent = reply_.file_length;
+      if (reply_.generate && !reply_.no_body) sent = send_generated(fd);
     }
     const steady::duration took = steady::now() - start;
     if (srv_.log.enabled()) {
@@ -208,6 +209,39 @@ class blocking_connection {
     limits l;
     l.max_body = o.max_body;
     return l;
+  }
+
+  // Sends a generated body piece by piece, each made once the last is sent;
+  // returns the body bytes sent. A generator that throws ends the body
+  // short (the connection closes after this response anyway).
+  std::size_t send_generated(int fd) {
+    std::size_t sent = 0;
+    for (bool more = true, failed = false; more && !failed;) {
+      out_.clear();
+      std::size_t bytes = 0;
+      while (more && out_.size() < 16384) {  // a send per tiny piece would cost more than making it
+        piece_.clear();
+        try {
+          more = reply_.generate(piece_);
+        } catch (const std::exception& e) {
+          log_line(std::string("handler error: a generated body failed: ") + e.what());
+          failed = true;
+          break;
+        } catch (...) {
+          log_line("handler error: a generated body failed");
+          failed = true;
+          break;
+        }
+        append_chunk(out_, piece_, !more);
+        bytes += piece_.size();
+      }
+      if (failed) break;
+      if (!send_all(fd, out_, steady::now() + srv_.opts.timeout, false)) break;
+      sent += bytes;
+      w_.tick();  // a long body to a reading client is progress, not a hang
+    }
+    reply_.generate = nullptr;
+    return sent;
   }
 
   // Reads the body of the parsed request; on failure reply_ holds the error.
@@ -304,7 +338,7 @@ class blocking_connection {
   request_parser parser_;
   chunked_decoder chunks_;
   byte_buffer in_;
-  std::string out_, body_;
+  std::string out_, body_, piece_;
   prefork::fd spool_;        // the body of the request in hand, when too large for memory
   std::size_t spooled_ = 0;  // its size
   reply reply_;

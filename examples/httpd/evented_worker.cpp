@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -66,6 +67,7 @@ struct connection {
   std::string out;
   std::size_t out_sent = 0;
   prefork::fd file;  // a file body still to send after `out`
+  std::function<bool(std::string&)> generate;  // a generated body still to send after `out`
   off_t file_offset = 0;
   std::size_t file_left = 0;
   request_parser parser;
@@ -85,7 +87,7 @@ struct connection {
   bool peer_done = false;    // the client shut down its sending side
   steady::time_point started;  // of the request in hand, for the access log
 
-  bool sending() const { return out_sent < out.size() || file_left > 0; }
+  bool sending() const { return out_sent < out.size() || file_left > 0 || generate; }
 };
 
 class loop {
@@ -232,7 +234,7 @@ class loop {
   // stopping after one with a file body (its bytes must go first). True
   // when it stopped there with input left.
   bool process(connection& c) {
-    while (c.sock && !c.close_after && c.file_left == 0 && !c.in.empty()) {
+    while (c.sock && !c.close_after && c.file_left == 0 && !c.generate && !c.in.empty()) {
       if (c.stage == phase::head) {
         parse_result r = c.parser.parse(c.in.view());
         if (r == parse_result::incomplete) break;
@@ -322,7 +324,7 @@ class loop {
       c.stage = phase::head;
       if (!c.in.empty()) begin_request(c);
     }
-    return c.sock && c.file_left > 0 && !c.close_after && !c.in.empty();
+    return c.sock && (c.file_left > 0 || c.generate) && !c.close_after && !c.in.empty();
   }
 
   // Appends data to the connection's body file, opening it first; on
@@ -376,6 +378,8 @@ class loop {
       c.file_left = reply_.file_length;
     }
     reply_.file.reset();
+    if (reply_.generate && !reply_.no_body) c.generate = std::move(reply_.generate);
+    reply_.generate = nullptr;
     const steady::duration took = steady::now() - c.started;
     if (srv_.log.enabled()) {
       const header_field* referer = req ? req->find("Referer") : nullptr;
@@ -406,28 +410,41 @@ class loop {
   // connection stays open for more requests; false when it waits for
   // EPOLLOUT or was closed.
   bool flush(connection& c) {
-    while (c.out_sent < c.out.size()) {
-      ssize_t n = ::send(c.sock.get(), c.out.data() + c.out_sent, c.out.size() - c.out_sent,
-                         MSG_NOSIGNAL | (c.file_left ? MSG_MORE : 0));
-      if (n > 0) {
-        c.out_sent += static_cast<std::size_t>(n);
-        continue;
+    for (unsigned pieces = 0;; ++pieces) {
+      while (c.out_sent < c.out.size()) {
+        ssize_t n = ::send(c.sock.get(), c.out.data() + c.out_sent, c.out.size() - c.out_sent,
+                           MSG_NOSIGNAL | (c.file_left ? MSG_MORE : 0));
+        if (n > 0) {
+          c.out_sent += static_cast<std::size_t>(n);
+          continue;
+        }
+        if (n == -1 && errno == EINTR) continue;
+        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) return wait_writable(c);
+        close(c);
+        return false;
       }
-      if (n == -1 && errno == EINTR) continue;
-      if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) return wait_writable(c);
-      close(c);
-      return false;
-    }
-    while (c.file_left > 0) {
-      ssize_t n = ::sendfile(c.sock.get(), c.file.get(), &c.file_offset, c.file_left);
-      if (n > 0) {
-        c.file_left -= static_cast<std::size_t>(n);
-        continue;
+      while (c.file_left > 0) {
+        ssize_t n = ::sendfile(c.sock.get(), c.file.get(), &c.file_offset, c.file_left);
+        if (n > 0) {
+          c.file_left -= static_cast<std::size_t>(n);
+          continue;
+        }
+        if (n == -1 && errno == EINTR) continue;
+        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) return wait_writable(c);
+        close(c);  // an error, or the file shrank: the framing is broken
+        return false;
       }
-      if (n == -1 && errno == EINTR) continue;
-      if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) return wait_writable(c);
-      close(c);  // an error, or the file shrank: the framing is broken
-      return false;
+      if (!c.generate) break;
+      // A generated body: the next piece once the last one is sent, so it
+      // is made only as fast as the client takes it. After a few pieces the
+      // loop gets a turn (EPOLLOUT comes straight back while there is room).
+      c.out.clear();
+      c.out_sent = 0;
+      if (pieces == 16) return wait_writable(c);
+      if (!next_piece(c)) {
+        close(c);  // the body cannot be ended well: the client sees it cut short
+        return false;
+      }
     }
     c.file.reset();
     c.out.clear();
@@ -445,6 +462,28 @@ class loop {
       c.idle = true;
       set_deadline(c, timer::keepalive, srv_.opts.keepalive_timeout);
     }
+    return true;
+  }
+
+  // Appends the next pieces of c's generated body to c.out, about 16 KiB
+  // of them (a send per tiny piece would cost more than making it), with
+  // the last-chunk once the generator says it is done. False if it threw.
+  bool next_piece(connection& c) {
+    bool more = true;
+    while (more && c.out.size() < 16384) {
+      piece_.clear();
+      try {
+        more = c.generate(piece_);
+      } catch (const std::exception& e) {
+        log_line(std::string("handler error: a generated body failed: ") + e.what());
+        return false;
+      } catch (...) {
+        log_line("handler error: a generated body failed");
+        return false;
+      }
+      append_chunk(c.out, piece_, !more);
+    }
+    if (!more) c.generate = nullptr;
     return true;
   }
 
@@ -482,6 +521,7 @@ class loop {
     c.out_sent = 0;
     c.file.reset();
     c.file_left = 0;
+    c.generate = nullptr;
     c.parser.reset();
     c.stage = phase::head;
     c.close_after = c.linger = c.want_out = c.peer_done = false;
@@ -509,6 +549,7 @@ class loop {
     c.sock.reset();  // close(2) also takes it out of the epoll set
     c.file.reset();
     c.spool.reset();
+    c.generate = nullptr;
     c.file_left = 0;
     c.out.clear();
     c.out_sent = 0;
@@ -607,6 +648,7 @@ class loop {
   steady::time_point nearest_ = steady::time_point::max(), stop_deadline_, turn_start_;
   std::chrono::milliseconds tick_every_{1000};
   reply reply_;
+  std::string piece_;  // a generated body's piece, reused
 };
 
 }  // namespace

@@ -80,7 +80,11 @@ struct reply {
 // "Connection: keep-alive"); http_minor is the request's version.
 void append_head(std::string& out, const reply& r, std::string_view date, bool keep_alive, int http_minor);
 
-// Appends the head and, unless no_body, a body held in memory.
+// Appends the head and, unless no_body, a body held in memory (a generated
+// body's pieces follow with append_chunk).
 void append_response(std::string& out, const reply& r, std::string_view date, bool keep_alive, int http_minor);
+
+// One piece of a chunked body, and the last-chunk after it when last.
+void append_chunk(std::string& out, std::string_view piece, bool last);
 
 }  // namespace httpd

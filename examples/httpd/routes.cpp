@@ -105,11 +105,13 @@ void call_handler(server& srv, const app::route& r, const request& req, std::str
   response res(out);
   try {
     r.by_verb[app::method_bit(req.kind)](in, res);
-    if (out.generate) {
-      // The body is generated here, into memory, and sent in one chunk.
+    if (out.generate && (req.kind == verb::head || req.minor_version == 0)) {
+      // No chunked encoding for these: HEAD sends no body, and an HTTP/1.0
+      // client gets the body generated here, whole, with its length. Else
+      // the worker calls the generator as the socket takes the pieces.
       std::string piece;
       out.body.clear();
-      while (out.generate(piece)) {
+      while (req.kind != verb::head && out.generate(piece)) {
         out.body += piece;
         piece.clear();
       }

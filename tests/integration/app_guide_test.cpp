@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 
 #include "catch.hpp"
 #include "httpd_support.hpp"
@@ -21,6 +22,14 @@ std::string request(std::string_view method, std::string_view target, std::strin
                   " HTTP/1.1\r\nHost: t\r\nConnection: close\r\n" + std::string(extra);
   if (!body.empty()) r += "Content-Length: " + std::to_string(body.size()) + "\r\n";
   return r + "\r\n" + std::string(body);
+}
+
+// A field of /proc/PID/status in KiB (VmHWM: the peak resident set).
+long status_kib(pid_t pid, const std::string& field) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind(field + ":", 0) == 0) return std::stol(line.substr(field.size() + 1));
+  return -1;
 }
 
 }  // namespace
@@ -65,7 +74,7 @@ TEST_CASE("docs/app.md step 3: status and headers, a generated body, a file, an 
   prefork::test::leak_check leaks;
   for (const char* mode : {"evented", "blocking"}) {
     DYNAMIC_SECTION("-m " << mode) {
-      server s({"-m", mode}, true, {}, "app_answers");
+      server s({"-m", mode, "-w", "1"}, true, {}, "app_answers");
       response made = get(s.port(), "/created");
       CHECK(made.status == 201);
       CHECK(made.header("location") == "/thing/1");
@@ -77,6 +86,19 @@ TEST_CASE("docs/app.md step 3: status and headers, a generated body, a file, an 
       struct stat st {};
       REQUIRE(::stat(prefork::test::bin_path("app_answers").c_str(), &st) == 0);
       CHECK(self.body.size() == static_cast<std::size_t>(st.st_size));
+      // HTTP/1.0 has no chunked encoding: the body comes whole, with its length.
+      response old = ask(s.port(), "GET /count?n=3 HTTP/1.0\r\n\r\n");
+      CHECK(old.header("content-length") == "6");
+      CHECK(old.body == "1\n2\n3\n");
+      // A long generated body is made as the client takes it, not in memory
+      // first: 1,000,000 lines (6.9 MB) leave the worker's peak RSS alone.
+      std::string spawned = s.wait_log("worker 0 (pid ", 0);
+      const pid_t worker = std::stoi(spawned.substr(spawned.find("(pid ") + 5));
+      const long peak_before = status_kib(worker, "VmHWM");
+      response lots = get(s.port(), "/count?n=1000000");
+      CHECK(lots.body.size() == 6888896);
+      CHECK(lots.body.substr(lots.body.size() - 8) == "1000000\n");
+      CHECK(status_kib(worker, "VmHWM") - peak_before < 3 * 1024);
       response missing = get(s.port(), "/missing");
       CHECK(missing.status == 404);
       CHECK(missing.body.find("nothing here") != std::string::npos);
