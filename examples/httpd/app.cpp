@@ -144,7 +144,7 @@ response& response::error(int code, std::string_view why) {
 app& app::handle(std::string_view method, std::string pattern, handler h, std::optional<bool> reads_body) {
   std::size_t v = 0;
   while (v < 9 && verb_names[v] != method) ++v;
-  if (v == 9 || v >= 7) throw std::invalid_argument("httpd::app: no handlers for method '" + std::string(method) + "'");
+  if (v >= 7) throw std::invalid_argument("httpd::app: no handlers for method '" + std::string(method) + "'");
   if (pattern.empty() || pattern[0] != '/')
     throw std::invalid_argument("httpd::app: a pattern starts with '/': '" + pattern + "'");
   const auto kind = static_cast<verb>(v);

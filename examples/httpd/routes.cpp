@@ -83,7 +83,7 @@ const app::route* find_route(server& srv, const request& req, std::string_view& 
 
 // A handler that threw or never answered: 500 for the request, a line for
 // the error log, and the worker goes on.
-void handler_failed(server& srv, const request& req, reply& out, std::string_view why) {
+void handler_failed(const request& req, reply& out, std::string_view why) {
   out.clear();
   out.error(500, "the application failed to answer this request (the error log says why)", false);
   std::string line = "handler error: ";
@@ -93,7 +93,6 @@ void handler_failed(server& srv, const request& req, reply& out, std::string_vie
   line += ": ";
   line += why;
   log_line(line);
-  (void)srv;
 }
 
 void call_handler(server& srv, const app::route& r, const request& req, std::string_view path,
@@ -119,11 +118,11 @@ void call_handler(server& srv, const app::route& r, const request& req, std::str
       out.generate = nullptr;
     }
   } catch (const std::exception& e) {
-    return handler_failed(srv, req, out, e.what());
+    return handler_failed(req, out, e.what());
   } catch (...) {
-    return handler_failed(srv, req, out, "an exception not derived from std::exception");
+    return handler_failed(req, out, "an exception not derived from std::exception");
   }
-  if (out.status == 0) handler_failed(srv, req, out, "the handler returned without answering");
+  if (out.status == 0) handler_failed(req, out, "the handler returned without answering");
 }
 
 }  // namespace
