@@ -86,8 +86,8 @@ class server {
   // prefix: a launcher to run prefork-httpd through (a test helper that
   // hands it sockets, say). program: another application on the same
   // server (prefork-kv).
-  explicit server(std::vector<std::string> args, bool wait_ready = true,
-                  std::vector<std::string> prefix = {}, const std::string& program = "prefork-httpd") {
+  explicit server(std::vector<std::string> args, bool wait_ready = true, std::vector<std::string> prefix = {},
+                  const std::string& program = "prefork-httpd") {
     std::vector<std::string> argv = prefix;
     argv.push_back(prefork::test::bin_path(program));
     bool has_listen = false, has_workers = false;
