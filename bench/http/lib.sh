@@ -12,7 +12,7 @@
 HTTP_DIR=${HTTP_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}
 PROC="python3 $HTTP_DIR/proc.py"
 
-declare -A SRV_PID=() SRV_PORT=() SRV_DIR=()
+declare -A SRV_PID=() SRV_PORT=() SRV_DIR=() SRV_PATH=()  # SRV_PATH: what wrk asks, default /hello
 
 note() { echo "  $*"; echo "$*" >>"$RESULTS/notes.txt"; }
 
@@ -62,8 +62,8 @@ start_server() {
   pid=$!
   SRV_PID[$name]=$pid SRV_PORT[$name]=$port SRV_DIR[$name]=$dir
   echo "$pid $name" >>"$WORK/pids"
-  if ! $PROC ready "$port" /hello "${READY_SECONDS:-30}" "$pid" 2>>"$dir/stderr.log"; then
-    note "skipped: $name did not answer GET /hello on 127.0.0.1:$port ($(tail -n 1 "$dir/stderr.log"))"
+  if ! $PROC ready "$port" "${SRV_PATH[$name]:-/hello}" "${READY_SECONDS:-30}" "$pid" 2>>"$dir/stderr.log"; then
+    note "skipped: $name did not answer GET ${SRV_PATH[$name]:-/hello} on 127.0.0.1:$port ($(tail -n 1 "$dir/stderr.log"))"
     stop_server "$name"
     return 1
   fi
@@ -117,7 +117,7 @@ wrk_round() {
   before=$($PROC cpu "$pid")
   # wrk's own CPU time too: near 100% of a core, the client is the limit.
   { time out=$(timeout -k 5 $((DURATION + 30)) wrk "${args[@]}" -d"${DURATION}s" --timeout 2s \
-        -s "$HTTP_DIR/wrk.lua" "http://127.0.0.1:$port/hello" 2>&1); } 2>"$WORK/wrk/time" || true
+        -s "$HTTP_DIR/wrk.lua" "http://127.0.0.1:$port${SRV_PATH[$name]:-/hello}" 2>&1); } 2>"$WORK/wrk/time" || true
   after=$($PROC cpu "$pid")
   wrk_cpu=$(awk '{ print $1 + $2 }' "$WORK/wrk/time" 2>/dev/null || echo 0)
   printf '%s\n' "$out" >"$WORK/wrk/$section-$name-$mode-$round.txt"
@@ -128,7 +128,7 @@ wrk_round() {
 }
 
 warm_up() {
-  timeout -k 5 30 wrk -t1 -c16 -d1s "http://127.0.0.1:${SRV_PORT[$1]}/hello" >/dev/null 2>&1 || true
+  timeout -k 5 30 wrk -t1 -c16 -d1s "http://127.0.0.1:${SRV_PORT[$1]}${SRV_PATH[$1]:-/hello}" >/dev/null 2>&1 || true
 }
 
 # --- the servers ----------------------------------------------------------
@@ -142,6 +142,13 @@ server_start() {
   case $kind in
     prefork-httpd)
       start_server "$name" "$port" "$dir" "$BIN/prefork-httpd" -l "127.0.0.1:$port" -w "$workers" "$@" ;;
+    prefork-kv)
+      # An application on prefork-httpd's seam (examples/kv): the same 13
+      # bytes as /hello, stored beforehand with the store's own CLI.
+      mkdir -p "$dir/data"
+      printf 'Hello, World!' | "$BIN/atomic-store" "$dir/data" put hello >/dev/null || return 1
+      SRV_PATH[$name]=/k/hello
+      start_server "$name" "$port" "$dir" "$BIN/prefork-kv" -l "127.0.0.1:$port" -w "$workers" "$@" "$dir/data" ;;
     nginx)
       mkdir -p "$dir/tmp"
       cat >"$dir/nginx.conf" <<EOF

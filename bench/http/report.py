@@ -20,11 +20,14 @@ import re
 import statistics
 import sys
 
-SERVER_ORDER = ["prefork-httpd", "prefork-httpd-evented", "prefork-httpd-blocking", "nginx", "h2o",
+SERVER_ORDER = ["prefork-httpd", "prefork-httpd-evented", "prefork-kv-evented", "prefork-httpd-blocking",
+                "prefork-kv-blocking", "nginx", "h2o",
                 "unicorn", "gunicorn", "apache"]
 SERVER_LABEL = {
     "prefork-httpd-evented": "prefork-httpd (evented)",
     "prefork-httpd-blocking": "prefork-httpd (blocking)",
+    "prefork-kv-evented": "prefork-kv GET /k/hello (evented)",
+    "prefork-kv-blocking": "prefork-kv GET /k/hello (blocking)",
     "nginx": "nginx", "h2o": "h2o (2 threads)", "unicorn": "Unicorn (Rack)",
     "gunicorn": "gunicorn (sync, WSGI)", "apache": "Apache httpd (prefork MPM)",
 }
@@ -482,7 +485,9 @@ def main(argv):
         md.append("> **Quick run** (`bench/run --quick`): one short round per case, a smoke test of the "
                   "harness. Its figures are indicative only; the published page comes from a full run.\n")
     md.append("## Headline\n")
-    md.append(f"HTTP servers with 2 workers answering `GET /hello` with `Hello, World!`, wrk on the "
+    md.append(f"HTTP servers with 2 workers answering `GET /hello` with `Hello, World!` "
+              "(prefork-kv: `GET /k/hello`, the same 13 bytes from its store, through the application "
+              "seam and sendfile), wrk on the "
               f"same machine, {rounds} interleaved round(s) of {secs} s, medians. Keep-alive: "
               "`wrk -t1 -c64`; new connection per request: `wrk -t1 -c16 -H 'Connection: close'`. "
               "CPU/req is the server's own CPU time (utime+stime of master and workers, from "

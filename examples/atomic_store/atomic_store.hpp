@@ -17,6 +17,7 @@
 #include <prefork/file.hpp>
 
 #include <fcntl.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 
 #include <cstdint>
@@ -24,6 +25,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 
@@ -40,6 +42,23 @@ class store {
     entry.write(std::to_string(key.size()) + "\n");
     entry.write(key);
     entry.write(value);
+    entry.commit();
+  }
+
+  // The value from the first `length` bytes of an open file (an upload
+  // spooled to disk), copied by the kernel (sendfile), never all in memory.
+  void put_from(std::string_view key, int file, std::size_t length) const {
+    prefork::atomic_file entry(entry_path(key), 0644);
+    entry.write(std::to_string(key.size()) + "\n");
+    entry.write(key);
+    off_t offset = 0;
+    while (length > 0) {
+      ssize_t n = ::sendfile(entry.native_handle(), file, &offset, length);
+      if (n == -1 && errno == EINTR) continue;
+      if (n == -1) prefork::throw_system_error("sendfile into " + entry.temp_path().string());
+      if (n == 0) throw std::runtime_error("put_from: the file is shorter than its length");
+      length -= static_cast<std::size_t>(n);
+    }
     entry.commit();
   }
 

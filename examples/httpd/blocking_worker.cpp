@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 
@@ -14,6 +15,7 @@
 #include <prefork/worker.hpp>
 
 #include "buffer.hpp"
+#include "spool.hpp"
 
 namespace httpd {
 namespace {
@@ -117,6 +119,7 @@ class blocking_connection {
     in_.clear();
     parser_.reset();
     reply_.clear();
+    spool_.reset();
     bool linger = false;
     int status = 0;
     std::size_t sent = 0;
@@ -156,14 +159,18 @@ class blocking_connection {
       set_activity(w_, req);
       std::string_view body;
       used_ = parser_.header_length();
-      if (accepts_body(req) && req.has_body() && !read_body(fd, body)) linger = true;
+      if (accepts_body(srv_, req) && req.has_body() && !read_body(fd, body)) linger = true;
       // read_body may have moved the buffer; the parser re-pointed req at it.
       method = req.method;
       target = req.target;
       if (const header_field* f = req.find("Referer")) referer = f->value;
       if (const header_field* f = req.find("User-Agent")) agent = f->value;
       if (!linger) {
+        srv_.body_file = spool_ ? spool_.get() : -1;
+        srv_.body_file_size = spooled_;
         route(srv_, req, body, reply_);
+        srv_.body_file = -1;
+        spool_.reset();
         if (req.kind == verb::head) reply_.no_body = true;
         // Pipelined bytes after the request are not read either: closing
         // over them would reset the connection under the answer.
@@ -180,6 +187,7 @@ class blocking_connection {
       sent = reply_.no_body ? 0 : (with_file ? 0 : reply_.body_bytes().size());
       if (with_file && sendfile_all(fd, reply_.file.get(), reply_.file_offset, reply_.file_length, send_deadline, w_))
         sent = reply_.file_length;
+      if (reply_.generate && !reply_.no_body) sent = send_generated(fd);
     }
     const steady::duration took = steady::now() - start;
     if (srv_.log.enabled()) {
@@ -201,6 +209,39 @@ class blocking_connection {
     limits l;
     l.max_body = o.max_body;
     return l;
+  }
+
+  // Sends a generated body piece by piece, each made once the last is sent;
+  // returns the body bytes sent. A generator that throws ends the body
+  // short (the connection closes after this response anyway).
+  std::size_t send_generated(int fd) {
+    std::size_t sent = 0;
+    for (bool more = true, failed = false; more && !failed;) {
+      out_.clear();
+      std::size_t bytes = 0;
+      while (more && out_.size() < 16384) {  // a send per tiny piece would cost more than making it
+        piece_.clear();
+        try {
+          more = reply_.generate(piece_);
+        } catch (const std::exception& e) {
+          log_line(std::string("handler error: a generated body failed: ") + e.what());
+          failed = true;
+          break;
+        } catch (...) {
+          log_line("handler error: a generated body failed");
+          failed = true;
+          break;
+        }
+        append_chunk(out_, piece_, !more);
+        bytes += piece_.size();
+      }
+      if (failed) break;
+      if (!send_all(fd, out_, steady::now() + srv_.opts.timeout, false)) break;
+      sent += bytes;
+      w_.tick();  // a long body to a reading client is progress, not a hang
+    }
+    reply_.generate = nullptr;
+    return sent;
   }
 
   // Reads the body of the parsed request; on failure reply_ holds the error.
@@ -229,6 +270,24 @@ class blocking_connection {
       parser_.parse(in_.view());  // re-points the request at the grown buffer
       return true;
     };
+    // Beyond the application's body_in_memory(), the body goes to a file
+    // as it arrives and leaves the buffer (the head stays where it is).
+    const std::size_t limit = srv_.body_in_memory();
+    spool_.reset();
+    spooled_ = 0;
+    auto to_spool = [&](std::string_view data) -> bool {
+      if (!spool_ && !(spool_ = open_spool())) {
+        reply_.error(500, std::string("cannot open a temporary file for the request body: ") + std::strerror(errno),
+                     true);
+        return false;
+      }
+      if (!spool_write(spool_.get(), data)) {
+        reply_.error(500, "cannot write the request body to its temporary file", true);
+        return false;
+      }
+      spooled_ += data.size();
+      return true;
+    };
     if (req.chunked) {
       chunks_.reset();
       body_.clear();
@@ -236,6 +295,12 @@ class blocking_connection {
       for (;;) {
         chunk_progress p = chunks_.feed(in_.view().substr(fed), body_);
         fed += p.consumed;
+        if (body_.size() > limit || (spool_ && p.result == chunk_progress::done)) {
+          if (!to_spool(body_)) return false;
+          body_.clear();
+          in_.erase(head, fed - head);
+          fed = head;
+        }
         if (p.result == chunk_progress::done) break;
         if (p.result == chunk_progress::error) {
           reply_.error(chunks_.error_status(), chunks_.error_reason(), true);
@@ -243,11 +308,24 @@ class blocking_connection {
         }
         if (!more()) return false;
       }
-      body = body_;
+      body = spool_ ? std::string_view() : std::string_view(body_);
       used_ = fed;
       return true;
     }
     const std::size_t length = static_cast<std::size_t>(*req.content_length);
+    if (length > limit) {
+      for (std::size_t left = length;;) {
+        std::size_t take = std::min(in_.size() - head, left);
+        if (take > 0 && !to_spool(in_.view().substr(head, take))) return false;
+        in_.erase(head, take);
+        left -= take;
+        if (left == 0) break;
+        if (!more()) return false;
+      }
+      body = {};
+      used_ = head;
+      return true;
+    }
     while (in_.size() < head + length)
       if (!more()) return false;
     body = in_.view().substr(head, length);
@@ -260,7 +338,9 @@ class blocking_connection {
   request_parser parser_;
   chunked_decoder chunks_;
   byte_buffer in_;
-  std::string out_, body_;
+  std::string out_, body_, piece_;
+  prefork::fd spool_;        // the body of the request in hand, when too large for memory
+  std::size_t spooled_ = 0;  // its size
   reply reply_;
   std::size_t used_ = 0;  // bytes of the buffer the request took
 };

@@ -44,6 +44,15 @@ class byte_buffer {
     begin_ += n < size() ? n : size();
     if (begin_ == end_) begin_ = end_ = 0;
   }
+  // Drops n bytes at pos, keeping what is before and after: a body spooled
+  // to a file leaves the buffer, the request head before it stays.
+  void erase(std::size_t pos, std::size_t n) noexcept {
+    if (pos >= size()) return;
+    if (n > size() - pos) n = size() - pos;
+    char* at = data_.get() + begin_ + pos;
+    std::memmove(at, at + n, size() - pos - n);
+    end_ -= n;
+  }
   void clear() noexcept { begin_ = end_ = 0; }
   // Empties the buffer and gives its storage back if it grew past `keep`
   // bytes: a slot that once carried a large head or body must not hold

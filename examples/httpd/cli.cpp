@@ -30,6 +30,17 @@ unsigned long long parse_count(std::string_view option, const std::string& text,
   return v;
 }
 
+// Bytes, with an optional K, M or G (binary: 64M is 64 MiB).
+unsigned long long parse_bytes(std::string_view option, std::string text, unsigned long long max) {
+  unsigned shift = 0;
+  if (!text.empty() && (text.back() == 'K' || text.back() == 'M' || text.back() == 'G')) {
+    shift = text.back() == 'K' ? 10 : text.back() == 'M' ? 20 : 30;
+    text.pop_back();
+  }
+  unsigned long long v = parse_count(option, text, max >> shift);
+  return v << shift;
+}
+
 // Seconds, fractions allowed: "30", "0.5".
 std::chrono::milliseconds parse_seconds(std::string_view option, const std::string& text, bool zero_ok) {
   char* end = nullptr;
@@ -75,7 +86,8 @@ Unicorn-style preforking pool: one master binds the sockets, workers accept.
       --graceful-timeout SEC  QUIT: how long workers may finish (default 30)
       --keepalive-timeout SEC idle keep-alive connections close (default 5)
       --header-timeout SEC  time to receive a complete header section (default 10)
-      --max-body BYTES      largest request body accepted (default 1048576)
+      --max-body BYTES      largest request body accepted, K/M/G allowed
+                            (default 1048576: 1M)
       --max-requests N      replace a worker after N requests, +-10% (0: never)
       --refork-after N,N,.. when a worker has served N requests, it becomes the
                             mold the next workers are forked from, sharing its
@@ -193,7 +205,7 @@ options parse_command_line(int argc, char** argv) {
     else if (is(nullptr, "--graceful-timeout")) o.graceful_timeout = parse_seconds(name, take(), true);
     else if (is(nullptr, "--keepalive-timeout")) o.keepalive_timeout = parse_seconds(name, take(), true);
     else if (is(nullptr, "--header-timeout")) o.header_timeout = parse_seconds(name, take(), false);
-    else if (is(nullptr, "--max-body")) o.max_body = static_cast<std::size_t>(parse_count(name, take(), 1ULL << 40));
+    else if (is(nullptr, "--max-body")) o.max_body = static_cast<std::size_t>(parse_bytes(name, take(), 1ULL << 40));
     else if (is(nullptr, "--max-requests")) o.max_requests = static_cast<unsigned>(parse_count(name, take(), 4000000000ULL));
     else if (is(nullptr, "--refork-after")) {
       std::string list = take();
@@ -246,6 +258,7 @@ options parse_command_line(int argc, char** argv) {
   if (!positional.empty()) {
     if (positional[0].empty()) bad("ROOT", "empty path");
     o.root = positional[0];
+    o.root_given = true;
   } else {
     o.root = default_root();
   }

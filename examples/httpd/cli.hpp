@@ -43,6 +43,7 @@ struct options {
   bool reuseport = false;           // a SO_REUSEPORT socket per worker, kept by the master
   bool check = false, help = false, version = false;
   std::filesystem::path root;       // empty until parsed: the bundled demo site
+  bool root_given = false;          // ROOT was on the command line
 };
 
 // Bad command line: what() is one line naming the option.

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -20,6 +21,7 @@
 #include <prefork/worker.hpp>
 
 #include "buffer.hpp"
+#include "spool.hpp"
 
 namespace httpd {
 namespace {
@@ -65,11 +67,14 @@ struct connection {
   std::string out;
   std::size_t out_sent = 0;
   prefork::fd file;  // a file body still to send after `out`
+  std::function<bool(std::string&)> generate;  // a generated body still to send after `out`
   off_t file_offset = 0;
   std::size_t file_left = 0;
   request_parser parser;
   chunked_decoder chunks;
   std::string body;          // a decoded chunked body
+  prefork::fd spool;         // the body, when larger than the application keeps in memory
+  std::size_t spooled = 0;   // its bytes so far
   std::size_t chunk_fed = 0;  // input bytes of the body given to `chunks`
   bool continue_sent = false;
   phase stage = phase::head;
@@ -82,7 +87,7 @@ struct connection {
   bool peer_done = false;    // the client shut down its sending side
   steady::time_point started;  // of the request in hand, for the access log
 
-  bool sending() const { return out_sent < out.size() || file_left > 0; }
+  bool sending() const { return out_sent < out.size() || file_left > 0 || generate; }
 };
 
 class loop {
@@ -229,7 +234,7 @@ class loop {
   // stopping after one with a file body (its bytes must go first). True
   // when it stopped there with input left.
   bool process(connection& c) {
-    while (c.sock && !c.close_after && c.file_left == 0 && !c.in.empty()) {
+    while (c.sock && !c.close_after && c.file_left == 0 && !c.generate && !c.in.empty()) {
       if (c.stage == phase::head) {
         parse_result r = c.parser.parse(c.in.view());
         if (r == parse_result::incomplete) break;
@@ -239,12 +244,14 @@ class loop {
           break;
         }
         const request& req = c.parser.get();
-        if (accepts_body(req) && req.has_body()) {
+        if (accepts_body(srv_, req) && req.has_body()) {
           c.stage = phase::body;
           c.body.clear();
           c.chunks.reset();
           c.chunk_fed = c.parser.header_length();
           c.continue_sent = false;
+          c.spool.reset();
+          c.spooled = 0;
           set_deadline(c, timer::body, srv_.opts.header_timeout);
         }
       }
@@ -253,6 +260,9 @@ class loop {
       if (c.stage == phase::body) {
         const request& req = c.parser.get();
         c.parser.parse(c.in.view());  // re-point the request at the buffer as it is now
+        // Beyond the application's body_in_memory(), the body goes to a
+        // file as it arrives and leaves the buffer (the head stays).
+        const std::size_t limit = srv_.body_in_memory();
         if (req.chunked) {
           chunk_progress p = c.chunks.feed(c.in.view().substr(c.chunk_fed), c.body);
           c.chunk_fed += p.consumed;
@@ -261,26 +271,52 @@ class loop {
             respond(c, &req);
             break;
           }
+          if (c.body.size() > limit || (c.spool && p.result == chunk_progress::done)) {
+            if (!spool(c, c.body)) {
+              respond(c, &req);
+              break;
+            }
+            c.body.clear();
+            c.in.erase(used, c.chunk_fed - used);
+            c.chunk_fed = used;
+          }
           if (p.result == chunk_progress::incomplete) {
             ask_for_body(c, req);
             break;
           }
-          body = c.body;
+          body = c.spool ? std::string_view() : std::string_view(c.body);
           used = c.chunk_fed;
         } else {
           auto length = static_cast<std::size_t>(*req.content_length);
-          if (c.in.size() < used + length) {
-            ask_for_body(c, req);
-            break;
+          if (length > limit) {
+            std::size_t take = std::min(c.in.size() - used, length - c.spooled);
+            if (take > 0 && !spool(c, c.in.view().substr(used, take))) {
+              respond(c, &req);
+              break;
+            }
+            c.in.erase(used, take);
+            if (c.spooled < length) {
+              ask_for_body(c, req);
+              break;
+            }
+          } else {
+            if (c.in.size() < used + length) {
+              ask_for_body(c, req);
+              break;
+            }
+            body = c.in.view().substr(used, length);
+            used += length;
           }
-          body = c.in.view().substr(used, length);
-          used += length;
         }
       }
       const request& req = c.parser.get();
       set_activity(req);  // before routing: a slow request shows what it is
       srv_.from_admin = c.admin;
+      srv_.body_file = c.spool ? c.spool.get() : -1;
+      srv_.body_file_size = c.spooled;
       route(srv_, req, body, reply_);
+      srv_.body_file = -1;
+      c.spool.reset();
       if (req.kind == verb::head) reply_.no_body = true;
       respond(c, &req);
       c.in.consume(used);
@@ -288,10 +324,28 @@ class loop {
       c.stage = phase::head;
       if (!c.in.empty()) begin_request(c);
     }
-    return c.sock && c.file_left > 0 && !c.close_after && !c.in.empty();
+    return c.sock && (c.file_left > 0 || c.generate) && !c.close_after && !c.in.empty();
+  }
+
+  // Appends data to the connection's body file, opening it first; on
+  // failure reply_ holds the error.
+  bool spool(connection& c, std::string_view data) {
+    if (!c.spool && !(c.spool = open_spool())) {
+      reply_.error(500, std::string("cannot open a temporary file for the request body: ") + std::strerror(errno),
+                   true);
+      return false;
+    }
+    if (!spool_write(c.spool.get(), data)) {
+      reply_.error(500, "cannot write the request body to its temporary file", true);
+      return false;
+    }
+    c.spooled += data.size();
+    return true;
   }
 
   void ask_for_body(connection& c, const request& req) {
+    // Stalled means no bytes for the header timeout, not a slow upload.
+    set_deadline(c, timer::body, srv_.opts.header_timeout);
     if (req.expect_continue && !c.continue_sent) {
       c.continue_sent = true;
       c.out += continue_100;
@@ -324,6 +378,8 @@ class loop {
       c.file_left = reply_.file_length;
     }
     reply_.file.reset();
+    if (reply_.generate && !reply_.no_body) c.generate = std::move(reply_.generate);
+    reply_.generate = nullptr;
     const steady::duration took = steady::now() - c.started;
     if (srv_.log.enabled()) {
       const header_field* referer = req ? req->find("Referer") : nullptr;
@@ -354,28 +410,41 @@ class loop {
   // connection stays open for more requests; false when it waits for
   // EPOLLOUT or was closed.
   bool flush(connection& c) {
-    while (c.out_sent < c.out.size()) {
-      ssize_t n = ::send(c.sock.get(), c.out.data() + c.out_sent, c.out.size() - c.out_sent,
-                         MSG_NOSIGNAL | (c.file_left ? MSG_MORE : 0));
-      if (n > 0) {
-        c.out_sent += static_cast<std::size_t>(n);
-        continue;
+    for (unsigned pieces = 0;; ++pieces) {
+      while (c.out_sent < c.out.size()) {
+        ssize_t n = ::send(c.sock.get(), c.out.data() + c.out_sent, c.out.size() - c.out_sent,
+                           MSG_NOSIGNAL | (c.file_left ? MSG_MORE : 0));
+        if (n > 0) {
+          c.out_sent += static_cast<std::size_t>(n);
+          continue;
+        }
+        if (n == -1 && errno == EINTR) continue;
+        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) return wait_writable(c);
+        close(c);
+        return false;
       }
-      if (n == -1 && errno == EINTR) continue;
-      if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) return wait_writable(c);
-      close(c);
-      return false;
-    }
-    while (c.file_left > 0) {
-      ssize_t n = ::sendfile(c.sock.get(), c.file.get(), &c.file_offset, c.file_left);
-      if (n > 0) {
-        c.file_left -= static_cast<std::size_t>(n);
-        continue;
+      while (c.file_left > 0) {
+        ssize_t n = ::sendfile(c.sock.get(), c.file.get(), &c.file_offset, c.file_left);
+        if (n > 0) {
+          c.file_left -= static_cast<std::size_t>(n);
+          continue;
+        }
+        if (n == -1 && errno == EINTR) continue;
+        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) return wait_writable(c);
+        close(c);  // an error, or the file shrank: the framing is broken
+        return false;
       }
-      if (n == -1 && errno == EINTR) continue;
-      if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) return wait_writable(c);
-      close(c);  // an error, or the file shrank: the framing is broken
-      return false;
+      if (!c.generate) break;
+      // A generated body: the next piece once the last one is sent, so it
+      // is made only as fast as the client takes it. After a few pieces the
+      // loop gets a turn (EPOLLOUT comes straight back while there is room).
+      c.out.clear();
+      c.out_sent = 0;
+      if (pieces == 16) return wait_writable(c);
+      if (!next_piece(c)) {
+        close(c);  // the body cannot be ended well: the client sees it cut short
+        return false;
+      }
     }
     c.file.reset();
     c.out.clear();
@@ -393,6 +462,28 @@ class loop {
       c.idle = true;
       set_deadline(c, timer::keepalive, srv_.opts.keepalive_timeout);
     }
+    return true;
+  }
+
+  // Appends the next pieces of c's generated body to c.out, about 16 KiB
+  // of them (a send per tiny piece would cost more than making it), with
+  // the last-chunk once the generator says it is done. False if it threw.
+  bool next_piece(connection& c) {
+    bool more = true;
+    while (more && c.out.size() < 16384) {
+      piece_.clear();
+      try {
+        more = c.generate(piece_);
+      } catch (const std::exception& e) {
+        log_line(std::string("handler error: a generated body failed: ") + e.what());
+        return false;
+      } catch (...) {
+        log_line("handler error: a generated body failed");
+        return false;
+      }
+      append_chunk(c.out, piece_, !more);
+    }
+    if (!more) c.generate = nullptr;
     return true;
   }
 
@@ -430,6 +521,7 @@ class loop {
     c.out_sent = 0;
     c.file.reset();
     c.file_left = 0;
+    c.generate = nullptr;
     c.parser.reset();
     c.stage = phase::head;
     c.close_after = c.linger = c.want_out = c.peer_done = false;
@@ -456,6 +548,8 @@ class loop {
     if (!c.sock) return;
     c.sock.reset();  // close(2) also takes it out of the epoll set
     c.file.reset();
+    c.spool.reset();
+    c.generate = nullptr;
     c.file_left = 0;
     c.out.clear();
     c.out_sent = 0;
@@ -554,6 +648,7 @@ class loop {
   steady::time_point nearest_ = steady::time_point::max(), stop_deadline_, turn_start_;
   std::chrono::milliseconds tick_every_{1000};
   reply reply_;
+  std::string piece_;  // a generated body's piece, reused
 };
 
 }  // namespace

@@ -204,18 +204,23 @@ void append_response(std::string& out, const reply& r, std::string_view date, bo
   if (r.no_body || r.file || r.status == 304 || r.status == 204) return;
   std::string_view b = r.body_bytes();
   if (r.chunked && http_minor > 0) {
-    if (!b.empty()) {
-      char hex[20];
-      auto res = std::to_chars(hex, hex + sizeof hex, b.size(), 16);
-      out.append(hex, static_cast<std::size_t>(res.ptr - hex));
-      out += "\r\n";
-      out += b;
-      out += "\r\n";
-    }
-    out += "0\r\n\r\n";
+    // A generated body's pieces, and its end, come later.
+    append_chunk(out, b, !r.generate);
   } else {
     out += b;
   }
+}
+
+void append_chunk(std::string& out, std::string_view piece, bool last) {
+  if (!piece.empty()) {
+    char hex[20];
+    auto res = std::to_chars(hex, hex + sizeof hex, piece.size(), 16);
+    out.append(hex, static_cast<std::size_t>(res.ptr - hex));
+    out += "\r\n";
+    out += piece;
+    out += "\r\n";
+  }
+  if (last) out += "0\r\n\r\n";
 }
 
 }  // namespace httpd

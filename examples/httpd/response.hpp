@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <ctime>
+#include <functional>
 #include <string>
 #include <string_view>
 
@@ -50,6 +51,10 @@ struct reply {
   bool no_body = false;            // HEAD, 304: headers say the length, no body follows
   bool chunked = false;            // body sent with chunked encoding (no length known)
   bool admin = false;              // an admin route: left out of the request metrics
+  std::string type_store;          // an application's Content-Type (content_type points here)
+  // An application's generated body (chunked): appends the next piece,
+  // false once done. Set with chunked; body and file are then unused.
+  std::function<bool(std::string&)> generate;
 
   void clear() {
     status = 200;
@@ -61,6 +66,7 @@ struct reply {
     file_offset = 0;
     file_length = 0;
     close = no_body = chunked = admin = false;
+    if (generate) generate = nullptr;
   }
   std::string_view body_bytes() const { return body_view.data() ? body_view : std::string_view(body); }
   std::size_t content_length() const { return file ? file_length : body_bytes().size(); }
@@ -74,7 +80,11 @@ struct reply {
 // "Connection: keep-alive"); http_minor is the request's version.
 void append_head(std::string& out, const reply& r, std::string_view date, bool keep_alive, int http_minor);
 
-// Appends the head and, unless no_body, a body held in memory.
+// Appends the head and, unless no_body, a body held in memory (a generated
+// body's pieces follow with append_chunk).
 void append_response(std::string& out, const reply& r, std::string_view date, bool keep_alive, int http_minor);
+
+// One piece of a chunked body, and the last-chunk after it when last.
+void append_chunk(std::string& out, std::string_view piece, bool last);
 
 }  // namespace httpd

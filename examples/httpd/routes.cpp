@@ -1,13 +1,12 @@
-// httpd/routes.cpp: the built-in routes and the static fallback (see routes.hpp).
+// httpd/routes.cpp: the admin routes, the application's, and the static fallback
+// (see routes.hpp).
 #include "routes.hpp"
 
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
-#include <cerrno>
-#include <charconv>
 #include <cstdio>
+#include <cstring>
 
 #include <prefork/pool.hpp>
 
@@ -15,8 +14,6 @@
 
 namespace httpd {
 namespace {
-
-constexpr std::string_view hello_body = "Hello, World!";
 
 bool is_get_or_head(const request& req) { return req.kind == verb::get || req.kind == verb::head; }
 
@@ -50,25 +47,6 @@ std::string_view field(const request& req, std::string_view name) {
   return f ? f->value : std::string_view();
 }
 
-void sleep_ms(long ms) {
-  timespec left{ms / 1000, (ms % 1000) * 1000000L};
-  while (::nanosleep(&left, &left) == -1 && errno == EINTR) {
-  }
-}
-
-void sleep_route(server& srv, const request& req, reply& out) {
-  std::string_view text;
-  long ms = 0;
-  if (!query_param(req.query, "ms", text)) return out.error(400, "/sleep needs ?ms=N", false);
-  auto r = std::from_chars(text.data(), text.data() + text.size(), ms);
-  if (text.empty() || r.ec != std::errc() || r.ptr != text.data() + text.size() || ms < 0 || ms > 3600000)
-    return out.error(400, "ms must be a whole number of milliseconds from 0 to 3600000", false);
-  if (srv.worker) srv.worker->status("GET /sleep?ms=" + std::string(text));
-  sleep_ms(ms);
-  out.content_type = "text/plain; charset=utf-8";
-  out.body = "slept " + std::to_string(ms) + " ms\n";
-}
-
 void append_escaped(std::string& out, std::string_view s, bool json) {
   for (char c : s) {
     if (json && (c == '"' || c == '\\')) {
@@ -86,9 +64,76 @@ void append_escaped(std::string& out, std::string_view s, bool json) {
   }
 }
 
+// The application's route for the request, if any: by the path decoded
+// (into srv.scratch, only when it has escapes: /hello costs one memchr).
+// bad_path: the path has a bad escape or an encoded NUL.
+const app::route* find_route(server& srv, const request& req, std::string_view& path, std::string_view& rest,
+                             bool& bad_path) {
+  bad_path = false;
+  if (!srv.application || req.path.empty() || req.path[0] != '/') return nullptr;
+  path = req.path;
+  if (std::memchr(path.data(), '%', path.size()) != nullptr) {
+    if (!percent_decode(req.path, srv.scratch)) {
+      bad_path = true;
+      return nullptr;
+    }
+    path = srv.scratch;
+  }
+  return srv.application->find(req.kind, path, rest);
+}
+
+// A handler that threw or never answered: 500 for the request, a line for
+// the error log, and the worker goes on.
+void handler_failed(const request& req, reply& out, std::string_view why) {
+  out.clear();
+  out.error(500, "the application failed to answer this request (the error log says why)", false);
+  std::string line = "handler error: ";
+  line += req.method;
+  line += ' ';
+  line += req.target;
+  line += ": ";
+  line += why;
+  log_line(line);
+}
+
+void call_handler(server& srv, const app::route& r, const request& req, std::string_view path,
+                  std::string_view rest, std::string_view body, reply& out) {
+  out.status = 0;  // unanswered until the handler says otherwise
+  const bool spooled = srv.body_file >= 0 && body.empty();
+  app_request in(req, path, rest, spooled ? std::string_view() : body, spooled ? srv.body_file : -1,
+                 spooled ? srv.body_file_size : body.size(), srv.worker);
+  response res(out);
+  try {
+    r.by_verb[app::method_bit(req.kind)](in, res);
+    if (out.generate && (req.kind == verb::head || req.minor_version == 0)) {
+      // No chunked encoding for these: HEAD sends no body, and an HTTP/1.0
+      // client gets the body generated here, whole, with its length. Else
+      // the worker calls the generator as the socket takes the pieces.
+      std::string piece;
+      out.body.clear();
+      while (req.kind != verb::head && out.generate(piece)) {
+        out.body += piece;
+        piece.clear();
+      }
+      out.body += piece;
+      out.generate = nullptr;
+    }
+  } catch (const std::exception& e) {
+    return handler_failed(req, out, e.what());
+  } catch (...) {
+    return handler_failed(req, out, "an exception not derived from std::exception");
+  }
+  if (out.status == 0) handler_failed(req, out, "the handler returned without answering");
+}
+
 }  // namespace
 
-bool accepts_body(const request& req) { return req.kind == verb::post && req.path == "/echo"; }
+bool accepts_body(server& srv, const request& req) {
+  std::string_view path, rest;
+  bool bad = false;
+  const app::route* r = find_route(srv, req, path, rest, bad);
+  return r && (r->methods >> app::method_bit(req.kind) & 1u) && srv.application->reads_body(*r, req.kind);
+}
 
 void render_status(server& srv, bool json, reply& out) {
   out.clear();
@@ -211,7 +256,7 @@ void render_status(server& srv, bool json, reply& out) {
 void route(server& srv, const request& req, std::string_view body, reply& out) {
   out.clear();
   const bool head = req.kind == verb::head;
-  const bool close = req.has_body() && !accepts_body(req);
+  const bool close = req.has_body() && !accepts_body(srv, req);
   const bool admin_path = req.path == "/_status" || req.path == "/_metrics" || req.path == "/_health";
   if (srv.admin_listener && admin_path != srv.from_admin) {
     // With --admin-listen the admin routes live there alone.
@@ -219,29 +264,6 @@ void route(server& srv, const request& req, std::string_view body, reply& out) {
                                   : "no such resource",
               close);
     out.admin = srv.from_admin;
-    return;
-  }
-  if (req.path == "/hello") {
-    if (!is_get_or_head(req)) return method_not_allowed(out, "GET, HEAD", req.has_body());
-    out.content_type = "text/plain";
-    out.body_view = hello_body;
-    out.no_body = head;
-    return;
-  }
-  if (req.path == "/echo") {
-    if (req.kind != verb::post) return method_not_allowed(out, "POST", req.has_body());
-    std::string_view type = field(req, "Content-Type");
-    out.content_type = type.empty() ? std::string_view("application/octet-stream") : type;
-    out.body_view = body.data() ? body : std::string_view("", 0);
-    return;
-  }
-  // Any other route answers without reading a body: the connection closes
-  // after, since where the next request starts is unknown (close, above).
-  if (req.path == "/sleep") {
-    if (!is_get_or_head(req)) return method_not_allowed(out, "GET, HEAD", close);
-    sleep_route(srv, req, out);
-    out.close = close;
-    out.no_body = head;
     return;
   }
   if (admin_path) {
@@ -272,6 +294,18 @@ void route(server& srv, const request& req, std::string_view body, reply& out) {
     out.close = close;
     out.no_body = head;
     return;
+  }
+  std::string_view path, rest;
+  bool bad_path = false;
+  if (const app::route* r = find_route(srv, req, path, rest, bad_path)) {
+    if (!(r->methods >> app::method_bit(req.kind) & 1u)) return method_not_allowed(out, app::allow_of(*r), close);
+    call_handler(srv, *r, req, path, rest, body, out);
+    if (close) out.close = true;
+    return;
+  }
+  if (srv.application && !srv.application->serves_static()) {
+    if (bad_path) return out.error(400, "the path has a bad percent escape or an encoded NUL (%00)", close);
+    return out.error(404, "no such resource", close);
   }
   if (!is_get_or_head(req)) return method_not_allowed(out, "GET, HEAD", close);
   if (req.path.empty() || req.path[0] != '/') return out.error(400, "the target must be a path starting with '/'", close);

@@ -1,23 +1,26 @@
-// httpd/routes.hpp: what prefork-httpd answers, independent of how the bytes
-// travel (the blocking and the evented worker both call route()).
+// httpd/routes.hpp: what the server answers, independent of how the bytes
+// travel (the blocking and the evented worker both call route()): the admin
+// routes, then the application's handlers (app.hpp; prefork-httpd's /hello,
+// /echo and /sleep are its demo application, demo_app.cpp), then static files.
 //
-//   GET  /hello        "Hello, World!" (the benchmark endpoint; allocates nothing)
-//   POST /echo         the request body back, with its Content-Type
-//   GET  /sleep?ms=N   sleeps N ms inside the worker, then 200
 //   GET  /_status      the pool at a glance, as HTML or JSON
 //   GET  /_metrics     the Prometheus text exposition (metrics.hpp)
 //   GET  /_health      200 while serving, 503 once a graceful stop began
 //   (these three only on --admin-listen when it is given, and only they there)
-//   GET  anything else a static file beneath ROOT (HEAD too; others 405)
+//   an application's route: its handler (a 500 if it throws or never answers)
+//   GET  anything else a static file beneath ROOT (HEAD too; others 405),
+//        unless the application turned static files off (then 404)
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
 
 #include "access_log.hpp"
+#include "app.hpp"
 #include "cli.hpp"
 #include "http_parser.hpp"
 #include "response.hpp"
@@ -41,11 +44,19 @@ struct server {
   std::optional<std::size_t> admin_listener;  // --admin-listen: its index in worker->listeners()
   bool from_admin = false;                    // the request in hand came on the admin listener
   std::string scratch;                // percent-decoded paths, reused
+  const app* application = nullptr;   // the handlers; none: static files only
+  // A request body spooled to a temporary file by the worker (app.hpp), for
+  // the request in hand: route() passes it on when body is empty.
+  int body_file = -1;
+  std::size_t body_file_size = 0;
+
+  // Bodies larger than this go to a file as they arrive (spool.hpp).
+  std::size_t body_in_memory() const { return application ? application->in_memory_limit() : SIZE_MAX; }
 };
 
 // Whether the route for this request reads its body. A request with a body
 // for any other route is answered without reading it, and closed.
-bool accepts_body(const request& req);
+bool accepts_body(server& srv, const request& req);
 
 // Answers one complete request. body: the decoded body (empty if none).
 // The reply may point into req's buffer and body: send it before those change.

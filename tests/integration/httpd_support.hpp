@@ -84,11 +84,12 @@ class server {
   // args: prefork-httpd's arguments; "-l 127.0.0.1:0" and "-w 2" are added
   // unless the args say otherwise. wait_ready: wait for the "ready" line.
   // prefix: a launcher to run prefork-httpd through (a test helper that
-  // hands it sockets, say).
-  explicit server(std::vector<std::string> args, bool wait_ready = true,
-                  std::vector<std::string> prefix = {}) {
+  // hands it sockets, say). program: another application on the same
+  // server (prefork-kv).
+  explicit server(std::vector<std::string> args, bool wait_ready = true, std::vector<std::string> prefix = {},
+                  const std::string& program = "prefork-httpd") {
     std::vector<std::string> argv = prefix;
-    argv.push_back(prefork::test::bin_path("prefork-httpd"));
+    argv.push_back(prefork::test::bin_path(program));
     bool has_listen = false, has_workers = false;
     for (const auto& a : args) {
       if (a == "-l" || a.rfind("--listen", 0) == 0) has_listen = true;

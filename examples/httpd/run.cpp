@@ -1,6 +1,8 @@
-// prefork-httpd: a Unicorn-style preforking HTTP/1.1 server built on prefork.
+// httpd/run.cpp: the server's entry point, httpd::run() (see app.hpp), which
+// an application's main() calls with its handlers (prefork-httpd's own main
+// is in demo_app.cpp).
 //
-// main() is the assembly: parse the command line, check ROOT and the user,
+// run() is the assembly: parse the command line, check ROOT and the user,
 // detach if asked, open the logs, bind (or inherit) the listening sockets,
 // and hand everything to prefork::master, whose workers run the blocking or
 // the evented loop. Startup failures print one line naming the cause and
@@ -27,19 +29,19 @@
 #include <prefork/version.hpp>
 
 #include "access_log.hpp"
+#include "app.hpp"
 #include "blocking_worker.hpp"
 #include "cli.hpp"
 #include "evented_worker.hpp"
 #include "routes.hpp"
 
+namespace httpd {
 namespace {
 
-using httpd::options;
+// The application's name, for the error log's lines.
+std::string program = "prefork-httpd";
 
-// A startup failure: main prints it as one line and exits 1.
-struct startup_error : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+}  // namespace
 
 // "2026-11-27T03:20:01.123Z prefork-httpd[1234]: text", in one write.
 void log_line(std::string_view text) {
@@ -48,15 +50,30 @@ void log_line(std::string_view text) {
   std::tm utc{};
   ::gmtime_r(&now.tv_sec, &utc);
   char head[96];
-  int n = std::snprintf(head, sizeof head, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ prefork-httpd[%ld]: ",
-                        utc.tm_year + 1900, utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec,
-                        now.tv_nsec / 1000000, static_cast<long>(::getpid()));
+  int n = std::snprintf(head, sizeof head, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ ", utc.tm_year + 1900,
+                        utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec, now.tv_nsec / 1000000);
   std::string line(head, n > 0 ? static_cast<std::size_t>(n) : 0);
+  line += program;
+  line += '[';
+  line += std::to_string(::getpid());
+  line += "]: ";
   line += text;
   line += '\n';
   std::error_code ec;
   prefork::write_all(STDERR_FILENO, line.data(), line.size(), ec);
 }
+
+}  // namespace httpd
+
+namespace {
+
+using httpd::log_line;
+using httpd::options;
+
+// A startup failure: run() prints it as one line and returns 1.
+struct startup_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
 void check_user(const options& o) {
   if (o.user.empty()) return;
@@ -67,12 +84,39 @@ void check_user(const options& o) {
     throw startup_error("--user: no group named '" + o.group + "'");
 }
 
-void check_root(const options& o) {
+void check_root(const options& o, const std::string& operand) {
   std::error_code ec;
-  if (!std::filesystem::exists(o.root, ec)) throw startup_error("ROOT " + o.root.string() + ": no such directory");
-  if (!std::filesystem::is_directory(o.root, ec)) throw startup_error("ROOT " + o.root.string() + ": not a directory");
-  if (::access(o.root.c_str(), R_OK | X_OK) == -1)
-    throw startup_error("ROOT " + o.root.string() + ": " + std::strerror(errno));
+  const std::string root = operand + " " + o.root.string();
+  if (!std::filesystem::exists(o.root, ec)) throw startup_error(root + ": no such directory");
+  if (!std::filesystem::is_directory(o.root, ec)) throw startup_error(root + ": not a directory");
+  if (::access(o.root.c_str(), R_OK | X_OK) == -1) throw startup_error(root + ": " + std::strerror(errno));
+}
+
+void replace_all(std::string& s, std::string_view from, std::string_view to) {
+  for (std::size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size()))
+    s.replace(at, from.size(), to);
+}
+
+// The server's options with the application's name, operand and paragraph
+// in place of prefork-httpd's (whose text cli.cpp keeps as it was).
+std::string usage_for(const httpd::app& a) {
+  std::string u = httpd::usage_line();
+  replace_all(u, "prefork-httpd", a.name());
+  if (a.operand_name() != "ROOT") replace_all(u, "[ROOT]", a.operand_name());
+  return u;
+}
+
+std::string help_for(const httpd::app& a) {
+  std::string h = httpd::help_text();
+  if (a.about_text().empty()) return h;
+  const std::size_t opts = h.find("\n  -l, --listen"), routes = h.find(" Routes: "), signals = h.find("\nSignals to");
+  if (opts == std::string::npos || routes == std::string::npos || signals == std::string::npos) return h;
+  std::string out = usage_for(a) + "\n\n" + a.about_text();
+  if (out.back() != '\n') out += '\n';
+  out += h.substr(opts, routes - opts) + "\n" + h.substr(signals);
+  replace_all(out, "prefork-httpd", a.name());
+  if (a.operand_name() != "ROOT") replace_all(out, "ROOT", a.operand_name());
+  return out;
 }
 
 void check_addresses(const options& o) {
@@ -132,35 +176,41 @@ std::string describe_url(int sock) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int httpd::run(int argc, char** argv, const app& a) {
+  program = a.name();
+  const char* name = a.name().c_str();
   options opts;
   try {
     opts = httpd::parse_command_line(argc, argv);
+    // Without static files the bundled demo site means nothing: the
+    // application's directory must be named.
+    if (!a.serves_static() && !opts.root_given && !opts.help && !opts.version)
+      throw usage_error(a.operand_name() + ": required");
   } catch (const httpd::usage_error& e) {
-    std::fprintf(stderr, "prefork-httpd: %s\n%s\n", e.what(), httpd::usage_line());
+    std::fprintf(stderr, "%s: %s\n%s\n", name, e.what(), usage_for(a).c_str());
     return 2;
   }
   if (opts.help) {
-    std::fputs(httpd::help_text().c_str(), stdout);
+    std::fputs(help_for(a).c_str(), stdout);
     return 0;
   }
   if (opts.version) {
-    std::printf("prefork-httpd %s\n", PREFORK_VERSION_STRING);
+    std::printf("%s %s\n", name, PREFORK_VERSION_STRING);
     return 0;
   }
 
   std::optional<prefork::daemon_launch> launch;
   try {
-    check_root(opts);
+    check_root(opts, a.operand_name());
     check_addresses(opts);
     check_user(opts);
     if (opts.check) {
-      std::printf("prefork-httpd: configuration OK (ROOT %s, %u workers, %s mode)\n", opts.root.c_str(), opts.workers,
-                  opts.mode == httpd::worker_mode::evented ? "evented" : "blocking");
+      std::printf("%s: configuration OK (%s %s, %u workers, %s mode)\n", name, a.operand_name().c_str(),
+                  opts.root.c_str(), opts.workers, opts.mode == httpd::worker_mode::evented ? "evented" : "blocking");
       return 0;
     }
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "prefork-httpd: %s\n", e.what());
+    std::fprintf(stderr, "%s: %s\n", name, e.what());
     return 1;
   }
 
@@ -189,6 +239,7 @@ int main(int argc, char** argv) {
 
     httpd::log_file error_log;
     httpd::server srv(opts, opts.root);
+    srv.application = &a;
     if (!opts.user.empty() && ::geteuid() == 0) {
       // Workers run as --user and reopen the logs on USR1 themselves: the
       // files the master (re)creates must be theirs, as Unicorn does it.
@@ -202,6 +253,8 @@ int main(int argc, char** argv) {
     if (!opts.error_log.empty()) error_log.open(opts.error_log, STDERR_FILENO);
     if (!opts.access_log.empty()) srv.log.file().open(opts.access_log);
     srv.log.with_microseconds(opts.access_log_us);
+
+    a.start(opts);  // before the workers: what it opens, they share
 
     prefork::pool_config config;
     config.workers = opts.workers;
