@@ -62,6 +62,11 @@ Unicorn-style preforking pool: one master binds the sockets, workers accept.
                             [::1]:8080, unix:/path (default 127.0.0.1:8080,
                             or the sockets inherited through PREFORK_FDS or
                             systemd's LISTEN_FDS when present)
+      --proxy-protocol      the --listen before it expects a PROXY protocol
+                            header (v1 or v2, as HAProxy's send-proxy-v2
+                            sends) first on every connection, and refuses
+                            connections without a valid one; given before
+                            any --listen, every public listener does
       --admin-listen ADDR   serve /_status, /_metrics and /_health on this
                             address (127.0.0.1:9100, unix:/path) and not on
                             the public ones (default: on the public ones)
@@ -166,6 +171,13 @@ options parse_command_line(int argc, char** argv) {
       std::string a = take();
       if (a.empty()) bad(name, "empty address");
       o.listen.push_back(a);
+      o.listen_proxy.push_back(false);
+    } else if (is(nullptr, "--proxy-protocol")) {
+      flag();
+      if (o.listen.empty())
+        o.proxy_all = true;
+      else
+        o.listen_proxy.back() = true;
     } else if (is(nullptr, "--admin-listen")) {
       o.admin_listen = take();
       if (o.admin_listen.empty()) bad(name, "empty address");

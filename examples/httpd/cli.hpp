@@ -20,6 +20,8 @@ enum class upgrade_kind { fork_exec, in_place };
 
 struct options {
   std::vector<std::string> listen;  // empty: inherited sockets, else 127.0.0.1:8080
+  std::vector<bool> listen_proxy;   // per --listen: --proxy-protocol followed it
+  bool proxy_all = false;           // --proxy-protocol before any --listen: every public listener
   std::string admin_listen;         // empty: admin routes on the public listeners
   unsigned workers = 0;             // 0 until parsed: the number of online CPUs
   worker_mode mode = worker_mode::evented;

@@ -4,7 +4,7 @@
 //   GET  /hello        "Hello, World!" (the benchmark endpoint; allocates nothing)
 //   POST /echo         the request body back, with its Content-Type
 //   GET  /sleep?ms=N   sleeps N ms inside the worker, then 200
-//   GET  /_status      the pool at a glance, as HTML or JSON
+//   GET  /_status      the pool at a glance, as HTML or JSON, and the client's address
 //   GET  /_metrics     the Prometheus text exposition (metrics.hpp)
 //   GET  /_health      200 while serving, 503 once a graceful stop began
 //   (these three only on --admin-listen when it is given, and only they there)
@@ -16,6 +16,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "access_log.hpp"
 #include "cli.hpp"
@@ -40,6 +41,15 @@ struct server {
   prefork::worker* worker = nullptr;  // set in the worker: the scoreboard and the activity text
   std::optional<std::size_t> admin_listener;  // --admin-listen: its index in worker->listeners()
   bool from_admin = false;                    // the request in hand came on the admin listener
+  std::vector<bool> proxy_listeners;          // --proxy-protocol: by index in worker->listeners()
+  // The client of the request in hand, for /_status: its address when the
+  // worker has it (from accept, or a PROXY header), else its connection.
+  const sockaddr_storage* client = nullptr;
+  int client_fd = -1;
+
+  bool expects_proxy(std::size_t listener) const {
+    return listener < proxy_listeners.size() && proxy_listeners[listener];
+  }
   std::string scratch;                // percent-decoded paths, reused
 };
 
