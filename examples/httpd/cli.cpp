@@ -76,6 +76,8 @@ Unicorn-style preforking pool: one master binds the sockets, workers accept.
                             connection, one request at a time, like Unicorn)
   -t, --timeout SEC         a worker silent this long is killed (default 30)
       --graceful-timeout SEC  QUIT: how long workers may finish (default 30)
+      --graceful-term       TERM stops gracefully too, like QUIT (what
+                            Kubernetes and docker stop send); INT stays quick
       --keepalive-timeout SEC idle keep-alive connections close (default 5)
       --header-timeout SEC  time to receive a complete header section (default 10)
       --max-body BYTES      largest request body accepted (default 1048576)
@@ -105,9 +107,10 @@ pool at a glance; JSON with Accept: application/json or ?format=json),
 GET /_metrics (Prometheus), GET /_health (200, or 503 once stopping).
 Everything else is a static file under ROOT (GET and HEAD).
 
-Signals to the master: QUIT graceful stop, TERM/INT quick stop, USR1 reopen
-logs, USR2 upgrade the binary, HUP replace workers, TTIN/TTOU one worker
-more/fewer, WINCH stop workers and keep the master.
+Signals to the master: QUIT graceful stop, TERM/INT quick stop (TERM
+graceful with --graceful-term), USR1 reopen logs, USR2 upgrade the binary,
+HUP replace workers, TTIN/TTOU one worker more/fewer, WINCH stop workers and
+keep the master.
 )";
 }
 
@@ -224,6 +227,7 @@ options parse_command_line(int argc, char** argv) {
       if (o.user.empty() || (colon != std::string::npos && o.group.empty()))
         bad(name, "expected USER or USER:GROUP, got '" + u + "'");
     } else if (is(nullptr, "--reuseport")) flag(), o.reuseport = true;
+    else if (is(nullptr, "--graceful-term")) flag(), o.graceful_term = true;
     else if (is(nullptr, "--upgrade")) {
       std::string m = take();
       if (m == "fork-exec") o.upgrade = upgrade_kind::fork_exec;

@@ -40,6 +40,7 @@ struct options {
   std::string user, group;          // from --user USER[:GROUP]
   upgrade_kind upgrade = upgrade_kind::fork_exec;
   bool reuseport = false;           // a SO_REUSEPORT socket per worker, kept by the master
+  bool graceful_term = false;       // TERM stops gracefully, like QUIT (containers send TERM)
   bool check = false, help = false, version = false;
   std::filesystem::path root;       // empty until parsed: the bundled demo site
 };

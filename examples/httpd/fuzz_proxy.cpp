@@ -62,7 +62,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
     // Only the header's bytes decide: the header alone parses the same.
     const outcome alone = parse(in.substr(0, whole.h.length));
-    FUZZ_CHECK(alone.r == pp::result::done && alone.h.length == whole.h.length && alone.h.local == whole.h.local);
+    FUZZ_CHECK(alone.r == pp::result::done && alone.h.length == whole.h.length &&
+               alone.h.local == whole.h.local);
   }
   // Growing prefixes, as reads deliver them.
   for (std::size_t n = 0; n < in.size(); ++n) {

@@ -202,6 +202,7 @@ int main(int argc, char** argv) {
     config.workers = opts.workers;
     config.timeout = opts.timeout;
     config.graceful_timeout = opts.graceful_timeout;
+    config.graceful_term = opts.graceful_term;
     if (!inherited) config.listeners = open_listeners(opts);  // else the pool takes the inherited ones
     config.pid_file = opts.pid_file;
     config.upgrade =

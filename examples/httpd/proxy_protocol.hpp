@@ -41,18 +41,18 @@ enum class result : std::uint8_t { incomplete, done, error };
 
 enum class error : std::uint8_t {
   none,
-  no_header,         // the first bytes match neither version's signature
-  v1_too_long,       // no CRLF within 107 bytes
-  v1_syntax,         // a byte or a field out of place
-  v1_protocol,       // neither TCP4, TCP6 nor UNKNOWN
-  v1_address,        // not an address of the protocol's family
-  v1_port,           // not a decimal 0-65535 without leading zeros
-  v2_version,        // version nibble not 2
-  v2_command,        // neither LOCAL nor PROXY
-  v2_family,         // unknown address family or transport, or DGRAM
-  v2_too_short,      // length below the family's address block
-  v2_too_long,       // length above max_v2_length
-  v2_tlv,            // the TLVs do not exactly fill the header
+  no_header,     // the first bytes match neither version's signature
+  v1_too_long,   // no CRLF within 107 bytes
+  v1_syntax,     // a byte or a field out of place
+  v1_protocol,   // neither TCP4, TCP6 nor UNKNOWN
+  v1_address,    // not an address of the protocol's family
+  v1_port,       // not a decimal 0-65535 without leading zeros
+  v2_version,    // version nibble not 2
+  v2_command,    // neither LOCAL nor PROXY
+  v2_family,     // unknown address family or transport, or DGRAM
+  v2_too_short,  // length below the family's address block
+  v2_too_long,   // length above max_v2_length
+  v2_tlv,        // the TLVs do not exactly fill the header
 };
 
 constexpr std::size_t max_v1_length = 107;  // the specification's bound, CRLF included
@@ -61,10 +61,10 @@ constexpr std::size_t max_v1_length = 107;  // the specification's bound, CRLF i
 constexpr std::size_t max_v2_length = 16 + 1024;
 
 struct header {
-  int version = 0;       // 1 or 2
-  bool local = true;     // LOCAL, UNKNOWN, UNSPEC or UNIX: use the connection's own addresses
+  int version = 0;    // 1 or 2
+  bool local = true;  // LOCAL, UNKNOWN, UNSPEC or UNIX: use the connection's own addresses
   sockaddr_storage source{}, destination{};  // AF_INET or AF_INET6 when !local
-  std::size_t length = 0;  // bytes the header took from the input
+  std::size_t length = 0;                    // bytes the header took from the input
 };
 
 inline const char* describe(error e) noexcept {
@@ -114,7 +114,8 @@ inline bool parse_port(std::string_view s, std::uint16_t& port) noexcept {
   return true;
 }
 
-inline bool parse_address(std::string_view s, int family, std::uint16_t port, sockaddr_storage& out) noexcept {
+inline bool parse_address(std::string_view s, int family, std::uint16_t port,
+                          sockaddr_storage& out) noexcept {
   char text[INET6_ADDRSTRLEN];
   if (s.empty() || s.size() >= sizeof text) return false;
   std::memcpy(text, s.data(), s.size());
@@ -173,7 +174,8 @@ inline result parse_v1(std::string_view in, header& out, error& why) noexcept {
   else
     return fail(why, error::v1_protocol);
   std::string_view src = next_field(rest), dst = next_field(rest), sport = next_field(rest), dport = rest;
-  if (src.empty() || dst.empty() || sport.empty() || dport.empty() || dport.find(' ') != std::string_view::npos)
+  if (src.empty() || dst.empty() || sport.empty() || dport.empty() ||
+      dport.find(' ') != std::string_view::npos)
     return fail(why, error::v1_syntax);
   std::uint16_t sp = 0, dp = 0;
   if (!parse_port(sport, sp) || !parse_port(dport, dp)) return fail(why, error::v1_port);
@@ -183,7 +185,9 @@ inline result parse_v1(std::string_view in, header& out, error& why) noexcept {
   return result::done;
 }
 
-inline std::uint16_t be16(const unsigned char* p) noexcept { return static_cast<std::uint16_t>((p[0] << 8) | p[1]); }
+inline std::uint16_t be16(const unsigned char* p) noexcept {
+  return static_cast<std::uint16_t>((p[0] << 8) | p[1]);
+}
 
 inline result parse_v2(std::string_view in, header& out, error& why) noexcept {
   const std::size_t sig = in.size() < sizeof v2_signature ? in.size() : sizeof v2_signature;
