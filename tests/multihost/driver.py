@@ -34,6 +34,7 @@ import ctypes
 import http.client
 import os
 import re
+import select
 import signal
 import socket
 import sys
@@ -42,6 +43,7 @@ import time
 
 PR_SET_CHILD_SUBREAPER = 36
 STEP_SECONDS = 1.0  # each step lasts at least this long, under load
+SLOW_MS = 300  # the slow requests' time in the worker
 
 
 def log(text):
@@ -98,15 +100,17 @@ def wait_for(what, cond, seconds=20.0):
 class Load:
     """Client threads through HAProxy; counts requests, failures, hosts."""
 
-    def __init__(self, port, keepalive_threads=2, new_connection_threads=2, pause=0.002):
+    def __init__(self, port, keepalive_threads=2, new_connection_threads=2, slow_threads=1, pause=0.002):
         self.port, self.pause = port, pause
         self.lock = threading.Lock()
         self.requests = self.failed = 0
         self.hosts = {}
         self.errors = []
         self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self.run, args=(ka,), daemon=True)
-                        for ka in [True] * keepalive_threads + [False] * new_connection_threads]
+        kinds = [("/hello", True)] * keepalive_threads + [("/hello", False)] * new_connection_threads
+        # A slow request keeps a worker busy, so a drain has something in hand to finish.
+        kinds += [("/sleep?ms=%d" % SLOW_MS, True)] * slow_threads
+        self.threads = [threading.Thread(target=self.run, args=k, daemon=True) for k in kinds]
 
     def start(self):
         for t in self.threads:
@@ -121,18 +125,19 @@ class Load:
         with self.lock:
             return self.requests, self.failed, dict(self.hosts)
 
-    def run(self, keepalive):
+    def run(self, target, keepalive):
+        expect = b"Hello, World!" if target == "/hello" else b"slept %d ms\n" % SLOW_MS
         conn = None
         while not self.stop.is_set():
             host, error = "?", None
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
-                conn.request("GET", "/hello", headers={} if keepalive else {"Connection": "close"})
+                conn.request("GET", target, headers={} if keepalive else {"Connection": "close"})
                 r = conn.getresponse()
                 body = r.read()
                 host = r.getheader("X-Served-By", "?")
-                if r.status != 200 or body != b"Hello, World!":
+                if r.status != 200 or body != expect:
                     error = "status %d body %r from %s" % (r.status, body[:60], host)
                 if not keepalive or r.will_close:
                     conn.close()
@@ -160,6 +165,7 @@ class Cluster:
         self.mode = {"h1": "evented", "h2": "evented", "h3": "blocking"}  # both worker modes
         self.port = 0
         self.haproxy = None
+        self.detail = ""  # what the last step measured, for its line
 
     def path(self, name):
         return os.path.join(self.a.work, name)
@@ -284,24 +290,76 @@ class Cluster:
         if self.pid(h) != pid:
             raise RuntimeError("%s: the in-place upgrade changed the master's PID" % h)
 
+    def direct(self, h, target):
+        """A request straight to host h (not through HAProxy), with a PROXY
+        v1 header as HAProxy would send; returns the connected socket."""
+        s = socket.create_connection((self.address(h), 8080), timeout=15)
+        s.sendall(b"PROXY TCP4 192.0.2.1 %s 40000 8080\r\nGET %s HTTP/1.0\r\n\r\n" %
+                  (self.address(h).encode(), target.encode()))
+        return s
+
+    @staticmethod
+    def read_all(s):
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+
     def drain_and_return(self, h, upgrade):
         pid = self.pid(h)
+        # A request in hand that the drain must finish: sent straight to the
+        # host, QUIT once its worker shows it on the scoreboard.
+        slow = self.direct(h, "/sleep?ms=400")
+        wait_for(h + "'s worker to take the slow request",
+                 lambda: b"/sleep?ms=400" in self.read_all(self.direct(h, "/_status?format=json")))
+        t0 = time.monotonic()
         os.kill(pid, signal.SIGQUIT)
-        wait_for(h + " to finish its requests and exit", lambda: not self.procs.alive(pid))
+        # Until the master is gone: the answer in hand, and when HAProxy
+        # takes the host out (before the exit, or only when it refuses).
+        answer, t_down, t_exit = b"", None, None
+        slow.setblocking(False)
+        deadline = t0 + 20
+        while t_exit is None or t_down is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError("%s: no exit or no DOWN within 20 s of QUIT" % h)
+            if slow.fileno() >= 0 and select.select([slow], [], [], 0.02)[0]:
+                chunk = slow.recv(65536)
+                answer += chunk
+                if not chunk:
+                    slow.close()
+            if t_down is None and self.status(h).startswith("DOWN"):
+                t_down = time.monotonic()
+            if t_exit is None and not self.procs.alive(pid):
+                t_exit = time.monotonic()
+        if slow.fileno() >= 0:
+            slow.setblocking(True)
+            answer += self.read_all(slow)
+            slow.close()
+        if not answer.startswith(b"HTTP/1.0 200") or not answer.endswith(b"slept 400 ms\n"):
+            raise RuntimeError("%s: the request in hand at QUIT got %r" % (h, answer[:80]))
         self.wait_state(h, "DOWN")
+        t_restart = time.monotonic()
         self.start_host(h, upgrade)
         self.wait_state(h, "UP")
+        self.detail = ("the request in hand finished, master exited %.2f s after QUIT, DOWN in HAProxy at %.2f s, "
+                       "UP %.2f s after the restart" % (t_exit - t0, t_down - t0, time.monotonic() - t_restart))
 
     def hard_failure(self, h, upgrade):
         master = self.pid(h)
         victims = [master] + self.children(master)
+        t0 = time.monotonic()
         for p in victims:
             os.kill(p, signal.SIGKILL)
         wait_for(h + "'s processes to die", lambda: not any(self.procs.alive(p) for p in victims))
         self.wait_state(h, "DOWN")
+        t_down = time.monotonic()
         os.unlink(self.path(h + ".pid"))  # what a killed master leaves behind
         self.start_host(h, upgrade)
         self.wait_state(h, "UP")
+        self.detail = "DOWN in HAProxy %.2f s after the kill, UP %.2f s after the restart" % (
+            t_down - t0, time.monotonic() - t_down)
 
 
 def main():
@@ -347,6 +405,7 @@ def run_steps(c, load, steps, totals, problems):
     for n, (name, host, kind, action) in enumerate(steps, 1):
         r0, f0, h0 = load.snapshot()
         t0 = time.monotonic()
+        c.detail = ""
         action()
         # Back in rotation: the host answers again through HAProxy; and the
         # load goes on for a while around each step.
@@ -367,8 +426,9 @@ def run_steps(c, load, steps, totals, problems):
             if failed:
                 problems.append("%s: %d requests failed" % (name, failed))
         per_host = ", ".join("%s %d" % (x, h1.get(x, 0) - h0.get(x, 0)) for x in c.names)
-        log("multihost: step %d/%d %s: %.2f s, requests %d (%s), failed %d" %
-            (n, len(steps), name, time.monotonic() - t0, r1 - r0, per_host, failed))
+        log("multihost: step %d/%d %s: %.2f s, requests %d (%s), failed %d%s" %
+            (n, len(steps), name, time.monotonic() - t0, r1 - r0, per_host, failed,
+             "; " + c.detail if c.detail else ""))
 
 
 
