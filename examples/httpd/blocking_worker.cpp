@@ -332,6 +332,8 @@ void run_blocking(server& srv, prefork::worker& w) {
   while (prefork::fd conn_fd = w.accept()) {
     srv.from_admin = srv.admin_listener && *srv.admin_listener == w.last_listener();
     conn.serve(conn_fd.get(), srv.expects_proxy(w.last_listener()));
+    srv.client = nullptr;  // it pointed into serve()'s frame
+    srv.client_fd = -1;
   }
 }
 
