@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include <prefork/error.hpp>
+#include <prefork/socket_address.hpp>
 
 namespace httpd {
 namespace {
@@ -165,6 +166,20 @@ void error_line(std::string_view text) {
   if (line.back() != '\n') line += '\n';
   std::error_code ec;
   prefork::write_all(STDERR_FILENO, line.data(), line.size(), ec);
+}
+
+}  // namespace httpd
+
+namespace httpd {
+
+void proxy_refused(int sock, std::string_view why, std::size_t received) {
+  std::string from = "?";
+  try {
+    from = prefork::socket_address::peer(sock).to_string();
+  } catch (const std::exception&) {
+  }
+  error_line("refused connection from " + from + " on a PROXY protocol listener: " + std::string(why) + " (" +
+             std::to_string(received) + " bytes received)");
 }
 
 }  // namespace httpd

@@ -86,4 +86,8 @@ class access_log {
 // Writes "prefork-httpd[PID]: text\n" to stderr with one write.
 void error_line(std::string_view text);
 
+// Says that a connection on a --proxy-protocol listener was closed without
+// a valid header: from where, why, and how many bytes it had sent.
+void proxy_refused(int sock, std::string_view why, std::size_t received);
+
 }  // namespace httpd

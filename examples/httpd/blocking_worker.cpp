@@ -15,6 +15,7 @@
 #include <prefork/worker.hpp>
 
 #include "buffer.hpp"
+#include "proxy_protocol.hpp"
 #include "spool.hpp"
 
 namespace httpd {
@@ -114,7 +115,7 @@ class blocking_connection {
     out_.reserve(4096);
   }
 
-  void serve(int fd) {
+  void serve(int fd, bool proxy) {
     steady::time_point start = steady::now();
     in_.clear();
     parser_.reset();
@@ -127,10 +128,16 @@ class blocking_connection {
     int minor = 1;
 
     // The head. The first read waits by SO_RCVTIMEO (the header timeout);
-    // later ones wait in poll for what is left of it.
+    // later ones wait in poll for what is left of it. A PROXY header comes
+    // first, within the same time.
     steady::time_point deadline = start + srv_.opts.header_timeout;
-    parse_result pr = parse_result::incomplete;
-    for (bool first = true;; first = false) {
+    sockaddr_storage peer{};
+    peer.ss_family = AF_UNSPEC;
+    if (proxy && !read_proxy_header(fd, deadline, peer)) return;
+    srv_.client = peer.ss_family == AF_UNSPEC ? nullptr : &peer;
+    srv_.client_fd = fd;
+    parse_result pr = in_.empty() ? parse_result::incomplete : parser_.parse(in_.view());
+    for (bool first = !proxy; pr == parse_result::incomplete; first = false) {
       if (!first && !wait_for(fd, POLLIN, deadline)) break;
       char* to = in_.space(4096);
       ssize_t n = ::recv(fd, to, in_.room(), 0);
@@ -191,9 +198,9 @@ class blocking_connection {
     }
     const steady::duration took = steady::now() - start;
     if (srv_.log.enabled()) {
-      sockaddr_storage peer{};
       socklen_t len = sizeof peer;
-      if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) == -1) peer.ss_family = AF_UNSPEC;
+      if (peer.ss_family == AF_UNSPEC && ::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) == -1)
+        peer.ss_family = AF_UNSPEC;
       srv_.log.record(peer, method, target, minor, status, sent, referer, agent, took);
     }
     reply_.file.reset();
@@ -242,6 +249,36 @@ class blocking_connection {
     }
     reply_.generate = nullptr;
     return sent;
+  }
+
+  // Reads the PROXY header into `peer` (left AF_UNSPEC for LOCAL and
+  // UNKNOWN) and consumes it; what followed it stays in in_. False: the
+  // connection is refused (said in the error log) or gone.
+  bool read_proxy_header(int fd, steady::time_point deadline, sockaddr_storage& peer) {
+    proxy_protocol::header h;
+    proxy_protocol::error why = proxy_protocol::error::none;
+    for (bool first = true;; first = false) {
+      if (!first && !wait_for(fd, POLLIN, deadline)) break;
+      char* to = in_.space(512);
+      ssize_t n = ::recv(fd, to, in_.room(), 0);
+      if (n == -1 && errno == EINTR) continue;
+      if (n == 0 && in_.empty()) return false;  // a port scan, a balancer's connect-only check
+      if (n <= 0) break;
+      in_.commit(static_cast<std::size_t>(n));
+      proxy_protocol::result r = proxy_protocol::parse(in_.view(), h, why);
+      if (r == proxy_protocol::result::done) {
+        in_.consume(h.length);
+        if (!h.local) peer = h.source;
+        return true;
+      }
+      if (r == proxy_protocol::result::error) break;
+      if (steady::now() >= deadline) break;
+    }
+    proxy_refused(fd,
+                  why != proxy_protocol::error::none ? proxy_protocol::describe(why)
+                                                     : "no complete header before the header timeout or the close",
+                  in_.size());
+    return false;
   }
 
   // Reads the body of the parsed request; on failure reply_ holds the error.
@@ -374,7 +411,9 @@ void run_blocking(server& srv, prefork::worker& w) {
   // first connections were served while /_status still said "idle".
   while (prefork::fd conn_fd = w.accept()) {
     srv.from_admin = srv.admin_listener && *srv.admin_listener == w.last_listener();
-    conn.serve(conn_fd.get());
+    conn.serve(conn_fd.get(), srv.expects_proxy(w.last_listener()));
+    srv.client = nullptr;  // it pointed into serve()'s frame
+    srv.client_fd = -1;
   }
 }
 

@@ -73,6 +73,11 @@ Unicorn-style preforking pool: one master binds the sockets, workers accept.
                             [::1]:8080, unix:/path (default 127.0.0.1:8080,
                             or the sockets inherited through PREFORK_FDS or
                             systemd's LISTEN_FDS when present)
+      --proxy-protocol      the --listen before it expects a PROXY protocol
+                            header (v1 or v2, as HAProxy's send-proxy-v2
+                            sends) first on every connection, and refuses
+                            connections without a valid one; given before
+                            any --listen, every public listener does
       --admin-listen ADDR   serve /_status, /_metrics and /_health on this
                             address (127.0.0.1:9100, unix:/path) and not on
                             the public ones (default: on the public ones)
@@ -84,6 +89,8 @@ Unicorn-style preforking pool: one master binds the sockets, workers accept.
                             connection, one request at a time, like Unicorn)
   -t, --timeout SEC         a worker silent this long is killed (default 30)
       --graceful-timeout SEC  QUIT: how long workers may finish (default 30)
+      --graceful-term       TERM stops gracefully too, like QUIT (what
+                            Kubernetes and docker stop send); INT stays quick
       --keepalive-timeout SEC idle keep-alive connections close (default 5)
       --header-timeout SEC  time to receive a complete header section (default 10)
       --max-body BYTES      largest request body accepted, K/M/G allowed
@@ -118,9 +125,10 @@ GET /_metrics (Prometheus), GET /_health (200; 503 once the master is
 stopping, or while the --drain-file exists).
 Everything else is a static file under ROOT (GET and HEAD).
 
-Signals to the master: QUIT graceful stop, TERM/INT quick stop, USR1 reopen
-logs, USR2 upgrade the binary, HUP replace workers, TTIN/TTOU one worker
-more/fewer, WINCH stop workers and keep the master.
+Signals to the master: QUIT graceful stop, TERM/INT quick stop (TERM
+graceful with --graceful-term), USR1 reopen logs, USR2 upgrade the binary,
+HUP replace workers, TTIN/TTOU one worker more/fewer, WINCH stop workers and
+keep the master.
 )";
 }
 
@@ -184,6 +192,13 @@ options parse_command_line(int argc, char** argv) {
       std::string a = take();
       if (a.empty()) bad(name, "empty address");
       o.listen.push_back(a);
+      o.listen_proxy.push_back(false);
+    } else if (is(nullptr, "--proxy-protocol")) {
+      flag();
+      if (o.listen.empty())
+        o.proxy_all = true;
+      else
+        o.listen_proxy.back() = true;
     } else if (is(nullptr, "--admin-listen")) {
       o.admin_listen = take();
       if (o.admin_listen.empty()) bad(name, "empty address");
@@ -244,6 +259,7 @@ options parse_command_line(int argc, char** argv) {
       if (o.user.empty() || (colon != std::string::npos && o.group.empty()))
         bad(name, "expected USER or USER:GROUP, got '" + u + "'");
     } else if (is(nullptr, "--reuseport")) flag(), o.reuseport = true;
+    else if (is(nullptr, "--graceful-term")) flag(), o.graceful_term = true;
     else if (is(nullptr, "--upgrade")) {
       std::string m = take();
       if (m == "fork-exec") o.upgrade = upgrade_kind::fork_exec;

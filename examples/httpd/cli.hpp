@@ -21,6 +21,8 @@ enum class upgrade_kind { fork_exec, in_place };
 
 struct options {
   std::vector<std::string> listen;  // empty: inherited sockets, else 127.0.0.1:8080
+  std::vector<bool> listen_proxy;   // per --listen: --proxy-protocol followed it
+  bool proxy_all = false;           // --proxy-protocol before any --listen: every public listener
   std::string admin_listen;         // empty: admin routes on the public listeners
   std::filesystem::path drain_file; // while it exists, /_health says 503 (serving goes on)
   unsigned workers = 0;             // 0 until parsed: the number of online CPUs
@@ -41,6 +43,7 @@ struct options {
   std::string user, group;          // from --user USER[:GROUP]
   upgrade_kind upgrade = upgrade_kind::fork_exec;
   bool reuseport = false;           // a SO_REUSEPORT socket per worker, kept by the master
+  bool graceful_term = false;       // TERM stops gracefully, like QUIT (containers send TERM)
   bool check = false, help = false, version = false;
   std::filesystem::path root;       // empty until parsed: the bundled demo site
   bool root_given = false;          // ROOT was on the command line

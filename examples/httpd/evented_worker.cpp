@@ -21,6 +21,7 @@
 #include <prefork/worker.hpp>
 
 #include "buffer.hpp"
+#include "proxy_protocol.hpp"
 #include "spool.hpp"
 
 namespace httpd {
@@ -63,6 +64,7 @@ struct connection {
   std::uint32_t index = 0, generation = 0;
   sockaddr_storage peer{};
   bool admin = false;  // accepted on --admin-listen
+  bool proxy = false;  // a PROXY header is still to come (--proxy-protocol)
   byte_buffer in;
   std::string out;
   std::size_t out_sent = 0;
@@ -180,6 +182,7 @@ class loop {
       }
       connection& c = open(prefork::fd(raw), peer);
       c.admin = srv_.admin_listener && *srv_.admin_listener == i;
+      c.proxy = srv_.expects_proxy(i);
       on_readable(c);  // TCP_DEFER_ACCEPT: the request is usually there already
     }
     if (live_ >= cap_) remove_listeners();
@@ -199,6 +202,7 @@ class loop {
       return close(c);
     }
     if (n == 0) {
+      if (c.proxy && !c.in.empty()) proxy_refused(c.sock.get(), "the client closed inside the header", c.in.size());
       // The client is done sending. Whatever it sent completely still gets
       // an answer (the last one says "Connection: close"); a request cut
       // short does not.
@@ -209,8 +213,28 @@ class loop {
       return;
     }
     c.in.commit(static_cast<std::size_t>(n));
+    if (c.proxy && !take_proxy_header(c)) return;
     if (c.idle) begin_request(c);
     drive(c);
+  }
+
+  // The PROXY header before the first request: its source becomes the
+  // peer. False while it is incomplete (the header timer set at accept
+  // runs), when it was refused (closed), or when nothing follows it yet.
+  bool take_proxy_header(connection& c) {
+    proxy_protocol::header h;
+    proxy_protocol::error why = proxy_protocol::error::none;
+    proxy_protocol::result r = proxy_protocol::parse(c.in.view(), h, why);
+    if (r == proxy_protocol::result::incomplete) return false;
+    if (r == proxy_protocol::result::error) {
+      proxy_refused(c.sock.get(), proxy_protocol::describe(why), c.in.size());
+      close(c);
+      return false;
+    }
+    c.in.consume(h.length);
+    if (!h.local) c.peer = h.source;
+    c.proxy = false;
+    return !c.in.empty();
   }
 
   void begin_request(connection& c) {
@@ -314,6 +338,8 @@ class loop {
       srv_.from_admin = c.admin;
       srv_.body_file = c.spool ? c.spool.get() : -1;
       srv_.body_file_size = c.spooled;
+      srv_.client = &c.peer;
+      srv_.client_fd = c.sock.get();
       route(srv_, req, body, reply_);
       srv_.body_file = -1;
       c.spool.reset();
@@ -524,7 +550,7 @@ class loop {
     c.generate = nullptr;
     c.parser.reset();
     c.stage = phase::head;
-    c.close_after = c.linger = c.want_out = c.peer_done = false;
+    c.close_after = c.linger = c.want_out = c.peer_done = c.proxy = false;
     c.idle = true;
     epoll_event ev{};
     ev.events = EPOLLIN;
@@ -583,6 +609,7 @@ class loop {
       switch (c.kind) {
         case timer::header:
         case timer::body:
+          if (c.proxy) proxy_refused(c.sock.get(), "no complete header within the header timeout", c.in.size());
           if (c.idle || c.sending()) {
             close(c);
           } else {

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include <prefork/pool.hpp>
+#include <prefork/socket_address.hpp>
 
 #include "metrics.hpp"
 
@@ -126,6 +127,20 @@ void call_handler(server& srv, const app::route& r, const request& req, std::str
   if (out.status == 0) handler_failed(req, out, "the handler returned without answering");
 }
 
+// "203.0.113.7:51234": the client as the server sees it, after a PROXY
+// header when the listener expects one.
+std::string client_text(const server& srv) {
+  try {
+    if (srv.client && srv.client->ss_family == AF_INET)
+      return prefork::socket_address(reinterpret_cast<const sockaddr*>(srv.client), sizeof(sockaddr_in)).to_string();
+    if (srv.client && srv.client->ss_family == AF_INET6)
+      return prefork::socket_address(reinterpret_cast<const sockaddr*>(srv.client), sizeof(sockaddr_in6)).to_string();
+    if (srv.client_fd >= 0) return prefork::socket_address::peer(srv.client_fd).to_string();
+  } catch (const std::exception&) {
+  }
+  return "-";
+}
+
 }  // namespace
 
 bool accepts_body(server& srv, const request& req) {
@@ -200,7 +215,9 @@ void render_status(server& srv, bool json, reply& out) {
            ",\"pss_bytes\":" + (pss.empty() ? "null" : pss) +
            ",\"mold\":" + (w.state == prefork::worker_state::mold ? "true" : "false") + "}";
     }
-    b += "]}\n";
+    b += "],\"client\":\"";
+    append_escaped(b, client_text(srv), true);
+    b += "\"}\n";
     return;
   }
   auto mib = [&](const std::optional<prefork::process_memory>& m, bool pss) {
@@ -228,7 +245,9 @@ void render_status(server& srv, bool json, reply& out) {
          std::to_string(v.master.restarts[k]);
   }
   b += "</dd>\n<dt>upgrades, reloads</dt><dd>" + std::to_string(v.master.upgrades) + ", " +
-       std::to_string(v.master.reloads) + "</dd>\n</dl>\n<h2>Listen queues</h2>\n<table>\n"
+       std::to_string(v.master.reloads) + "</dd>\n<dt>you</dt><dd>";
+  append_escaped(b, client_text(srv), false);
+  b += "</dd>\n</dl>\n<h2>Listen queues</h2>\n<table>\n"
        "<tr><th>listener</th><th>queued</th><th>backlog</th></tr>\n";
   for (const auto& l : v.listeners) {
     b += "<tr><td>";

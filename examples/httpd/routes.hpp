@@ -3,7 +3,7 @@
 // routes, then the application's handlers (app.hpp; prefork-httpd's /hello,
 // /echo and /sleep are its demo application, demo_app.cpp), then static files.
 //
-//   GET  /_status      the pool at a glance, as HTML or JSON
+//   GET  /_status      the pool at a glance, as HTML or JSON, and the client's address
 //   GET  /_metrics     the Prometheus text exposition (metrics.hpp)
 //   GET  /_health      200 while serving, 503 once a graceful stop began
 //   (these three only on --admin-listen when it is given, and only they there)
@@ -18,6 +18,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "access_log.hpp"
 #include "app.hpp"
@@ -43,6 +44,15 @@ struct server {
   prefork::worker* worker = nullptr;  // set in the worker: the scoreboard and the activity text
   std::optional<std::size_t> admin_listener;  // --admin-listen: its index in worker->listeners()
   bool from_admin = false;                    // the request in hand came on the admin listener
+  std::vector<bool> proxy_listeners;          // --proxy-protocol: by index in worker->listeners()
+  // The client of the request in hand, for /_status: its address when the
+  // worker has it (from accept, or a PROXY header), else its connection.
+  const sockaddr_storage* client = nullptr;
+  int client_fd = -1;
+
+  bool expects_proxy(std::size_t listener) const {
+    return listener < proxy_listeners.size() && proxy_listeners[listener];
+  }
   std::string scratch;                // percent-decoded paths, reused
   const app* application = nullptr;   // the handlers; none: static files only
   // A request body spooled to a temporary file by the worker (app.hpp), for

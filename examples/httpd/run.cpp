@@ -260,6 +260,7 @@ int httpd::run(int argc, char** argv, const app& a) {
     config.workers = opts.workers;
     config.timeout = opts.timeout;
     config.graceful_timeout = opts.graceful_timeout;
+    config.graceful_term = opts.graceful_term;
     if (!inherited) {
       config.listeners = open_listeners(opts);  // else the pool takes the inherited ones, and their names
       // Named, so the admin socket is known by its name after an upgrade
@@ -312,10 +313,19 @@ int httpd::run(int argc, char** argv, const app& a) {
       srv.admin_listener = static_cast<std::size_t>(it - names.begin());
     else if (!opts.admin_listen.empty() && !m.config().listeners.empty())
       srv.admin_listener = m.config().listeners.size() - 1;
-    for (const prefork::fd& l : m.config().listeners) {
+    // --proxy-protocol by --listen's order, which inherited sockets keep
+    // (the admin listener, last, never expects a header).
+    const std::size_t listeners = m.config().listeners.size();
+    srv.proxy_listeners.assign(listeners, false);
+    for (std::size_t i = 0; i < listeners; ++i)
+      srv.proxy_listeners[i] = !(srv.admin_listener && *srv.admin_listener == i) &&
+                               (opts.proxy_all || (i < opts.listen_proxy.size() && opts.listen_proxy[i]));
+    for (std::size_t i = 0; i < listeners; ++i) {
+      const prefork::fd& l = m.config().listeners[i];
       httpd::set_inherited_timeouts(l.get(), opts);
       log_line("listening on " + describe_url(l.get()) + (inherited ? " (inherited)" : "") +
-               (srv.admin_listener && &l == &m.config().listeners[*srv.admin_listener] ? " (admin)" : ""));
+               (srv.admin_listener && i == *srv.admin_listener ? " (admin)" : "") +
+               (srv.proxy_listeners[i] ? " (PROXY protocol)" : ""));
     }
     return m.run([&](prefork::worker& w) {
       if (opts.mode == httpd::worker_mode::evented)
