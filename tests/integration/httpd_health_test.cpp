@@ -239,6 +239,32 @@ TEST_CASE("the master's counters survive USR2: prefork_upgrades_total and restar
   CHECK(leaks.problems() == "");
 }
 
+// USR2 in `kind` mode: the new image serves the admin routes on the same
+// admin socket only; then the server stops cleanly.
+void upgrade_then_stop(server& s, const std::string& kind, const std::string& pid_path, int admin, int pub) {
+  pid_t master = s.pid();
+  std::size_t mark = s.log_mark();
+  REQUIRE(::kill(master, SIGUSR2) == 0);
+  if (kind == "in-place") {
+    s.wait_log("upgrade 1 complete");
+  } else {
+    REQUIRE(gone_within(master, std::chrono::duration_cast<std::chrono::milliseconds>(patience)));
+    REQUIRE(s.process().wait().describe() == "exited 0");
+    master = read_pid(pid_path);
+  }
+  auto [admin2, pub2] = admin_and_public(s, mark);
+  CHECK(admin2 == admin);
+  CHECK(pub2 == pub);
+  check_admin_only_on(admin, pub);
+  INFO("server log:\n" << s.log());
+  if (kind == "in-place") {
+    check_clean_stop(s);
+  } else {
+    REQUIRE(::kill(master, SIGQUIT) == 0);
+    CHECK(gone_within(master, std::chrono::duration_cast<std::chrono::milliseconds>(patience)));
+  }
+}
+
 TEST_CASE("the admin socket is known by its name, not its place, before and after USR2",
           "[httpd][upgrade][admin]") {
   prefork::test::leak_check leaks;
@@ -253,27 +279,7 @@ TEST_CASE("the admin socket is known by its name, not its place, before and afte
     s.wait_log("ready: ");
     auto [admin, pub] = admin_and_public(s, 0);
     check_admin_only_on(admin, pub);
-    pid_t master = s.pid();
-    std::size_t mark = s.log_mark();
-    REQUIRE(::kill(master, SIGUSR2) == 0);
-    if (kind == "in-place") {
-      s.wait_log("upgrade 1 complete");
-    } else {
-      REQUIRE(gone_within(master, std::chrono::duration_cast<std::chrono::milliseconds>(patience)));
-      REQUIRE(s.process().wait().describe() == "exited 0");
-      master = read_pid(pid_path);
-    }
-    auto [admin2, pub2] = admin_and_public(s, mark);
-    CHECK(admin2 == admin);
-    CHECK(pub2 == pub);
-    check_admin_only_on(admin, pub);
-    INFO("server log:\n" << s.log());
-    if (kind == "in-place") {
-      check_clean_stop(s);
-    } else {
-      REQUIRE(::kill(master, SIGQUIT) == 0);
-      CHECK(gone_within(master, std::chrono::duration_cast<std::chrono::milliseconds>(patience)));
-    }
+    upgrade_then_stop(s, kind, pid_path, admin, pub);
   }
   CHECK(leaks.problems() == "");
 }
@@ -294,27 +300,7 @@ TEST_CASE("--admin-listen (also with --reuseport): after USR2 the admin routes s
     auto [admin, pub] = admin_and_public(s, 0);
     CHECK(pub == s.port());
     check_admin_only_on(admin, pub);
-    pid_t master = s.pid();
-    std::size_t mark = s.log_mark();
-    REQUIRE(::kill(master, SIGUSR2) == 0);
-    if (kind == "in-place") {
-      s.wait_log("upgrade 1 complete");
-    } else {
-      REQUIRE(gone_within(master, std::chrono::duration_cast<std::chrono::milliseconds>(patience)));
-      REQUIRE(s.process().wait().describe() == "exited 0");
-      master = read_pid(pid_path);
-    }
-    auto [admin2, pub2] = admin_and_public(s, mark);
-    CHECK(admin2 == admin);
-    CHECK(pub2 == pub);
-    check_admin_only_on(admin, pub);
-    INFO("server log:\n" << s.log());
-    if (kind == "in-place") {
-      check_clean_stop(s);
-    } else {
-      REQUIRE(::kill(master, SIGQUIT) == 0);
-      CHECK(gone_within(master, std::chrono::duration_cast<std::chrono::milliseconds>(patience)));
-    }
+    upgrade_then_stop(s, kind, pid_path, admin, pub);
   }
   CHECK(leaks.problems() == "");
 }
