@@ -17,6 +17,8 @@
 #include "reuseport_support.hpp"
 
 using namespace pool_test;
+using reuseport_test::collect;
+using reuseport_test::conn;
 using reuseport_test::listening_on;
 using reuseport_test::port_of;
 
@@ -37,41 +39,6 @@ char process_state(pid_t pid) {
   std::string all((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
   auto close = all.rfind(')');
   return close == std::string::npos || close + 2 >= all.size() ? '?' : all[close + 2];
-}
-
-struct conn {
-  prefork::fd sock;
-  bool steered = false;  // opened after the master steered new connections off the slot
-  std::string got;
-  bool done = false;
-  std::string error;
-};
-
-// Reads what is there on the open connections, waiting up to `wait`; an
-// answered connection is closed at once (the loop opens hundreds).
-void collect(std::vector<conn>& conns, std::chrono::milliseconds wait) {
-  std::vector<pollfd> polls;
-  std::vector<conn*> who;
-  for (conn& c : conns)
-    if (!c.done) {
-      polls.push_back({c.sock.get(), POLLIN, 0});
-      who.push_back(&c);
-    }
-  if (polls.empty() || ::poll(polls.data(), polls.size(), static_cast<int>(wait.count())) <= 0) return;
-  for (std::size_t i = 0; i < polls.size(); ++i) {
-    if (polls[i].revents == 0) continue;
-    conn& c = *who[i];
-    char buf[256];
-    prefork::io_result r = prefork::read_some(c.sock.get(), buf, sizeof buf);
-    if (r && r.bytes > 0) {
-      c.got.append(buf, r.bytes);
-      continue;
-    }
-    c.done = true;
-    c.sock.reset();
-    if (!r) c.error = std::strerror(r.error);
-    if (r && c.got.find('\n') == std::string::npos) c.error = "end of file without an answer";
-  }
 }
 
 std::size_t settled_unanswered(std::vector<conn>& conns, unsigned short port, clock::time_point deadline) {
@@ -136,7 +103,7 @@ TEST_CASE("reuseport: TTOU retires the last slot after its worker drained its qu
     std::vector<conn> conns;
     std::size_t queued = 0;
     while (queued < 4) {
-      for (int i = 0; i < 8; ++i) conns.push_back(conn{prefork::connect(address), false, "", false, ""});
+      for (int i = 0; i < 8; ++i) conns.push_back(conn{prefork::connect(address), "", false, "", false});
       queued = settled_unanswered(conns, port, deadline);
     }
 
@@ -146,7 +113,7 @@ TEST_CASE("reuseport: TTOU retires the last slot after its worker drained its qu
     std::size_t after_retired = 0;
     while (after_retired < 20) {
       REQUIRE(clock::now() < deadline);
-      conns.push_back(conn{prefork::connect(address), steered, "", false, ""});
+      conns.push_back(conn{prefork::connect(address), "", false, "", steered});
       collect(conns, 2ms);
       if (!steered && p.ev.count("slot 1 takes no new connections") > 0) {
         steered = true;

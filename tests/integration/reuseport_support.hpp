@@ -1,13 +1,21 @@
 // tests/integration/reuseport_support.hpp: the kernel's view of the
 // listening sockets on a port, from /proc/net/tcp: their inodes (which
 // sockets they are) and their accept queues (rx_queue of a listening socket
-// is the number of connections waiting in it).
+// is the number of connections waiting in it); and a client's many open
+// connections, read as their answers come.
 #pragma once
 
+#include <poll.h>
+
+#include <chrono>
+#include <cstring>
 #include <fstream>
 #include <set>
 #include <sstream>
 #include <string>
+#include <vector>
+
+#include <prefork/fd.hpp>
 
 namespace reuseport_test {
 
@@ -35,6 +43,42 @@ inline listening_sockets listening_on(unsigned short port) {
 
 inline unsigned short port_of(const std::string& address) {
   return static_cast<unsigned short>(std::stoul(address.substr(address.rfind(':') + 1)));
+}
+
+// A client connection whose one-line answer is awaited.
+struct conn {
+  prefork::fd sock;
+  std::string got;
+  bool done = false;  // answered, or ended without an answer
+  std::string error;
+  bool steered = false;  // opened after the master steered new connections off a slot
+};
+
+// Reads what is there on the open connections, waiting up to `wait`; a
+// finished connection is closed at once (a test may open hundreds).
+inline void collect(std::vector<conn>& conns, std::chrono::milliseconds wait) {
+  std::vector<pollfd> polls;
+  std::vector<conn*> who;
+  for (conn& c : conns)
+    if (!c.done) {
+      polls.push_back({c.sock.get(), POLLIN, 0});
+      who.push_back(&c);
+    }
+  if (polls.empty() || ::poll(polls.data(), polls.size(), static_cast<int>(wait.count())) <= 0) return;
+  for (std::size_t i = 0; i < polls.size(); ++i) {
+    if (polls[i].revents == 0) continue;
+    conn& c = *who[i];
+    char buf[256];
+    prefork::io_result r = prefork::read_some(c.sock.get(), buf, sizeof buf);
+    if (r && r.bytes > 0) {
+      c.got.append(buf, r.bytes);
+      continue;
+    }
+    c.done = true;
+    c.sock.reset();
+    if (!r) c.error = std::strerror(r.error);
+    if (r && c.got.find('\n') == std::string::npos) c.error = "end of file without an answer";
+  }
 }
 
 }  // namespace reuseport_test

@@ -15,6 +15,8 @@
 #include "reuseport_support.hpp"
 
 using namespace pool_test;
+using reuseport_test::collect;
+using reuseport_test::conn;
 using reuseport_test::port_of;
 
 namespace {
@@ -56,40 +58,6 @@ char process_state(pid_t pid) {
   std::string all((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
   auto close = all.rfind(')');
   return close == std::string::npos || close + 2 >= all.size() ? '?' : all[close + 2];
-}
-
-struct conn {
-  prefork::fd sock;
-  std::string got;
-  bool done = false;  // answered, or ended without an answer
-  std::string error;
-};
-
-// Reads what is there on the open connections, waiting up to `wait`.
-void collect(std::vector<conn>& conns, std::chrono::milliseconds wait) {
-  std::vector<pollfd> polls;
-  std::vector<conn*> who;
-  for (conn& c : conns)
-    if (!c.done) {
-      polls.push_back({c.sock.get(), POLLIN, 0});
-      who.push_back(&c);
-    }
-  if (polls.empty() || ::poll(polls.data(), polls.size(), static_cast<int>(wait.count())) <= 0) return;
-  for (std::size_t i = 0; i < polls.size(); ++i) {
-    if (polls[i].revents == 0) continue;
-    conn& c = *who[i];
-    char buf[256];
-    prefork::io_result r = prefork::read_some(c.sock.get(), buf, sizeof buf);
-    if (!r) {
-      c.done = true;
-      c.error = std::strerror(r.error);
-    } else if (r.bytes == 0) {
-      c.done = true;
-      if (c.got.find('\n') == std::string::npos) c.error = "end of file without an answer";
-    } else {
-      c.got.append(buf, r.bytes);
-    }
-  }
 }
 
 struct outcome {
