@@ -9,9 +9,13 @@ new-connection threads, each with one request in flight at a time, every
 answer checked (200 and the exact body). Then, host by host:
 
   1. USR2 upgrade, fork-exec mode (hosts started with --upgrade fork-exec)
-  2. QUIT drain and return, restarted with --upgrade in-place (a changed
-     command line takes a restart, never a USR2, so this is the rolling
-     restart that also proves the drain)
+  2. drain and return, restarted with --upgrade in-place (a changed command
+     line takes a restart, never a USR2, so this is the rolling restart that
+     also proves the drain): the host's --drain-file is created (its
+     /_health answers 503 "draining", asked directly), HAProxy marks it
+     DOWN, then QUIT finishes a request in hand; the host starts again with
+     the file still there (so it stays out), and removing the file brings
+     it UP
   3. USR2 upgrade, in-place mode
   4. a hard failure of one host: SIGKILL to its master and workers at once,
      then its return
@@ -34,7 +38,6 @@ import ctypes
 import http.client
 import os
 import re
-import select
 import signal
 import socket
 import sys
@@ -191,6 +194,7 @@ class Cluster:
         argv = ["ip", "netns", "exec", self.a.tag + h, self.a.bin, "-D", "-w", "2", "-m", self.mode[h],
                 "-l", self.address(h) + ":8080", "--proxy-protocol", "--upgrade", upgrade,
                 "--graceful-timeout", "5", "--header-timeout", "2", "--keepalive-timeout", "5",
+                "--drain-file", self.path(h + ".drain"),
                 "-P", self.path(h + ".pid"), "--error-log", self.path(h + ".log"),
                 "--access-log", self.path(h + "-access.log")]
         launcher = self.procs.spawn(argv, self.path(h + ".out"))
@@ -309,42 +313,39 @@ class Cluster:
 
     def drain_and_return(self, h, upgrade):
         pid = self.pid(h)
-        # A request in hand that the drain must finish: sent straight to the
-        # host, QUIT once its worker shows it on the scoreboard.
+        drain = self.path(h + ".drain")
+        t0 = time.monotonic()
+        open(drain, "w").close()
+        # The host says so itself, and goes on serving everything else.
+        health = self.read_all(self.direct(h, "/_health"))
+        if not health.startswith(b"HTTP/1.0 503") or not health.endswith(b"\r\n\r\ndraining\n"):
+            raise RuntimeError("%s: /_health with the drain file present answered %r" % (h, health[:120]))
+        self.wait_state(h, "DOWN")
+        t_down = time.monotonic()
+        # Out of rotation, but a request in hand (sent straight to the host)
+        # that QUIT must let finish: QUIT once its worker shows it.
         slow = self.direct(h, "/sleep?ms=400")
         wait_for(h + "'s worker to take the slow request",
                  lambda: b"/sleep?ms=400" in self.read_all(self.direct(h, "/_status?format=json")))
-        t0 = time.monotonic()
+        t_quit = time.monotonic()
         os.kill(pid, signal.SIGQUIT)
-        # Until the master is gone: the answer in hand, and when HAProxy
-        # takes the host out (before the exit, or only when it refuses).
-        answer, t_down, t_exit = b"", None, None
-        slow.setblocking(False)
-        deadline = t0 + 20
-        while t_exit is None or t_down is None:
-            if time.monotonic() > deadline:
-                raise RuntimeError("%s: no exit or no DOWN within 20 s of QUIT" % h)
-            if slow.fileno() >= 0 and select.select([slow], [], [], 0.02)[0]:
-                chunk = slow.recv(65536)
-                answer += chunk
-                if not chunk:
-                    slow.close()
-            if t_down is None and self.status(h).startswith("DOWN"):
-                t_down = time.monotonic()
-            if t_exit is None and not self.procs.alive(pid):
-                t_exit = time.monotonic()
-        if slow.fileno() >= 0:
-            slow.setblocking(True)
-            answer += self.read_all(slow)
-            slow.close()
+        answer = self.read_all(slow)
+        slow.close()
         if not answer.startswith(b"HTTP/1.0 200") or not answer.endswith(b"slept 400 ms\n"):
             raise RuntimeError("%s: the request in hand at QUIT got %r" % (h, answer[:80]))
-        self.wait_state(h, "DOWN")
-        t_restart = time.monotonic()
+        wait_for(h + "'s master to exit after QUIT", lambda: not self.procs.alive(pid))
+        t_exit = time.monotonic()
+        # Started with the file still there it serves, but HAProxy keeps it
+        # out until the file goes.
         self.start_host(h, upgrade)
+        if not self.status(h).startswith("DOWN"):
+            raise RuntimeError("%s: HAProxy shows it %s, restarted with its drain file" % (h, self.status(h)))
+        t_rm = time.monotonic()
+        os.unlink(drain)
         self.wait_state(h, "UP")
-        self.detail = ("the request in hand finished, master exited %.2f s after QUIT, DOWN in HAProxy at %.2f s, "
-                       "UP %.2f s after the restart" % (t_exit - t0, t_down - t0, time.monotonic() - t_restart))
+        self.detail = ("/_health 503 draining, DOWN in HAProxy %.2f s after the drain file, the request in hand "
+                       "finished, master exited %.2f s after QUIT, UP %.2f s after the file's removal" %
+                       (t_down - t0, t_exit - t_quit, time.monotonic() - t_rm))
 
     def hard_failure(self, h, upgrade):
         master = self.pid(h)
@@ -386,7 +387,7 @@ def main():
     for h in c.names:
         steps.append(("USR2 fork-exec upgrade " + h, h, "upgrades", lambda h=h: c.upgrade_fork_exec(h)))
     for h in c.names:
-        steps.append(("QUIT drain of %s, back with --upgrade in-place" % h, h, "drains",
+        steps.append(("drain (file, DOWN, QUIT) of %s, back with --upgrade in-place" % h, h, "drains",
                       lambda h=h: c.drain_and_return(h, "in-place")))
     for h in c.names:
         steps.append(("USR2 in-place upgrade " + h, h, "upgrades", lambda h=h: c.upgrade_in_place(h)))
