@@ -28,10 +28,11 @@
 // (it ticks its heartbeat like a worker) is replaced from the master: new
 // workers are forked from the master until the next promotion.
 //
-// Stands on prctl, fork, waitpid, poll, sendmsg/recvmsg (fd_passing.hpp)
-// and getrandom.
+// Stands on prctl, fork, waitpid, poll, sendmsg/recvmsg (fd_passing.hpp),
+// getrandom and /proc/self/statm.
 #pragma once
 
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -80,6 +81,20 @@ inline std::uint64_t fresh_seed() {
 
 namespace detail {
 
+// This process's resident set in bytes, as the worker's max_rss check reads
+// it (/proc/self/statm); 0 if unreadable.
+inline std::uint64_t resident_bytes() noexcept {
+  fd statm(::open("/proc/self/statm", O_RDONLY | O_CLOEXEC));
+  if (!statm) return 0;
+  char buf[128];
+  ssize_t r = ::pread(statm.get(), buf, sizeof buf - 1, 0);
+  if (r <= 0) return 0;
+  buf[r] = '\0';
+  unsigned long size = 0, resident = 0;
+  if (std::sscanf(buf, "%lu %lu", &size, &resident) != 2) return 0;
+  return static_cast<std::uint64_t>(resident) * static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+}
+
 // What a mold hands back in the worker it forked: the slot and the control
 // channel the master chose for it.
 struct mold_order {
@@ -106,6 +121,14 @@ inline mold_order run_mold(const pool_config& config, const scoreboard& board, s
     (void)std::fflush(nullptr);
     ::_exit(code);
   };
+  // A forked worker starts with the mold's resident pages (fork copies the
+  // page tables): from a mold above max_rss, every worker would be replaced
+  // at its first check, and its replacement too, without end.
+  if (config.max_rss != 0)
+    if (std::uint64_t rss = resident_bytes(); rss > config.max_rss)
+      leave(1, "resident " + std::to_string(rss) + " bytes, above max_rss (" +
+                   std::to_string(config.max_rss) +
+                   "): every worker forked from it would be too; not becoming the mold");
   tick();
   me.state.store(static_cast<std::int32_t>(worker_state::mold), std::memory_order_release);
   wake();

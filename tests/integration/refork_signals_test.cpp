@@ -280,3 +280,43 @@ TEST_CASE(
   fs::remove_all(dir);
   CHECK(leaks.problems() == "");
 }
+
+TEST_CASE("refork: a worker above max_rss once promoted does not become the mold: no endless recycling",
+          "[refork][recycle]") {
+  prefork::test::leak_check leaks;
+  {
+    const std::size_t limit = own_rss() + (32u << 20);
+    pool p(2, [&](prefork::pool_config& c) {
+      with_marker(c);
+      c.max_rss = limit;
+      c.after_promotion = [](prefork::worker&) {  // warms up more than a worker may hold
+        static std::vector<char> warm;
+        warm.assign(64 << 20, 'x');
+        mold_marker = ::getpid();
+      };
+    });
+    std::set<pid_t> first = p.start(2);
+    pid_t chosen = serve_requests(p.address, 1);
+    p.signal(SIGURG);
+    p.ev.wait_for("(pid " + std::to_string(chosen) + "): promoting to mold");
+    p.ev.wait_for("above max_rss (" + std::to_string(limit) + "): every worker forked from it would be too");
+    p.ev.wait_for("(pid " + std::to_string(chosen) + ") died before it became the mold");
+    p.ev.wait_for("(pid " + std::to_string(chosen) + ", generation 1) exited 1");
+    // Its replacement, from the master, and the other first worker serve on;
+    // nothing is forked from it, nothing recycled (a worker checks its RSS
+    // after every request).
+    for (int i = 0; i < 20; ++i) serve_requests(p.address, 1);
+    CHECK(children_of(p.pid()).size() == 2);
+    p.signal(SIGTTIN);
+    std::string spawned = p.ev.wait_for("generation 1) spawned");
+    CHECK(spawned.find("by the mold") == std::string::npos);
+    CHECK(marker_of(p, pid_in(spawned)) == 0);
+    p.wait_ready(1);
+    CHECK(p.ev.count("is the mold") == 0);
+    CHECK(p.ev.count("is above max_rss") == 0);
+    CHECK(p.board->ready() == 3);
+    (void)first;
+    p.quit();
+  }
+  CHECK(leaks.problems() == "");
+}
