@@ -45,6 +45,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <optional>
@@ -90,8 +91,13 @@ inline std::uint64_t resident_bytes() noexcept {
   ssize_t r = ::pread(statm.get(), buf, sizeof buf - 1, 0);
   if (r <= 0) return 0;
   buf[r] = '\0';
-  unsigned long size = 0, resident = 0;
-  if (std::sscanf(buf, "%lu %lu", &size, &resident) != 2) return 0;
+  // "size resident shared ...", in pages.
+  char* end = nullptr;
+  (void)std::strtoul(buf, &end, 10);
+  if (end == buf || *end != ' ') return 0;
+  char* start = end + 1;
+  unsigned long resident = std::strtoul(start, &end, 10);
+  if (end == start) return 0;
   return static_cast<std::uint64_t>(resident) * static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
 }
 
@@ -356,7 +362,7 @@ class reforker {
   }
 
   // Workers ordered from a mold whose pid never came (`timeout`), or whose
-  // mold died before forking them: given up. Returns when to look again.
+  // mold is gone without forking them: given up. Returns when to look again.
   clock::time_point check(pool_state& s, const pool_config& config, clock::time_point now) {
     clock::time_point next = clock::time_point::max();
     const bool mold_alive = std::any_of(s.workers.begin(), s.workers.end(), [](const worker_record& r) {
@@ -380,7 +386,7 @@ class reforker {
         continue;
       }
       auto deadline = it->spawned + config.timeout;
-      if (mold_alive && now < deadline) {
+      if ((mold_alive || forked(*it)) && now < deadline) {
         next = std::min(next, deadline);
         ++it;
         continue;
@@ -413,6 +419,18 @@ class reforker {
   }
 
  private:
+  // Whether a worker ordered from a mold that is gone exists: the worker's
+  // end of its channel was held by the mold, its short-lived child and the
+  // worker only, and the mold reaps that child before it reads another
+  // message. Open: the worker is our child already (re-parented when that
+  // child exited) and has yet to write its pid: wait for it, or it would
+  // outlive a stopping master. Closed: the mold died before forking it.
+  static bool forked(const worker_record& r) {
+    pollfd p{r.control.get(), POLLRDHUP, 0};
+    if (PREFORK_SYSCALL(poll)(&p, 1, 0) != 1) return true;
+    return (p.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL)) == 0;
+  }
+
   static std::uint64_t requests(const pool_state& s, const worker_record& r) {
     return s.board->cells(r.slot).requests.load(std::memory_order_relaxed);
   }
