@@ -28,10 +28,11 @@
 // (it ticks its heartbeat like a worker) is replaced from the master: new
 // workers are forked from the master until the next promotion.
 //
-// Stands on prctl, fork, waitpid, poll, sendmsg/recvmsg (fd_passing.hpp)
-// and getrandom.
+// Stands on prctl, fork, waitpid, poll, sendmsg/recvmsg (fd_passing.hpp),
+// getrandom and /proc/self/statm.
 #pragma once
 
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -44,6 +45,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <optional>
@@ -80,6 +82,25 @@ inline std::uint64_t fresh_seed() {
 
 namespace detail {
 
+// This process's resident set in bytes, as the worker's max_rss check reads
+// it (/proc/self/statm); 0 if unreadable.
+inline std::uint64_t resident_bytes() noexcept {
+  fd statm(::open("/proc/self/statm", O_RDONLY | O_CLOEXEC));
+  if (!statm) return 0;
+  char buf[128];
+  ssize_t r = ::pread(statm.get(), buf, sizeof buf - 1, 0);
+  if (r <= 0) return 0;
+  buf[r] = '\0';
+  // "size resident shared ...", in pages.
+  char* end = nullptr;
+  (void)std::strtoul(buf, &end, 10);
+  if (end == buf || *end != ' ') return 0;
+  char* start = end + 1;
+  unsigned long resident = std::strtoul(start, &end, 10);
+  if (end == start) return 0;
+  return static_cast<std::uint64_t>(resident) * static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+}
+
 // What a mold hands back in the worker it forked: the slot and the control
 // channel the master chose for it.
 struct mold_order {
@@ -106,6 +127,14 @@ inline mold_order run_mold(const pool_config& config, const scoreboard& board, s
     (void)std::fflush(nullptr);
     ::_exit(code);
   };
+  // A forked worker starts with the mold's resident pages (fork copies the
+  // page tables): from a mold above max_rss, every worker would be replaced
+  // at its first check, and its replacement too, without end.
+  if (config.max_rss != 0)
+    if (std::uint64_t rss = resident_bytes(); rss > config.max_rss)
+      leave(1, "resident " + std::to_string(rss) + " bytes, above max_rss (" +
+                   std::to_string(config.max_rss) +
+                   "): every worker forked from it would be too; not becoming the mold");
   tick();
   me.state.store(static_cast<std::int32_t>(worker_state::mold), std::memory_order_release);
   wake();
@@ -333,7 +362,7 @@ class reforker {
   }
 
   // Workers ordered from a mold whose pid never came (`timeout`), or whose
-  // mold died before forking them: given up. Returns when to look again.
+  // mold is gone without forking them: given up. Returns when to look again.
   clock::time_point check(pool_state& s, const pool_config& config, clock::time_point now) {
     clock::time_point next = clock::time_point::max();
     const bool mold_alive = std::any_of(s.workers.begin(), s.workers.end(), [](const worker_record& r) {
@@ -357,7 +386,7 @@ class reforker {
         continue;
       }
       auto deadline = it->spawned + config.timeout;
-      if (mold_alive && now < deadline) {
+      if ((mold_alive || forked(*it)) && now < deadline) {
         next = std::min(next, deadline);
         ++it;
         continue;
@@ -390,6 +419,18 @@ class reforker {
   }
 
  private:
+  // Whether a worker ordered from a mold that is gone exists: the worker's
+  // end of its channel was held by the mold, its short-lived child and the
+  // worker only, and the mold reaps that child before it reads another
+  // message. Open: the worker is our child already (re-parented when that
+  // child exited) and has yet to write its pid: wait for it, or it would
+  // outlive a stopping master. Closed: the mold died before forking it.
+  static bool forked(const worker_record& r) {
+    pollfd p{r.control.get(), POLLRDHUP, 0};
+    if (PREFORK_SYSCALL(poll)(&p, 1, 0) != 1) return true;
+    return (p.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL)) == 0;
+  }
+
   static std::uint64_t requests(const pool_state& s, const worker_record& r) {
     return s.board->cells(r.slot).requests.load(std::memory_order_relaxed);
   }
