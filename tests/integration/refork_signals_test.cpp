@@ -1,6 +1,6 @@
 // Refork with the master's other controls: TTIN, TTOU and WINCH while a mold
 // is alive, max_rss, and a fork_exec upgrade (prefork-httpd) whose old
-// master has a mold. The harness is refork_test.cpp's (pool_harness.hpp).
+// master has a mold. The harness is pool_harness.hpp and refork_harness.hpp.
 #include <signal.h>
 #include <sys/wait.h>
 
@@ -14,34 +14,13 @@
 
 #include "httpd_support.hpp"
 #include "pool_harness.hpp"
+#include "refork_harness.hpp"
 
 using namespace pool_test;
+using namespace refork_test;
 namespace fs = std::filesystem;
 
 namespace {
-
-pid_t serve_requests(const std::string& address, int n) {
-  client c(address);
-  std::string pid;
-  for (int i = 0; i < n; ++i) pid = c.ask("pid");
-  REQUIRE(!pid.empty());
-  return static_cast<pid_t>(std::stol(pid));
-}
-
-// The pid in "... (pid 123) is the mold ...".
-pid_t pid_in(const std::string& line) {
-  auto at = line.find("(pid ");
-  REQUIRE(at != std::string::npos);
-  return static_cast<pid_t>(std::stol(line.substr(at + 5)));
-}
-
-std::set<pid_t> wait_new_generation(pool& p, unsigned generation, std::size_t n, std::size_t old) {
-  std::set<pid_t> born;
-  for (std::size_t i = 0; i < n; ++i) born.insert(pid_in(p.ev.wait_for("spawned by the mold")));
-  for (std::size_t i = 0; i < n; ++i) p.ev.wait_for("generation " + std::to_string(generation) + ") ready");
-  for (std::size_t i = 0; i < old; ++i) p.ev.wait_for(") exited 0");
-  return born;
-}
 
 // Set by after_promotion in the mold only: a worker that has it was forked
 // from the mold (the master's copy stays 0).

@@ -7,39 +7,10 @@
 #include <vector>
 
 #include "pool_harness.hpp"
+#include "refork_harness.hpp"
 
 using namespace pool_test;
-
-namespace {
-
-// Opens a connection and asks "pid" `n` times on it: n requests served by
-// one worker. Its pid.
-pid_t serve_requests(const std::string& address, int n) {
-  client c(address);
-  std::string pid;
-  for (int i = 0; i < n; ++i) pid = c.ask("pid");
-  REQUIRE(!pid.empty());
-  return static_cast<pid_t>(std::stol(pid));
-}
-
-// The pid in "... (pid 123) is the mold ...".
-pid_t pid_in(const std::string& line) {
-  auto at = line.find("(pid ");
-  REQUIRE(at != std::string::npos);
-  return static_cast<pid_t>(std::stol(line.substr(at + 5)));
-}
-
-// Waits until the generation forked from the mold serves alone: `n` workers
-// spawned by the mold and ready, and `old` workers of older generations gone.
-std::set<pid_t> wait_new_generation(pool& p, unsigned generation, std::size_t n, std::size_t old) {
-  std::set<pid_t> born;
-  for (std::size_t i = 0; i < n; ++i) born.insert(pid_in(p.ev.wait_for("spawned by the mold")));
-  for (std::size_t i = 0; i < n; ++i) p.ev.wait_for("generation " + std::to_string(generation) + ") ready");
-  for (std::size_t i = 0; i < old; ++i) p.ev.wait_for(") exited 0");
-  return born;
-}
-
-}  // namespace
+using namespace refork_test;
 
 TEST_CASE("refork_after: the mold forks the next generation, the master's children, and never serves",
           "[refork]") {
