@@ -14,12 +14,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include <prefork/fd.hpp>
@@ -332,5 +334,42 @@ inline command_result run(const std::vector<std::string>& argv, bool with_stderr
   r.code = status->exited() ? status->code() : 128 + status->signal();
   return r;
 }
+
+// New connections, one GET /hello each, until stopped; counts what failed.
+class hello_loop {
+ public:
+  explicit hello_loop(int port)
+      : thread_([this, port] {
+          while (!stop_) {
+            try {
+              response r = get(port, "/hello");
+              if (r.status == 200 && r.body == "Hello, World!")
+                ++served_;
+              else
+                ++failed_;
+            } catch (const std::exception&) {
+              ++failed_;
+            }
+          }
+        }) {}
+  ~hello_loop() { finish(); }
+  void finish() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  // Waits until `more` further requests were answered (the loop is alive).
+  void wait_for_more(int more) {
+    int target = served_ + more;
+    auto deadline = steady::now() + patience;
+    while (served_ < target && failed_ == 0 && steady::now() < deadline) std::this_thread::yield();
+  }
+  int served() const { return served_; }
+  int failed() const { return failed_; }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::atomic<int> served_{0}, failed_{0};
+  std::thread thread_;
+};
 
 }  // namespace httpd_test

@@ -18,43 +18,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// New connections, one GET /hello each, until stopped; counts what failed.
-class client_loop {
- public:
-  explicit client_loop(int port)
-      : thread_([this, port] {
-          while (!stop_) {
-            try {
-              response r = get(port, "/hello");
-              if (r.status == 200 && r.body == "Hello, World!")
-                ++served_;
-              else
-                ++failed_;
-            } catch (const std::exception&) {
-              ++failed_;
-            }
-          }
-        }) {}
-  ~client_loop() { finish(); }
-  void finish() {
-    stop_ = true;
-    if (thread_.joinable()) thread_.join();
-  }
-  // Waits until `more` further requests were answered (the loop is alive).
-  void wait_for_more(int more) {
-    int target = served_ + more;
-    auto deadline = steady::now() + patience;
-    while (served_ < target && failed_ == 0 && steady::now() < deadline) std::this_thread::yield();
-  }
-  int served() const { return served_; }
-  int failed() const { return failed_; }
-
- private:
-  std::atomic<bool> stop_{false};
-  std::atomic<int> served_{0}, failed_{0};
-  std::thread thread_;
-};
-
 pid_t read_pid(const fs::path& p) {
   std::ifstream in(p);
   pid_t pid = 0;
@@ -83,7 +46,7 @@ TEST_CASE("prefork-httpd in-place upgrades (USR2) under load: same PID, no reque
       {
         server s({"-m", mode, "--upgrade", "in-place", "--graceful-timeout", "5"});
         const pid_t master = s.pid();
-        client_loop load(s.port());
+        hello_loop load(s.port());
         load.wait_for_more(50);
         for (int n = 1; n <= 3; ++n) {
           s.signal(SIGUSR2);
@@ -115,7 +78,7 @@ TEST_CASE("prefork-httpd fork_exec upgrade (USR2) under load: a new master takes
         server s({"-m", mode, "--upgrade", "fork-exec", "--graceful-timeout", "5", "-P", pid_path.string()});
         const pid_t old_master = s.pid();
         REQUIRE(read_pid(pid_path) == old_master);
-        client_loop load(s.port());
+        hello_loop load(s.port());
         load.wait_for_more(50);
         s.signal(SIGUSR2);
         // The new master starts its workers, then QUITs the old one, which

@@ -172,46 +172,6 @@ TEST_CASE("refork: a worker above max_rss is replaced by one forked from the mol
   CHECK(leaks.problems() == "");
 }
 
-namespace {
-
-// New connections, one GET /hello each, until stopped; counts what failed.
-class client_loop {
- public:
-  explicit client_loop(int port)
-      : thread_([this, port] {
-          while (!stop_) {
-            try {
-              httpd_test::response r = httpd_test::get(port, "/hello");
-              if (r.status == 200 && r.body == "Hello, World!")
-                ++served_;
-              else
-                ++failed_;
-            } catch (const std::exception&) {
-              ++failed_;
-            }
-          }
-        }) {}
-  ~client_loop() { finish(); }
-  void finish() {
-    stop_ = true;
-    if (thread_.joinable()) thread_.join();
-  }
-  void wait_for_more(int more) {
-    int target = served_ + more;
-    auto deadline = clock::now() + httpd_test::patience;
-    while (served_ < target && failed_ == 0 && clock::now() < deadline) std::this_thread::yield();
-  }
-  int served() const { return served_; }
-  int failed() const { return failed_; }
-
- private:
-  std::atomic<bool> stop_{false};
-  std::atomic<int> served_{0}, failed_{0};
-  std::thread thread_;
-};
-
-}  // namespace
-
 TEST_CASE(
     "refork: a fork_exec upgrade with a mold alive: the old master, its mold and workers go, no request lost",
     "[refork][upgrade][httpd]") {
@@ -230,7 +190,7 @@ TEST_CASE(
     std::set<pid_t> old = children_of(old_master);  // the mold and its two workers
     CHECK(old.size() == 3);
     CHECK(old.count(mold) == 1);
-    client_loop load(s.port());
+    httpd_test::hello_loop load(s.port());
     load.wait_for_more(50);
     s.signal(SIGUSR2);
     auto old_status = s.process().wait_for(std::chrono::duration_cast<std::chrono::milliseconds>(20s));
