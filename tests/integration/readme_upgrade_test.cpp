@@ -60,11 +60,6 @@ std::string write_proc(const std::string& path, const std::string& text) {
 std::string isolate() {
   std::vector<std::string> keep = {fs::path(prefork::test::bin_path("readme_taste")).parent_path().string(),
                                    fs::path(prefork::test::self_exe()).parent_path().string()};
-  std::vector<std::pair<std::string, prefork::fd>> under_tmp;
-  for (const std::string& dir : keep)
-    if (dir.rfind("/tmp/", 0) == 0)
-      under_tmp.emplace_back(dir, prefork::fd(::open(dir.c_str(), O_PATH | O_CLOEXEC)));
-
   const uid_t uid = ::geteuid();
   const gid_t gid = ::getegid();
   int flags = CLONE_NEWNET | CLONE_NEWNS;
@@ -85,13 +80,23 @@ std::string isolate() {
   if (!sock || ::ioctl(sock.get(), SIOCGIFFLAGS, &lo) == -1) return errno_text("SIOCGIFFLAGS lo");
   lo.ifr_flags = static_cast<short>(lo.ifr_flags | IFF_UP);
   if (::ioctl(sock.get(), SIOCSIFFLAGS, &lo) == -1) return errno_text("SIOCSIFFLAGS lo up");
+  // The folders of the binaries, when they live under /tmp, are opened
+  // here, in the new mount namespace: a bind mount from a descriptor opened
+  // before unshare() is refused (EINVAL: a mount of another namespace).
+  std::vector<std::pair<std::string, prefork::fd>> under_tmp;
+  for (const std::string& dir : keep)
+    if (dir.rfind("/tmp/", 0) == 0)
+      under_tmp.emplace_back(dir, prefork::fd(::open(dir.c_str(), O_PATH | O_CLOEXEC)));
   if (::mount("tmpfs", "/tmp", "tmpfs", 0, "mode=1777") == -1) return errno_text("mount tmpfs /tmp");
   for (auto& [dir, old] : under_tmp) {
     std::error_code ec;
     fs::create_directories(dir, ec);
     std::string from = "/proc/self/fd/" + std::to_string(old.get());
-    if (ec || ::mount(from.c_str(), dir.c_str(), nullptr, MS_BIND, nullptr) == -1)
-      return errno_text("bind " + dir + " back into the private /tmp");
+    if (ec || ::mount(from.c_str(), dir.c_str(), nullptr, MS_BIND, nullptr) == -1) {
+      std::string why = errno_text("bind " + dir + " back into the private /tmp");
+      ::umount2("/tmp", MNT_DETACH);  // the other tests of this file need the real /tmp
+      return why;
+    }
   }
   return "";
 }
