@@ -59,7 +59,8 @@ std::string write_proc(const std::string& path, const std::string& text) {
 // back into the new /tmp. "" or why not.
 std::string isolate() {
   std::vector<std::string> keep = {fs::path(prefork::test::bin_path("readme_taste")).parent_path().string(),
-                                   fs::path(prefork::test::self_exe()).parent_path().string()};
+                                   fs::path(prefork::test::self_exe()).parent_path().string(),
+                                   fs::current_path().string()};  // a new master starts in it
   const uid_t uid = ::geteuid();
   const gid_t gid = ::getegid();
   int flags = CLONE_NEWNET | CLONE_NEWNS;
