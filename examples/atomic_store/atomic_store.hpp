@@ -25,9 +25,9 @@
 // before they return, and find() drops its cache when the counter has moved.
 // So a find() that starts after a put or del returned, in any process of the
 // machine, sees its effect, and a find() of an unchanged value makes no
-// system call. The cache is also dropped every second, so what the counter
-// cannot see (a writer SIGKILLed between its rename and its add) lasts a
-// second at most.
+// system call. The cache is also dropped once a second (max_age), so what
+// the counter cannot see (a writer SIGKILLed between its rename and its add)
+// lasts a second at most.
 //
 // DIR/generation appears whole (written, then link(2)ed into place: of two
 // processes creating it at once, one link wins and both map that file), with
@@ -69,6 +69,7 @@ namespace atomic_store {
 struct cache_limits {
   std::size_t value_bytes = 16 * 1024;  // larger values are read from their file each time
   std::size_t total_bytes = 32 << 20;   // per store object; 0: no cache
+  unsigned max_age = 1;                 // seconds; 0: dropped only when the counter moves
 };
 
 // A value found: its bytes, or for a large value the open entry to send
@@ -130,12 +131,13 @@ class store {
     if (caching()) {
       timespec now{};
       ::clock_gettime(CLOCK_MONOTONIC_COARSE, &now);  // the vDSO: no system call
-      std::uint64_t generation = (*generation_)->load();
-      if (generation != cache_generation_ || now.tv_sec != cache_second_) {
+      const std::uint64_t generation = (*generation_)->load();
+      const bool old = limits_.max_age && now.tv_sec - cache_since_ >= static_cast<time_t>(limits_.max_age);
+      if (generation != cache_generation_ || old) {
         cache_.clear();
         cached_bytes_ = 0;
         cache_generation_ = generation;  // read before the files the cache is filled from
-        cache_second_ = now.tv_sec;
+        cache_since_ = now.tv_sec;
       }
       key_.assign(key.data(), key.size());
       if (auto hit = cache_.find(key_); hit != cache_.end()) return found{hit->second.value, hit->second.etag};
@@ -342,7 +344,7 @@ class store {
   std::unordered_map<std::string, cached> cache_;
   std::size_t cached_bytes_ = 0;
   std::uint64_t cache_generation_ = 0;
-  time_t cache_second_ = 0;
+  time_t cache_since_ = 0;
   std::string key_, scratch_, etag_;  // reused: a hit allocates nothing
 };
 
