@@ -19,15 +19,19 @@
 // ticks before Linux 6.13, two puts in a row get the same mtime.)
 //
 // The cache. find() keeps small values in memory, per store object (in
-// prefork-kv, per worker), within cache_limits. Whether they are current is
-// one load of a counter in DIR/generation, a file every store on DIR maps
-// (MAP_SHARED): put and del add one to it after their rename or unlink and
-// before they return, and find() drops its cache when the counter has moved.
-// So a find() that starts after a put or del returned, in any process of the
-// machine, sees its effect, and a find() of an unchanged value makes no
-// system call. The cache is also dropped once a second (max_age), so what
-// the counter cannot see (a writer SIGKILLed between its rename and its add)
-// lasts a second at most.
+// prefork-kv, per worker: a process forked from the one that opened the store
+// has its own copy of the cache and shares the mapping below), within
+// cache_limits. Whether they are current is one load of a counter in
+// DIR/generation, a file every store on DIR maps (MAP_SHARED): put and del add
+// one to it after their rename or unlink and before they return, and find()
+// drops its cache when the counter has moved. So a find() that starts after a
+// put or del returned, in any process of the machine, sees its effect, and a
+// find() of an unchanged value makes no system call. The cache is also dropped
+// once a second (max_age), so what the counter cannot see (a writer SIGKILLed
+// between its rename and its add, say by a heartbeat while the directory's
+// fsync hangs) lasts a second at most. (While a put is under way, one process
+// may read the new value from its file while another still serves the old one
+// from memory; once the put has returned, every find() sees the new one.)
 //
 // DIR/generation appears whole (written, then link(2)ed into place: of two
 // processes creating it at once, one link wins and both map that file), with
@@ -126,7 +130,8 @@ class store {
     return removed;
   }
 
-  // The value, cached when it is small (see above).
+  // The value, cached when it is small (see above). Not thread-safe: a
+  // store object per thread, as prefork-kv has one per worker.
   std::optional<found> find(std::string_view key) {
     if (caching()) {
       timespec now{};
