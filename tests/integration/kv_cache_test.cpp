@@ -65,7 +65,8 @@ struct conn {
 };
 
 // Kept-alive connections, one to each of `workers` workers (a worker says
-// who it is in /_status).
+// who it is in /_status). The server needs --reuseport: on one shared
+// socket, a single evented worker may well accept every connection.
 std::vector<conn> one_per_worker(int port, std::size_t workers) {
   std::map<pid_t, conn> by_worker;
   for (int tries = 0; by_worker.size() < workers && tries < 200; ++tries) {
@@ -141,7 +142,7 @@ TEST_CASE("prefork-kv: once a PUT or DELETE is answered, every worker serves the
       prefork::test::leak_check leaks;
       temp_dir dir;
       {
-        server s = start_kv(dir, {"-m", mode, "-w", "2"});
+        server s = start_kv(dir, {"-m", mode, "-w", "2", "--reuseport"});
         // Evented: a connection held to each worker. Blocking workers close
         // after each answer: ten new connections, to either worker.
         std::vector<conn> held;
@@ -178,7 +179,7 @@ TEST_CASE("prefork-kv: concurrent PUTs and GETs: no GET older than the last answ
   prefork::test::leak_check leaks;
   temp_dir dir;
   {
-    server s = start_kv(dir, {"-w", "2"});
+    server s = start_kv(dir, {"-w", "2", "--reuseport"});
     std::vector<conn> readers = one_per_worker(s.port(), 2);
     constexpr unsigned writers = 2, puts_each = 150;
     // acked[w]: the last sequence number of writer w whose PUT was answered.
@@ -241,8 +242,8 @@ TEST_CASE("prefork-kv: two servers on one DIR see each other's PUTs and DELETEs 
   prefork::test::leak_check leaks;
   temp_dir dir;
   {
-    server a = start_kv(dir, {"-w", "2"});
-    server b = start_kv(dir, {"-w", "2"});
+    server a = start_kv(dir, {"-w", "2", "--reuseport"});
+    server b = start_kv(dir, {"-w", "2", "--reuseport"});
     std::vector<conn> held_a = one_per_worker(a.port(), 2), held_b = one_per_worker(b.port(), 2);
     std::vector<conn*> readers;
     for (auto* held : {&held_a, &held_b})
