@@ -154,7 +154,7 @@ TEST_CASE("prefork-kv: once a PUT or DELETE is answered, every worker serves the
         for (conn& c : held) readers.push_back(&c);
         faults f;
         std::string etag;
-        for (int n = 0; n < 100; ++n) {
+        for (int n = 0; n < 60; ++n) {
           const std::string value =
               "value " + std::to_string(n) + std::string(static_cast<std::size_t>(n) * 37, 'v');
           REQUIRE(put(s.port(), "k", value).status == 204);
@@ -181,7 +181,7 @@ TEST_CASE("prefork-kv: concurrent PUTs and GETs: no GET older than the last answ
   {
     server s = start_kv(dir, {"-w", "2", "--reuseport"});
     std::vector<conn> readers = one_per_worker(s.port(), 2);
-    constexpr unsigned writers = 2, puts_each = 150;
+    constexpr unsigned writers = 2, puts_each = 100;
     // acked[w]: the last sequence number of writer w whose PUT was answered.
     std::atomic<std::uint64_t> acked[writers] = {};
     std::atomic<unsigned> writing{writers}, failed{0}, reads{0};
