@@ -206,7 +206,7 @@ namespace {
 // the operation (8 bits) and the slot or listener index (24 bits), so a
 // completion for a connection closed since, its slot now another's, is
 // recognised by its generation.
-enum op : std::uint8_t { op_recv = 1, op_send, op_poll, op_listener, op_control, op_ignore };
+enum op : std::uint8_t { op_recv = 1, op_send, op_poll, op_listener, op_control, op_ignore, op_closed };
 
 std::uint64_t tag(op o, std::uint32_t index, std::uint32_t generation = 0) {
   return (std::uint64_t(generation) << 32) | (std::uint64_t(o) << 24) | (index & 0xffffffu);
@@ -316,6 +316,13 @@ class loop final : public http_engine {
         if (e.res >= 0 && index < accept_more_.size()) accept_more_[index] = true;
         return;
       case op_ignore: return;
+      case op_closed:
+        // A descriptor is free: accepting that stopped for want of one goes on.
+        if (--closing_ == 0 && out_of_fds_) {
+          out_of_fds_ = false;
+          if (!listening_ && !stopping_ && live_ < cap_) start_accepting();
+        }
+        return;
       default: break;
     }
     if (o == op_recv && (e.flags & IORING_CQE_F_BUFFER)) {
@@ -381,6 +388,13 @@ class loop final : public http_engine {
       int raw = ::accept4(listener, reinterpret_cast<sockaddr*>(&peer), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (raw == -1) {
         if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) continue;
+        if ((errno == EMFILE || errno == ENFILE) && closing_ > 0) {
+          // Closes through the ring free descriptors a little later than
+          // close(2) would: not a new episode, only wait for them.
+          stop_accepting();
+          out_of_fds_ = true;
+          return;
+        }
         if (errno == EMFILE || errno == ENFILE) {
           // Out of descriptors: stop accepting until a connection closes,
           // and hold no more connections than fit from now on, so this
@@ -586,7 +600,8 @@ class loop final : public http_engine {
     }
     io_uring_sqe* s = sqe();
     io_uring_prep_close(s, fd);
-    s->user_data = tag(op_ignore, 0);
+    s->user_data = tag(op_closed, 0);
+    ++closing_;
     c.eof_pending = c.paused = c.piled_fresh = false;
     // The slot waits for its operations' last completions: a completion
     // must never find another connection in it.
@@ -654,6 +669,8 @@ class loop final : public http_engine {
   std::vector<bool> accept_armed_;
   std::vector<bool> accept_more_;  // stopped at accepts_per_wakeup: more after this turn
   bool stop_asked_ = false;
+  std::size_t closing_ = 0;  // closes submitted through the ring, not yet done
+  bool out_of_fds_ = false;  // accept4 said EMFILE while closes were pending
 };
 
 // The ring for the loop: task work run only when the loop waits
