@@ -7,8 +7,11 @@
 #include <sys/mman.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
+
+#include <csignal>
 
 #include <algorithm>
 #include <cerrno>
@@ -216,7 +219,9 @@ constexpr unsigned default_buffers = 256;  // provided receive buffers per worke
 constexpr unsigned buffer_size = 8192;     // bytes each
 constexpr std::size_t pile_limit = 1u
                                    << 20;  // input kept while an answer waits to leave, then reading pauses
-constexpr std::size_t accepts_per_wakeup = 32;  // then let the sibling workers have some
+constexpr std::size_t accepts_per_wakeup = 32;   // then let the sibling workers have some
+constexpr unsigned feat_min_timeout = 1u << 15;  // IORING_FEAT_MIN_TIMEOUT (Linux 6.12; not in liburing 2.3)
+constexpr unsigned min_wait_us = 50;             // how long a turn waits for more than its sends' completions
 
 struct ring_connection : connection {
   using connection::connection;
@@ -239,6 +244,7 @@ struct completion {
 class loop final : public http_engine {
  public:
   loop(server& srv, prefork::worker& w, io_uring& ring, unsigned buffers) : http_engine(srv, w), ring_(ring) {
+    buffer_count_ = buffers;
     int r = buffers_.setup(&ring_, buffers, buffer_size, 0);
     if (r < 0) throw std::system_error(-r, std::generic_category(), "io_uring_register_buf_ring");
     accept_armed_.assign(w.listeners().size(), false);
@@ -263,12 +269,11 @@ class loop final : public http_engine {
       ts.tv_sec = static_cast<long long>(wait.count() / 1000000000);
       ts.tv_nsec = static_cast<long long>(wait.count() % 1000000000);
       w_.mark_idle();  // what /_status shows while the loop waits
-      io_uring_cqe* first = nullptr;
       // The turn's sends, receives, accepts and cancels go in with the wait:
       // one system call.
-      int r = io_uring_submit_and_wait_timeout(&ring_, &first, 1, &ts, nullptr);
+      int r = submit_and_wait(ts);
       if (r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY && r != -EAGAIN)
-        throw std::system_error(-r, std::generic_category(), "io_uring_submit_and_wait_timeout");
+        throw std::system_error(-r, std::generic_category(), "io_uring_enter");
       w_.tick();
       turn_start_ = coarse_now();
       bool any = false;
@@ -458,7 +463,15 @@ class loop final : public http_engine {
       else
         peer_closed(c);
       return;
-    } else if (res != -ENOBUFS && res != -ECANCELED && res != -EINTR && res != -EAGAIN) {
+    } else if (res == -ENOBUFS) {
+      // More receives completed in one turn than there are buffers: each
+      // was copied and given back, so re-arming is all there is to do. Said
+      // once: many such turns cost re-arms, and more buffers would help.
+      if (!std::exchange(buffers_ran_out_, true))
+        error_line("-m uring: the " + std::to_string(buffer_count_) +
+                   " provided receive buffers ran out (ENOBUFS); receiving re-armed " +
+                   "(PREFORK_HTTPD_URING_BUFFERS sets their number)");
+    } else if (res != -ECANCELED && res != -EINTR && res != -EAGAIN) {
       return close(c);  // reset, or the like
     }
     // The multishot receive ended (the provided buffers ran out, or it was
@@ -548,6 +561,37 @@ class loop final : public http_engine {
     s->user_data = tag(op_send, c.index, c.generation);
     c.send_busy = true;
     ++c.inflight;
+    ++sends_;
+  }
+
+  // Submits and waits. A send to a socket with room completes as it is
+  // submitted, and its completion alone would end the wait: the loop would
+  // turn once for the sends and once more for the next requests. Where the
+  // kernel has IORING_FEAT_MIN_TIMEOUT (6.12), the wait is for the sends'
+  // completions and one event more, but for min_wait at most once anything
+  // is there: one system call per turn, and a send that must wait for
+  // room delays nothing.
+  int submit_and_wait(__kernel_timespec& ts) {
+    const unsigned sends = std::exchange(sends_, 0);
+    if (!(ring_.features & feat_min_timeout) || sends == 0 || !batch_sends_) {
+      io_uring_cqe* first = nullptr;
+      return io_uring_submit_and_wait_timeout(&ring_, &first, 1, &ts, nullptr);
+    }
+    // What io_uring_submit does, with the argument liburing 2.3 cannot pass.
+    io_uring_sq& sq = ring_.sq;
+    const unsigned tail = sq.sqe_tail;
+    if (sq.sqe_head != tail) {
+      sq.sqe_head = tail;
+      io_uring_smp_store_release(sq.ktail, tail);
+    }
+    const unsigned to_submit = tail - io_uring_smp_load_acquire(sq.khead);
+    io_uring_getevents_arg arg{};
+    arg.sigmask_sz = _NSIG / 8;
+    arg.pad = min_wait_us;  // min_wait_usec in kernels that have it
+    arg.ts = reinterpret_cast<std::uint64_t>(&ts);
+    long r = ::syscall(__NR_io_uring_enter, ring_.ring_fd, to_submit, sends + 1,
+                       IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg, sizeof arg);
+    return r < 0 ? -errno : static_cast<int>(r);
   }
 
   void queue_poll(ring_connection& c) {
@@ -669,6 +713,13 @@ class loop final : public http_engine {
   std::vector<bool> accept_armed_;
   std::vector<bool> accept_more_;  // stopped at accepts_per_wakeup: more after this turn
   bool stop_asked_ = false;
+  unsigned sends_ = 0;  // sends queued this turn
+  unsigned buffer_count_ = 0;
+  bool buffers_ran_out_ = false;  // ENOBUFS was said
+  // PREFORK_HTTPD_URING_MIN_WAIT=0: a turn's wait ends at its sends'
+  // completions (for comparisons; docs/uring.md).
+  bool batch_sends_ = !(std::getenv("PREFORK_HTTPD_URING_MIN_WAIT") &&
+                        std::strcmp(std::getenv("PREFORK_HTTPD_URING_MIN_WAIT"), "0") == 0);
   std::size_t closing_ = 0;  // closes submitted through the ring, not yet done
   bool out_of_fds_ = false;  // accept4 said EMFILE while closes were pending
 };
