@@ -438,7 +438,9 @@ class loop final : public http_engine {
     } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
       return close(c);
     }
-    if (c.sock && !c.read_eof) arm_recv(c);
+    // Answered with "Connection: close" already (and nothing to drain):
+    // no receive to arm, and none to cancel at the close.
+    if (c.sock && !c.read_eof && !(c.close_after && !c.linger)) arm_recv(c);
   }
 
   void on_recv(ring_connection& c, int res, bool last) {
