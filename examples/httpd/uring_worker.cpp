@@ -8,7 +8,6 @@
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -124,8 +123,7 @@ std::string uring_unavailable() {
   struct {
     int op;
     const char* name;
-  } const needed[] = {{IORING_OP_ACCEPT, "IORING_OP_ACCEPT"},
-                      {IORING_OP_RECV, "IORING_OP_RECV"},
+  } const needed[] = {{IORING_OP_RECV, "IORING_OP_RECV"},
                       {IORING_OP_SEND, "IORING_OP_SEND"},
                       {IORING_OP_POLL_ADD, "IORING_OP_POLL_ADD"},
                       {IORING_OP_ASYNC_CANCEL, "IORING_OP_ASYNC_CANCEL"},
@@ -142,23 +140,14 @@ std::string uring_unavailable() {
   if ((r = buffers.setup(&ring, 1, 64, 0)) < 0)
     return describe("io_uring_register_buf_ring", r) + " (provided buffer rings; Linux 5.19)";
 
-  // Multishot accept and multishot receive, tried for real: the opcodes
-  // exist long before their multishot flags do.
-  prefork::fd listener(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  socklen_t len = sizeof(sa_family_t);  // autobind: an abstract name of the kernel's choosing
-  if (!listener || ::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), len) == -1 ||
-      ::listen(listener.get(), 4) == -1 ||
-      (len = sizeof addr, ::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &len)) == -1)
-    return std::string("a unix socket to try io_uring on: ") + std::strerror(errno);
+  // Multishot poll and multishot receive, tried for real: the opcodes exist
+  // long before their multishot flags do.
   int pair[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, pair) == -1)
     return std::string("socketpair: ") + std::strerror(errno);
   prefork::fd mine(pair[0]), theirs(pair[1]);
-
   io_uring_sqe* sqe = io_uring_get_sqe(&ring);
-  io_uring_prep_multishot_accept(sqe, listener.get(), nullptr, nullptr, SOCK_CLOEXEC);
+  io_uring_prep_poll_multishot(sqe, mine.get(), POLLIN);
   sqe->user_data = 1;
   sqe = io_uring_get_sqe(&ring);
   io_uring_prep_recv_multishot(sqe, mine.get(), nullptr, 0, 0);
@@ -166,14 +155,11 @@ std::string uring_unavailable() {
   sqe->buf_group = buffers.group();
   sqe->user_data = 2;
   if ((r = io_uring_submit(&ring)) < 0) return describe("io_uring_enter", r);
-  prefork::fd client(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!client || ::connect(client.get(), reinterpret_cast<sockaddr*>(&addr), len) == -1)
-    return std::string("connect to a unix socket to try io_uring on: ") + std::strerror(errno);
   if (::write(theirs.get(), "x", 1) != 1)
     return std::string("write to a socket pair: ") + std::strerror(errno);
 
-  bool accepted = false, received = false;
-  for (int turn = 0; turn < 4 && !(accepted && received); ++turn) {
+  bool polled = false, received = false;
+  for (int turn = 0; turn < 4 && !(polled && received); ++turn) {
     __kernel_timespec wait{1, 0};
     io_uring_cqe* cqe = nullptr;
     r = io_uring_submit_and_wait_timeout(&ring, &cqe, 1, &wait, nullptr);
@@ -184,10 +170,9 @@ std::string uring_unavailable() {
       ++seen;
       const bool more = cqe->flags & IORING_CQE_F_MORE;
       if (cqe->user_data == 1) {
-        if (cqe->res < 0) return describe("multishot accept", cqe->res) + " (Linux 5.19)";
-        ::close(cqe->res);
-        if (!more) return "multishot accept ended after one connection (Linux 5.19)";
-        accepted = true;
+        if (cqe->res < 0) return describe("multishot poll", cqe->res) + " (Linux 5.13)";
+        if (!more) return "multishot poll ended after one event (Linux 5.13)";
+        polled = true;
       } else if (cqe->user_data == 2) {
         if (cqe->res < 0) return describe("multishot recv", cqe->res) + " (Linux 6.0)";
         if (!(cqe->flags & IORING_CQE_F_BUFFER))
@@ -198,7 +183,7 @@ std::string uring_unavailable() {
     }
     io_uring_cq_advance(&ring, seen);
   }
-  if (!accepted) return "multishot accept did not complete (Linux 5.19)";
+  if (!polled) return "multishot poll did not complete (Linux 5.13)";
   if (!received) return "multishot recv did not complete (Linux 6.0)";
   return "";
 }
