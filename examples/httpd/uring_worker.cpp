@@ -202,8 +202,8 @@ std::uint64_t tag(op o, std::uint32_t index, std::uint32_t generation = 0) {
 
 constexpr unsigned default_buffers = 256;  // provided receive buffers per worker
 constexpr unsigned buffer_size = 8192;     // bytes each
-constexpr std::size_t pile_limit = 1u
-                                   << 20;  // input kept while an answer waits to leave, then reading pauses
+// Input kept while an answer waits to leave; beyond it, reading pauses.
+constexpr std::size_t pile_limit = std::size_t(1) << 20;
 constexpr std::size_t accepts_per_wakeup = 32;   // then let the sibling workers have some
 constexpr unsigned feat_min_timeout = 1u << 15;  // IORING_FEAT_MIN_TIMEOUT (Linux 6.12; not in liburing 2.3)
 constexpr unsigned min_wait_us = 50;             // how long a turn waits for more than its sends' completions
@@ -279,6 +279,9 @@ class loop final : public http_engine {
       if (stop_asked_) begin_stop();
       for (std::uint32_t i = 0; i < accept_more_.size(); ++i) {
         if (accept_more_[i] && listening_) accept_from(i);
+        // Not accepting (the cap, EMFILE, the stop): the poll, armed again
+        // when accepting resumes, reports what waits.
+        if (!listening_) accept_more_[i] = false;
         // The multishot poll ended (cancelled, or the kernel ended it):
         // again, while we accept.
         if (!accept_armed_[i] && listening_) arm_accept(i);
