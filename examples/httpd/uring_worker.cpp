@@ -206,7 +206,18 @@ constexpr unsigned buffer_size = 8192;     // bytes each
 constexpr std::size_t pile_limit = std::size_t(1) << 20;
 constexpr std::size_t accepts_per_wakeup = 32;   // then let the sibling workers have some
 constexpr unsigned feat_min_timeout = 1u << 15;  // IORING_FEAT_MIN_TIMEOUT (Linux 6.12; not in liburing 2.3)
-constexpr unsigned min_wait_us = 50;             // how long a turn waits for more than its sends' completions
+constexpr unsigned default_min_wait_us = 50;     // how long a turn waits for more than its sends' completions
+
+// PREFORK_HTTPD_URING_MIN_WAIT: microseconds a turn that sent waits for
+// more than its sends' completions (default 50; 0: not at all), for
+// comparisons.
+unsigned min_wait_wanted() {
+  if (const char* e = std::getenv("PREFORK_HTTPD_URING_MIN_WAIT"); e && *e) {
+    unsigned long v = std::strtoul(e, nullptr, 10);
+    if (v <= 100000) return static_cast<unsigned>(v);
+  }
+  return default_min_wait_us;
+}
 
 struct ring_connection : connection {
   using connection::connection;
@@ -563,7 +574,7 @@ class loop final : public http_engine {
   // room delays nothing.
   int submit_and_wait(__kernel_timespec& ts) {
     const unsigned sends = std::exchange(sends_, 0);
-    if (!(ring_.features & feat_min_timeout) || sends == 0 || !batch_sends_) {
+    if (!(ring_.features & feat_min_timeout) || sends == 0 || min_wait_us_ == 0) {
       io_uring_cqe* first = nullptr;
       return io_uring_submit_and_wait_timeout(&ring_, &first, 1, &ts, nullptr);
     }
@@ -577,7 +588,7 @@ class loop final : public http_engine {
     const unsigned to_submit = tail - io_uring_smp_load_acquire(sq.khead);
     io_uring_getevents_arg arg{};
     arg.sigmask_sz = _NSIG / 8;
-    arg.pad = min_wait_us;  // min_wait_usec in kernels that have it
+    arg.pad = min_wait_us_;  // min_wait_usec in kernels that have it
     arg.ts = reinterpret_cast<std::uint64_t>(&ts);
     // The ring's descriptor registered (io_uring_register_ring_fd): no file
     // lookup per call. liburing 2.3 marks it with bit 0 of int_flags.
@@ -710,13 +721,10 @@ class loop final : public http_engine {
   bool stop_asked_ = false;
   unsigned sends_ = 0;  // sends queued this turn
   unsigned buffer_count_ = 0;
-  bool buffers_ran_out_ = false;  // ENOBUFS was said
-  // PREFORK_HTTPD_URING_MIN_WAIT=0: a turn's wait ends at its sends'
-  // completions (for comparisons; docs/uring.md).
-  bool batch_sends_ = !(std::getenv("PREFORK_HTTPD_URING_MIN_WAIT") &&
-                        std::strcmp(std::getenv("PREFORK_HTTPD_URING_MIN_WAIT"), "0") == 0);
-  std::size_t closing_ = 0;  // closes submitted through the ring, not yet done
-  bool out_of_fds_ = false;  // accept4 said EMFILE while closes were pending
+  bool buffers_ran_out_ = false;              // ENOBUFS was said
+  unsigned min_wait_us_ = min_wait_wanted();  // 0: a turn's wait ends at its sends' completions
+  std::size_t closing_ = 0;                   // closes submitted through the ring, not yet done
+  bool out_of_fds_ = false;                   // accept4 said EMFILE while closes were pending
 };
 
 // The ring for the loop: task work run only when the loop waits
