@@ -85,7 +85,7 @@ struct connection {
   bool linger = false;         // ... and drain input first (it was not all read)
   bool idle = true;            // no request in hand: between requests, nothing buffered
   bool peer_done = false;      // the client shut down its sending side
-  steady::time_point started;  // of the request in hand, for the access log
+  steady::time_point started;  // of the request in hand: its duration, for the log and /_metrics
 
   bool sending() const { return out_sent < out.size() || file_left > 0 || generate; }
 };
