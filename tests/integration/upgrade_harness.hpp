@@ -14,7 +14,8 @@
 // upgrade_test and upgrade_signals_test run their master as a helper of the
 // test binary (so its startup_argv() runs the helper again) in a directory
 // of its own: helper_master starts it, helper_pool_config builds its pool
-// from its arguments, and boot_switch says how a boot is to go.
+// from its arguments, and boot_switch says how a boot is to go. spawn_master
+// starts any master with its listener, as reuseport_upgrade_test's too.
 #pragma once
 
 #include <poll.h>
@@ -236,6 +237,22 @@ inline prefork::pool_config helper_pool_config(char** argv, bool hang) {
   return config;
 }
 
+// Spawns a master: `listener` as its descriptor 3 (PREFORK_FDS=3), its
+// stderr into `log`, our environment plus `env_extra`.
+inline prefork::child spawn_master(const std::vector<std::string>& argv, const prefork::fd& listener,
+                                   prefork::test::line_reader& log, std::vector<std::string> env_extra = {}) {
+  prefork::spawn_options options;
+  options.fds = {{0, 0}, {1, 1}, {log.write_fd(), 2}, {listener.get(), 3}};
+  std::vector<std::string> env;
+  for (char** e = environ; *e; ++e) env.emplace_back(*e);
+  env.push_back("PREFORK_FDS=3");
+  for (std::string& x : env_extra) env.push_back(std::move(x));
+  options.env = env;
+  prefork::child master = prefork::spawn(argv, options);
+  log.close_write();
+  return master;
+}
+
 // A master helper under test, in a directory of its own: /tmp/NAME-XXXXXX
 // with its pid file, the .oldbin name a fork_exec upgrade gives it, and the
 // switch file. Its log (stderr) is read from `log`.
@@ -266,24 +283,16 @@ class helper_master {
   helper_master(const helper_master&) = delete;
   helper_master& operator=(const helper_master&) = delete;
 
-  // Spawns `argv` with a new listener on 127.0.0.1:0 as descriptor 3
-  // (PREFORK_FDS=3), UPGRADE_TEST_SWITCH and `env_extra` in its environment,
-  // and waits until `workers` workers are ready. Ours is closed: if the
-  // master lost its socket, clients are refused.
+  // Spawns `argv` with a new listener on 127.0.0.1:0 (spawn_master), with
+  // UPGRADE_TEST_SWITCH and `env_extra` in its environment, and waits until
+  // `workers` workers are ready. Ours is closed: if the master lost its
+  // socket, clients are refused.
   void start(const std::vector<std::string>& argv, unsigned workers,
              std::vector<std::string> env_extra = {}) {
     prefork::fd listener = prefork::listen("127.0.0.1:0");
     address = prefork::local_address(listener.get());
-    prefork::spawn_options options;
-    options.fds = {{0, 0}, {1, 1}, {log.write_fd(), 2}, {listener.get(), 3}};
-    std::vector<std::string> env;
-    for (char** e = environ; *e; ++e) env.emplace_back(*e);
-    env.push_back("PREFORK_FDS=3");
-    env.push_back("UPGRADE_TEST_SWITCH=" + switch_path.string());
-    for (std::string& x : env_extra) env.push_back(std::move(x));
-    options.env = env;
-    master = prefork::spawn(argv, options);
-    log.close_write();
+    env_extra.insert(env_extra.begin(), "UPGRADE_TEST_SWITCH=" + switch_path.string());
+    master = spawn_master(argv, listener, log, std::move(env_extra));
     listener.reset();
     for (unsigned i = 0; i < workers; ++i) log.wait_for(") ready");
   }
