@@ -53,8 +53,8 @@ inline void send_quit(worker_record& r, std::chrono::steady_clock::time_point no
 // TERM and INT: how long workers get to die of SIGTERM before SIGKILL.
 inline constexpr std::chrono::milliseconds quick_stop_wait{2000};
 
-// The quick stop: SIGTERM to every worker (one ordered from a mold, pid 0,
-// sees its control channel close instead).
+// The quick stop: SIGTERM to every worker whose pid is known (a worker
+// ordered from a mold has none until it reports it).
 inline void send_term(pool_state& s) noexcept {
   for (worker_record& r : s.workers) {
     r.term_sent = true;
