@@ -20,6 +20,7 @@
 #include "catch.hpp"
 #include "helpers.hpp"
 #include "leak_check.hpp"
+#include "notify_support.hpp"
 #include "upgrade_harness.hpp"
 
 using namespace upgrade_test;
@@ -370,16 +371,7 @@ class notify_socket {
     bool taken = false;
   };
 
-  explicit notify_socket(const fs::path& path) {
-    sock_.reset(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-    REQUIRE(sock_);
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    REQUIRE(path.string().size() < sizeof addr.sun_path);
-    std::memcpy(addr.sun_path, path.c_str(), path.string().size());
-    REQUIRE(::bind(sock_.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0);
-    int on = 1;
-    REQUIRE(::setsockopt(sock_.get(), SOL_SOCKET, SO_PASSCRED, &on, sizeof on) == 0);
+  explicit notify_socket(const fs::path& path) : sock_(notify_test::bind_notify_socket(path, SOCK_NONBLOCK)) {
     prefork::pipe_ends stop = prefork::pipe();
     stop_read_ = std::move(stop.read);
     stop_write_ = std::move(stop.write);
@@ -442,26 +434,11 @@ class notify_socket {
       pollfd p[2] = {{sock_.get(), POLLIN, 0}, {stop_read_.get(), POLLIN, 0}};
       if (::poll(p, 2, -1) == -1 && errno != EINTR) return;
       if (p[1].revents != 0) return;
-      for (;;) {
-        char buf[4096];
-        alignas(cmsghdr) char control[CMSG_SPACE(sizeof(ucred))];
-        iovec iov{buf, sizeof buf};
-        msghdr msg{};
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control;
-        msg.msg_controllen = sizeof control;
-        ssize_t n = ::recvmsg(sock_.get(), &msg, MSG_CMSG_CLOEXEC);
-        if (n < 0) break;
+      while (std::optional<notify_test::notification> got = notify_test::read_notification(sock_.get())) {
         message m;
-        m.text.assign(buf, static_cast<std::size_t>(n));
+        m.text = std::move(got->text);
+        m.sender = got->sender;
         m.at = clock::now();
-        for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
-          if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS) {
-            ucred cred{};
-            std::memcpy(&cred, CMSG_DATA(c), sizeof cred);
-            m.sender = cred.pid;
-          }
         std::lock_guard<std::mutex> lock(mutex_);
         seen_.push_back(std::move(m));
         arrived_.notify_all();
