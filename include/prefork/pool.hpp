@@ -15,24 +15,25 @@
 // program without closing a socket (upgrade.hpp), URG promote a warm worker
 // to be the mold of the next workers (refork.hpp). Under systemd it reports
 // READY, RELOADING, STOPPING, STATUS, WATCHDOG and EXTEND_TIMEOUT_USEC.
+// The loop decides; the mechanics are apart: a worker's start in
+// pool_spawn.hpp, its stop, death and reaping in pool_exits.hpp, the
+// bookkeeping in pool_detail.hpp.
 // Stands on fork, waitpid, kill, poll, pipe2, and /proc/self/status.
 #pragma once
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
-#include <cstdio>
-#include <cstring>
-#include <fstream>
+#include <cstdint>
 #include <functional>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -44,6 +45,8 @@
 #include <prefork/pipe.hpp>
 #include <prefork/pool_config.hpp>
 #include <prefork/pool_detail.hpp>
+#include <prefork/pool_exits.hpp>
+#include <prefork/pool_spawn.hpp>
 #include <prefork/process.hpp>
 #include <prefork/refork.hpp>
 #include <prefork/reuseport.hpp>
@@ -62,16 +65,7 @@ class master {
   // std::invalid_argument naming what is wrong. Forks nothing.
   explicit master(pool_config config) : config_(std::move(config)) {
     if (config_.reuseport) slots_.adopt_inherited();  // after an upgrade; before the listeners are taken
-    if (config_.workers == 0) throw std::invalid_argument("pool_config: workers must be at least 1");
-    if (config_.timeout.count() <= 0) throw std::invalid_argument("pool_config: timeout must be positive");
-    if (config_.graceful_timeout.count() < 0)
-      throw std::invalid_argument("pool_config: graceful_timeout is negative");
-    if (config_.upgrade_timeout.count() <= 0)
-      throw std::invalid_argument("pool_config: upgrade_timeout must be positive");
-    if (config_.max_workers == 0) config_.max_workers = 2 * config_.workers + 8;
-    if (config_.max_workers < config_.workers)
-      throw std::invalid_argument("pool_config: max_workers (" + std::to_string(config_.max_workers) +
-                                  ") is below workers (" + std::to_string(config_.workers) + ")");
+    detail::check_limits(config_);
     if (config_.listeners.empty()) {
       inherited given = take_inherited_fds();
       config_.listeners = std::move(given.fds);
@@ -187,10 +181,6 @@ class master {
 
   void log(const std::string& event) const noexcept { detail::log_event(config_, event); }
 
-  detail::slot_cells& cells(const detail::worker_record& r) const noexcept {
-    return state_.board->cells(r.slot);
-  }
-
   std::string name(const detail::worker_record& r) const { return detail::worker_name(r); }
 
   void wake_by(clock::time_point t) noexcept { next_wake_ = std::min(next_wake_, t); }
@@ -206,35 +196,18 @@ class master {
     PREFORK_SYSCALL(poll)(polls, 2, wait_ms);  // EINTR: a signal, which is what we wait for
   }
 
-  // Waits only for the children the master knows (its workers, a new
-  // master of fork_exec), one waitpid(pid, WNOHANG) each, as libuv does: a
-  // child that a hook spawned (on_reload, a log pipe) is its owner's to wait
-  // for, and waitpid(-1) would steal its exit status. As PID 1 of a pid
-  // namespace the master is also every orphan's parent, and reaps the rest.
+  // The children the master knows: its workers, a new master of fork_exec
+  // (pool_exits.hpp says why no others). A subreaper (refork) is the parent
+  // of the mold's workers and of whatever else its descendants orphan.
   void reap_all_workers() {
     std::vector<pid_t> known;
     known.reserve(state_.workers.size() + 1);
     for (const detail::worker_record& r : state_.workers)
       if (r.pid != 0) known.push_back(r.pid);
     if (pid_t next = upgrade_.successor_pid()) known.push_back(next);
-    for (pid_t pid : known) {
-      int status = 0;
-      pid_t got = detail::retry([&] { return ::waitpid(pid, &status, WNOHANG); });
-      if (got == pid) {
-        reaped(pid, exit_status(status));
-      } else if (got == -1 && errno == ECHILD) {
-        reaped(pid, std::nullopt);  // someone else's waitpid(-1) took it: gone, status unknown
-      }
-    }
-    // A subreaper (refork) is the parent of the mold's workers and of
-    // whatever else its descendants orphan.
-    if (::getpid() != 1 && !refork_.on()) return;
-    for (;;) {
-      int status = 0;
-      pid_t pid = detail::retry([&] { return ::waitpid(-1, &status, WNOHANG); });
-      if (pid <= 0) return;  // 0: none exited; ECHILD: no children at all
-      reaped(pid, exit_status(status));
-    }
+    detail::reap_children(
+        known, ::getpid() == 1 || refork_.on(),
+        [this](pid_t pid, const std::optional<exit_status>& status) { reaped(pid, status); });
   }
 
   void reaped(pid_t pid, const std::optional<exit_status>& status) {
@@ -247,34 +220,13 @@ class master {
       slots_.forget_steering();  // a failed new image may have attached its own
       return;
     }
-    std::string how = status ? status->describe() : "was reaped by another waitpid (status unknown)";
     if (it == state_.workers.end()) {
-      if (status) log("reaped unknown child pid " + std::to_string(pid) + ": " + how);
+      if (status) log("reaped unknown child pid " + std::to_string(pid) + ": " + status->describe());
       return;
     }
-    const clock::time_point now = clock::now();
-    auto lived = now - it->spawned;
-    std::string line = name(*it) + " " + how + " after " + detail::seconds(lived);
-    detail::respawn_health& health = state_.health_of(it->index);
-    bool asked_to_go = it->quit_sent || it->term_sent;
-    if (!asked_to_go && !it->killed) state_.board->count_restart(restart_cause::crash);
-    if (!asked_to_go && lived < std::chrono::seconds(1)) {
-      ++health.fast_deaths;
-      auto delay = detail::crash_backoff(health.fast_deaths);
-      health.not_before = now + delay;
-      if (delay.count() > 0) detail::bump(state_.board->master_cells().crash_backoffs);
-      if (delay.count() > 0)
-        line += "; died within a second of starting " + std::to_string(health.fast_deaths) +
-                " times in a row, respawning in " + detail::seconds(delay);
-    } else {
-      health.fast_deaths = 0;
-    }
-    log(line);
+    log(detail::account_exit(state_, *it, status, clock::now()));
     refork_.gone(*it, config_);
-    detail::slot_cells& c = cells(*it);
-    c.pid.store(0, std::memory_order_relaxed);
-    c.state.store(static_cast<std::int32_t>(worker_state::free), std::memory_order_release);
-    state_.workers.erase(it);
+    detail::forget_worker(state_, it);
   }
 
   void handle_signal(const signal_info& info) {
@@ -342,10 +294,7 @@ class master {
       stop_deadline_ = now + detail::quick_stop_wait;
       log("received " + signame + ": quick stop, SIGTERM to " + std::to_string(state_.workers.size()) +
           " workers");
-      for (detail::worker_record& r : state_.workers) {
-        r.term_sent = true;
-        if (r.pid != 0) ::kill(r.pid, SIGTERM);
-      }
+      detail::send_term(state_);
     }
     // Not a hand-over (that one took the new master off our hands): a new
     // master still starting must not outlive us.
@@ -354,12 +303,7 @@ class master {
 
   void enforce_stop_deadline(clock::time_point now) {
     if (now < stop_deadline_) return wake_by(stop_deadline_);
-    for (detail::worker_record& r : state_.workers) {
-      if (r.killed || r.pid == 0) continue;
-      log(name(r) + " still running at the end of the stop: SIGKILL");
-      r.killed = true;
-      ::kill(r.pid, SIGKILL);
-    }
+    detail::kill_remaining(state_, config_);
   }
 
   void send_quit(detail::worker_record& r, clock::time_point now) {
@@ -395,23 +339,12 @@ class master {
     refork_.notice(state_, config_, stop_ == stop_kind::none && !upgrade_.in_progress() && state_.wanted > 0,
                    clock::now());
     for (detail::worker_record& r : state_.workers) {
-      detail::slot_cells& c = cells(r);
-      auto s = static_cast<worker_state>(c.state.load(std::memory_order_acquire));
+      auto s = static_cast<worker_state>(state_.board->cells(r.slot).state.load(std::memory_order_acquire));
       if (!r.ready && (s == worker_state::idle || s == worker_state::busy)) {
         r.ready = true;
         log(name(r) + " ready");
       }
-      auto why = static_cast<detail::retire_reason>(c.retire.load(std::memory_order_relaxed));
-      if (why != detail::retire_reason::none && !r.retiring) {
-        r.retiring = true;
-        state_.board->count_restart(why == detail::retire_reason::max_requests ? restart_cause::max_requests
-                                                                               : restart_cause::max_rss);
-        if (why == detail::retire_reason::max_requests)
-          log(name(r) + " served " + std::to_string(c.requests.load()) + " requests (max_requests " +
-              std::to_string(config_.max_requests) + "): replacing it");
-        else
-          log(name(r) + " is above max_rss (" + std::to_string(config_.max_rss) + " bytes): replacing it");
-      }
+      detail::notice_recycling(state_, config_, r);
     }
     if (!announced_generation_ && stop_ == stop_kind::none && state_.ready_count() >= state_.wanted) {
       announced_generation_ = true;
@@ -524,86 +457,12 @@ class master {
   }
 
   // From the mold of the current generation if there is one (refork.hpp),
-  // else from the master.
+  // else from the master (pool_spawn.hpp).
   void spawn(unsigned index, std::size_t slot, clock::time_point now) {
-    detail::worker_record* mold = refork_.mold(state_);
-    if (mold == nullptr) detail::refuse_threads("master: respawning a worker");
-    detail::slot_cells& c = state_.board->cells(slot);
-    const std::int64_t now_ns =
-        std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
-    c.pid.store(0);
-    c.index.store(index);
-    c.generation.store(state_.generation);
-    c.started_ns.store(now_ns);
-    c.last_tick_ns.store(now_ns);
-    c.requests.store(0);
-    c.request_limit.store(detail::jittered(config_.max_requests, jitter_seed_));
-    c.retire.store(0);
-    detail::write_activity(c, "");
-    c.state.store(static_cast<std::int32_t>(worker_state::booting), std::memory_order_release);
-    pid_t pid = 0;
-    fd ours;
-    try {
-      if (config_.reuseport) slots_.of(index, config_.listeners);  // opened here, where failing is safe
-      // A refork's control channel is a socket: the mold receives orders on it.
-      std::pair<fd, fd> control;
-      if (refork_.on()) {
-        control = socket_pair(SOCK_STREAM | SOCK_NONBLOCK);
-      } else {
-        pipe_ends p = pipe(O_NONBLOCK);
-        control = {std::move(p.read), std::move(p.write)};
-      }
-      if (mold != nullptr) {
-        refork_.order(*mold, slot, control.first.get());
-      } else {
-        (void)std::fflush(nullptr);  // or buffered output would be written twice, by both processes
-        blocked_signals blocked;     // no handler of ours may run in the child
-        std::optional<child> forked = prefork::fork();
-        if (!forked) {
-          control.second.reset();  // the master's end: the worker must see end of file when it closes
-          become_worker(index, slot, std::move(control.first));
-        }
-        pid = forked->detach();
-      }
-      ours = std::move(control.second);  // the worker's end closes here, before it can be seen serving
-    } catch (...) {
-      c.state.store(static_cast<std::int32_t>(worker_state::free));  // no ghost in the scoreboard
-      throw;
-    }
-    detail::worker_record r;
-    r.pid = pid;
-    r.index = index;
-    r.generation = state_.generation;
-    r.slot = slot;
-    r.control = std::move(ours);
-    r.spawned = now;
-    r.via_mold = mold != nullptr;
-    if (pid != 0) c.pid.store(pid);
-    state_.workers.push_back(std::move(r));
+    const detail::worker_record& r = detail::spawn_worker(
+        {state_, config_, refork_, slots_, *sigs_, work_, jitter_seed_}, index, slot, now);
     wake_by(now + config_.timeout);  // its heartbeat deadline, should after_fork hang before the first tick
-    if (pid != 0) log(name(state_.workers.back()) + " spawned");
-  }
-
-  // In the child, which never returns into the master's code: _exit runs no
-  // destructor of the master's objects (the pid file would be removed).
-  [[noreturn]] void become_worker(unsigned index, std::size_t slot, fd control) {
-    const pid_t master_pid = ::getppid();
-    sigs_->forget_in_child();
-    detail::worker_signals();  // also unblocks, once dispositions are right
-    for (detail::worker_record& r : state_.workers) r.control.reset();
-    state_.wake_read.reset();
-    const std::vector<fd>* mine = &config_.listeners;
-    try {
-      if (config_.reuseport) {
-        mine = &slots_.of(index, config_.listeners);
-        slots_.keep_only(index, config_.listeners);
-      }
-    } catch (const std::exception& e) {
-      log("worker " + std::to_string(index) + " (pid " + std::to_string(::getpid()) + "): " + e.what());
-      ::_exit(1);
-    }
-    detail::worker_life::run(config_, *mine, *state_.board, slot, index, std::move(control),
-                             state_.wake_write.get(), work_, master_pid);
+    if (r.pid != 0) log(name(r) + " spawned");
   }
 
   // READY, RELOADING, STOPPING, MAINPID: worth waiting for, a little.

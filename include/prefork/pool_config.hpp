@@ -1,5 +1,6 @@
 // prefork/pool_config.hpp: pool_config, everything a prefork pool is told,
-// and the default log line the pool writes for each lifecycle event.
+// the check of its numbers, and the default log line the pool writes for
+// each lifecycle event.
 //
 // The default log writes one line per event to standard error, with a UTC
 // timestamp and the PID, in a single write(2) so lines from the master and
@@ -16,6 +17,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -76,6 +78,21 @@ struct pool_config {
 };
 
 namespace detail {
+
+// The numbers of a config, checked: throws std::invalid_argument naming the
+// wrong one. Fills in max_workers' default.
+inline void check_limits(pool_config& config) {
+  if (config.workers == 0) throw std::invalid_argument("pool_config: workers must be at least 1");
+  if (config.timeout.count() <= 0) throw std::invalid_argument("pool_config: timeout must be positive");
+  if (config.graceful_timeout.count() < 0)
+    throw std::invalid_argument("pool_config: graceful_timeout is negative");
+  if (config.upgrade_timeout.count() <= 0)
+    throw std::invalid_argument("pool_config: upgrade_timeout must be positive");
+  if (config.max_workers == 0) config.max_workers = 2 * config.workers + 8;
+  if (config.max_workers < config.workers)
+    throw std::invalid_argument("pool_config: max_workers (" + std::to_string(config.max_workers) +
+                                ") is below workers (" + std::to_string(config.workers) + ")");
+}
 
 // "2026-11-27T03:20:01.123Z prefork[1234]: <event>\n" to fd 2.
 inline void default_log(std::string_view event) noexcept {

@@ -5,20 +5,19 @@
 // numbers, generations, scoreboard slots, control pipes, crash-loop health,
 // the scoreboard itself and the wake-up pipe. It is one struct on purpose:
 // an in-place upgrade hands exactly this to the new image, as the text of
-// encode_handover(), read back by adopt_handover(). The chores: the
-// single-thread check before fork (/proc/self/status), filling closed
-// standard descriptors with /dev/null, ignoring SIGPIPE while the master
-// runs, the controlling-terminal test for WINCH, USR1 in the master, a
-// worker's signal dispositions; and service_notifier, what systemd hears
-// beyond READY.
+// encode_handover(), read back by adopt_handover() (upgrade_handover.hpp).
+// How a worker starts is pool_spawn.hpp; how it stops, dies and is reaped,
+// pool_exits.hpp. The chores here: the single-thread check before fork
+// (/proc/self/status), filling closed standard descriptors with /dev/null,
+// ignoring SIGPIPE while the master runs, the controlling-terminal test for
+// WINCH, USR1 in the master, a worker's signal dispositions, a fresh
+// scoreboard; and service_notifier, what systemd hears beyond READY.
 // Stands on open, fcntl, getsockopt, sigaction, sigprocmask, sendto.
 #pragma once
 
 #include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -28,9 +27,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <optional>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -118,38 +115,6 @@ struct pool_state {
   }
 };
 
-// The graceful stop message: the QUIT byte, then end of file, so the
-// worker's stop_fd() stays readable from now on.
-inline void send_quit(worker_record& r, std::chrono::steady_clock::time_point now,
-                      std::chrono::milliseconds graceful_timeout) {
-  if (r.quit_sent) return;
-  r.quit_sent = r.retiring = true;
-  r.drain_deadline = now + graceful_timeout;
-  char b = static_cast<char>(SIGQUIT);
-  [[maybe_unused]] io_result ignored = write_some(r.control.get(), &b, 1);
-  r.control.reset();
-}
-
-// TERM and INT: how long workers get to die of SIGTERM before SIGKILL.
-inline constexpr std::chrono::milliseconds quick_stop_wait{2000};
-
-// First fast death: respawn at once; then 0.1s, 0.2s, 0.4s ... capped at 5s.
-inline std::chrono::milliseconds crash_backoff(unsigned fast_deaths) {
-  if (fast_deaths <= 1) return std::chrono::milliseconds(0);
-  unsigned shift = std::min(fast_deaths - 2, 16u);
-  return std::min(std::chrono::milliseconds(100LL << shift), std::chrono::milliseconds(5000));
-}
-
-// max_requests plus up to 10%, so workers started together do not all
-// retire together.
-inline std::uint64_t jittered(unsigned max_requests, std::uint64_t& seed) {
-  if (max_requests == 0) return 0;
-  seed ^= seed << 13;
-  seed ^= seed >> 7;
-  seed ^= seed << 17;
-  return max_requests + seed % (max_requests / 10 + 1);
-}
-
 template <class Duration>
 std::string seconds(Duration d) {
   char buf[32];
@@ -160,44 +125,6 @@ std::string seconds(Duration d) {
 inline std::string worker_name(const worker_record& r) {
   return "worker " + std::to_string(r.index) + " (pid " + std::to_string(r.pid) + ", generation " +
          std::to_string(r.generation) + ")";
-}
-
-// SIGKILL for workers whose heartbeat is older than `timeout`, and (unless
-// the pool is stopping, which has its own deadline) for those that did not
-// drain within graceful_timeout. Returns when to look again.
-inline std::chrono::steady_clock::time_point kill_silent_workers(pool_state& s, const pool_config& config,
-                                                                 std::chrono::steady_clock::time_point now,
-                                                                 bool draining_counts) {
-  auto next = std::chrono::steady_clock::time_point::max();
-  const std::int64_t now_ns =
-      std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
-  for (worker_record& r : s.workers) {
-    if (r.killed || r.pid == 0) continue;  // pid 0: ordered from the mold (reforker::check)
-    if (r.quit_sent && draining_counts) {
-      if (now >= r.drain_deadline) {
-        log_event(config, worker_name(r) + " did not finish within graceful_timeout: SIGKILL");
-        r.killed = true;
-        ::kill(r.pid, SIGKILL);
-        continue;
-      }
-      next = std::min(next, r.drain_deadline);
-    }
-    std::int64_t last = s.board->cells(r.slot).last_tick_ns.load(std::memory_order_relaxed);
-    auto silent = std::chrono::nanoseconds(now_ns - last);
-    if (silent < config.timeout) {
-      next = std::min(next, from_ns(last) + config.timeout);
-      continue;
-    }
-    r.killed = true;
-    ::kill(r.pid, SIGKILL);
-    s.board->count_restart(restart_cause::timeout);
-    bump(s.board->master_cells().timeouts_killed);
-    std::string activity = s.board->slot(r.slot).activity;
-    log_event(config, worker_name(r) + " silent for " + seconds(silent) + " (timeout " +
-                          seconds(config.timeout) + "), last activity \"" + activity +
-                          "\": killed with SIGKILL");
-  }
-  return next;
 }
 
 // fork(2) copies only the calling thread: a lock another thread held (in
@@ -296,132 +223,6 @@ inline void worker_signals() noexcept {
   sigset_t none;
   sigemptyset(&none);
   ::sigprocmask(SIG_SETMASK, &none, nullptr);
-}
-
-// The state an in-place upgrade hands over, as text: one line per fact, the
-// numbers of the hidden descriptors included, "end" last (a courier that
-// died half-way leaves no "end").
-inline std::string encode_handover(const pool_state& s, unsigned upgrades,
-                                   std::chrono::steady_clock::time_point now) {
-  std::ostringstream out;
-  out << "prefork-handover 1\n"
-      << "upgrades " << upgrades << "\n"
-      << "generation " << s.generation << "\n"
-      << "board " << s.board->memfd() << " " << scoreboard_layout << " " << scoreboard_slot_size << "\n"
-      << "wake " << s.wake_read.get() << " " << s.wake_write.get() << "\n";
-  auto ms = [](auto d) {
-    return std::max<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(d).count(), 0);
-  };
-  for (const worker_record& r : s.workers)
-    if (r.pid != 0)  // ordered from a mold, not yet started: its channel closes with the exec, so it stops
-      out << "worker " << r.pid << " " << r.index << " " << r.generation << " " << r.slot << " "
-          << r.control.get() << " " << r.ready << r.retiring << r.quit_sent << r.term_sent << r.killed << " "
-          << ms(now - r.spawned) << " " << (r.quit_sent ? ms(r.drain_deadline - now) : 0) << "\n";
-  out << "end\n";
-  return out.str();
-}
-
-// Numbers from encode_handover, in the new image.
-inline std::vector<int> hidden_fds(const pool_state& s) {
-  std::vector<int> out{s.board->memfd(), s.wake_read.get(), s.wake_write.get()};
-  for (const worker_record& r : s.workers)
-    if (r.control) out.push_back(r.control.get());
-  return out;
-}
-
-// An inherited descriptor number from the state: open, ours, CLOEXEC again.
-inline fd take_fd(int n, const std::string& what) {
-  if (n < 0) return fd();
-  if (::fcntl(n, F_GETFD) == -1)
-    throw std::runtime_error("in-place upgrade: the " + what + " descriptor " + std::to_string(n) +
-                             " is not open");
-  fd owned(n);
-  owned.set_cloexec(true);  // it had to cross one exec, and must not cross another
-  return owned;
-}
-
-// Fills a fresh pool_state from the text; returns the upgrade count. A
-// scoreboard of another layout (an older image says none) is not mapped:
-// s.board stays empty, `refused` says why, and the caller makes a fresh one.
-inline unsigned adopt_handover(pool_state& s, const std::string& text,
-                               std::chrono::steady_clock::time_point now, std::string* refused = nullptr) {
-  std::istringstream in(text);
-  std::string line;
-  unsigned upgrades = 0;
-  bool complete = false;
-  auto bad = [&](const std::string& why) {
-    throw std::runtime_error("in-place upgrade: malformed state from the previous image (" + why + "): \"" +
-                             line + "\"");
-  };
-  if (!std::getline(in, line) || line != "prefork-handover 1") bad("unknown format");
-  while (std::getline(in, line)) {
-    std::istringstream f(line);
-    std::string key;
-    f >> key;
-    if (key == "end") {
-      complete = true;
-      break;
-    }
-    if (key == "upgrades") {
-      f >> upgrades;
-    } else if (key == "generation") {
-      f >> s.generation;
-    } else if (key == "board") {
-      int n = -1;
-      f >> n;
-      fd board = take_fd(n, "scoreboard");
-      std::uint32_t layout = 0;
-      std::size_t slot_size = 0;
-      if (!(f >> layout >> slot_size)) {
-        f.clear();
-        layout = 0;
-      }
-      if (layout == scoreboard_layout && slot_size == scoreboard_slot_size) {
-        s.board.emplace(scoreboard::from_fd(board.release()));  // from_fd owns it
-      } else {
-        const std::string why =
-            "its layout is " +
-            (layout ? std::to_string(layout) + " (" + std::to_string(slot_size) + "-byte slots)"
-                    : std::string("unversioned (an older image)")) +
-            ", this image's is " + std::to_string(scoreboard_layout) + " (" +
-            std::to_string(scoreboard_slot_size) + "-byte slots)";
-        if (refused)
-          *refused = why;
-        else
-          bad(why);
-      }
-    } else if (key == "wake") {
-      int r = -1, w = -1;
-      f >> r >> w;
-      s.wake_read = take_fd(r, "wake-up pipe");
-      s.wake_write = take_fd(w, "wake-up pipe");
-    } else if (key == "worker") {
-      worker_record r;
-      int control = -1;
-      std::string flags;
-      long long age = 0, drain_left = 0;
-      f >> r.pid >> r.index >> r.generation >> r.slot >> control >> flags >> age >> drain_left;
-      if (flags.size() != 5) bad("worker flags");
-      r.control = take_fd(control, "control pipe");
-      r.ready = flags[0] == '1';
-      r.retiring = flags[1] == '1';
-      r.quit_sent = flags[2] == '1';
-      r.term_sent = flags[3] == '1';
-      r.killed = flags[4] == '1';
-      r.spawned = now - std::chrono::milliseconds(age);
-      r.drain_deadline = now + std::chrono::milliseconds(drain_left);
-      s.workers.push_back(std::move(r));
-    } else {
-      bad("unknown line");
-    }
-    if (f.fail()) bad("bad number");
-  }
-  if (!complete) bad("cut short");
-  if ((!s.board && (!refused || refused->empty())) || !s.wake_read || !s.wake_write)
-    bad("no scoreboard or wake-up pipe");
-  for (const worker_record& r : s.workers)
-    if (s.board && r.slot >= s.board->size()) bad("slot out of range");
-  return upgrades;
 }
 
 // A new scoreboard for the master: at the first start, after a fork_exec

@@ -57,6 +57,7 @@
 #include <prefork/fd_passing.hpp>
 #include <prefork/pool_config.hpp>
 #include <prefork/pool_detail.hpp>
+#include <prefork/pool_exits.hpp>
 #include <prefork/process.hpp>
 #include <prefork/scoreboard.hpp>
 #include <prefork/signal.hpp>

@@ -202,9 +202,9 @@ struct slot_cells {
 };
 
 // The scoreboard's layout: what an in-place upgrade checks before it maps
-// the previous image's memfd (pool_detail.hpp's handover). Bump the number
-// whenever slot_cells or master_cells change; the size catches a forgotten
-// bump and a build with other alignment.
+// the previous image's memfd (adopt_handover, upgrade_handover.hpp). Bump
+// the number whenever slot_cells or master_cells change; the size catches a
+// forgotten bump and a build with other alignment.
 inline constexpr std::uint32_t scoreboard_layout = 2;
 inline constexpr std::size_t scoreboard_slot_size = sizeof(slot_cells);
 

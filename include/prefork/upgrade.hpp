@@ -108,6 +108,7 @@
 #include <prefork/pipe.hpp>
 #include <prefork/pool_config.hpp>
 #include <prefork/pool_detail.hpp>
+#include <prefork/pool_exits.hpp>
 #include <prefork/process.hpp>
 #include <prefork/scoreboard.hpp>
 #include <prefork/signal.hpp>

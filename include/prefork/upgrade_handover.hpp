@@ -4,10 +4,12 @@
 // The environment of the next program (the descriptor protocol's variables
 // and the upgrade's own, PREFORK_UPGRADE_FROM for fork_exec and
 // PREFORK_UPGRADE_STATE for in_place), in_place's exec keeping chosen
-// descriptors at their numbers, its courier (a child that holds the pool's
-// state until the new image reads it), and the signals that were still
-// queued when the old image exec'd, which travel after the state, so the
-// new image handles them first, in order.
+// descriptors at their numbers, the pool's state as text (detail::pool_state,
+// pool_detail.hpp: encode_handover() in the old image, adopt_handover() in
+// the new, the hidden descriptors' numbers included), its courier (a child
+// that holds that text until the new image reads it), and the signals that
+// were still queued when the old image exec'd, which travel after the state,
+// so the new image handles them first, in order.
 //
 // Stands on execve(2), fork, fcntl, getenv/unsetenv, sigprocmask.
 #pragma once
@@ -17,6 +19,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
@@ -130,6 +136,132 @@ inline void exec_handing_over(const std::vector<int>& listeners, const std::vect
   int err = errno;
   restore_descriptor_flags(before);
   throw_system_error("exec " + program, err);
+}
+
+// The state an in-place upgrade hands over, as text: one line per fact, the
+// numbers of the hidden descriptors included, "end" last (a courier that
+// died half-way leaves no "end").
+inline std::string encode_handover(const pool_state& s, unsigned upgrades,
+                                   std::chrono::steady_clock::time_point now) {
+  std::ostringstream out;
+  out << "prefork-handover 1\n"
+      << "upgrades " << upgrades << "\n"
+      << "generation " << s.generation << "\n"
+      << "board " << s.board->memfd() << " " << scoreboard_layout << " " << scoreboard_slot_size << "\n"
+      << "wake " << s.wake_read.get() << " " << s.wake_write.get() << "\n";
+  auto ms = [](auto d) {
+    return std::max<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(d).count(), 0);
+  };
+  for (const worker_record& r : s.workers)
+    if (r.pid != 0)  // ordered from a mold, not yet started: its channel closes with the exec, so it stops
+      out << "worker " << r.pid << " " << r.index << " " << r.generation << " " << r.slot << " "
+          << r.control.get() << " " << r.ready << r.retiring << r.quit_sent << r.term_sent << r.killed << " "
+          << ms(now - r.spawned) << " " << (r.quit_sent ? ms(r.drain_deadline - now) : 0) << "\n";
+  out << "end\n";
+  return out.str();
+}
+
+// Numbers from encode_handover, in the new image.
+inline std::vector<int> hidden_fds(const pool_state& s) {
+  std::vector<int> out{s.board->memfd(), s.wake_read.get(), s.wake_write.get()};
+  for (const worker_record& r : s.workers)
+    if (r.control) out.push_back(r.control.get());
+  return out;
+}
+
+// An inherited descriptor number from the state: open, ours, CLOEXEC again.
+inline fd take_fd(int n, const std::string& what) {
+  if (n < 0) return fd();
+  if (::fcntl(n, F_GETFD) == -1)
+    throw std::runtime_error("in-place upgrade: the " + what + " descriptor " + std::to_string(n) +
+                             " is not open");
+  fd owned(n);
+  owned.set_cloexec(true);  // it had to cross one exec, and must not cross another
+  return owned;
+}
+
+// Fills a fresh pool_state from the text; returns the upgrade count. A
+// scoreboard of another layout (an older image says none) is not mapped:
+// s.board stays empty, `refused` says why, and the caller makes a fresh one.
+inline unsigned adopt_handover(pool_state& s, const std::string& text,
+                               std::chrono::steady_clock::time_point now, std::string* refused = nullptr) {
+  std::istringstream in(text);
+  std::string line;
+  unsigned upgrades = 0;
+  bool complete = false;
+  auto bad = [&](const std::string& why) {
+    throw std::runtime_error("in-place upgrade: malformed state from the previous image (" + why + "): \"" +
+                             line + "\"");
+  };
+  if (!std::getline(in, line) || line != "prefork-handover 1") bad("unknown format");
+  while (std::getline(in, line)) {
+    std::istringstream f(line);
+    std::string key;
+    f >> key;
+    if (key == "end") {
+      complete = true;
+      break;
+    }
+    if (key == "upgrades") {
+      f >> upgrades;
+    } else if (key == "generation") {
+      f >> s.generation;
+    } else if (key == "board") {
+      int n = -1;
+      f >> n;
+      fd board = take_fd(n, "scoreboard");
+      std::uint32_t layout = 0;
+      std::size_t slot_size = 0;
+      if (!(f >> layout >> slot_size)) {
+        f.clear();
+        layout = 0;
+      }
+      if (layout == scoreboard_layout && slot_size == scoreboard_slot_size) {
+        s.board.emplace(scoreboard::from_fd(board.release()));  // from_fd owns it
+      } else {
+        const std::string why =
+            "its layout is " +
+            (layout ? std::to_string(layout) + " (" + std::to_string(slot_size) + "-byte slots)"
+                    : std::string("unversioned (an older image)")) +
+            ", this image's is " + std::to_string(scoreboard_layout) + " (" +
+            std::to_string(scoreboard_slot_size) + "-byte slots)";
+        if (refused)
+          *refused = why;
+        else
+          bad(why);
+      }
+    } else if (key == "wake") {
+      int r = -1, w = -1;
+      f >> r >> w;
+      s.wake_read = take_fd(r, "wake-up pipe");
+      s.wake_write = take_fd(w, "wake-up pipe");
+    } else if (key == "worker") {
+      worker_record r;
+      int control = -1;
+      std::string flags;
+      long long age = 0, drain_left = 0;
+      f >> r.pid >> r.index >> r.generation >> r.slot >> control >> flags >> age >> drain_left;
+      if (flags.size() != 5) bad("worker flags");
+      r.control = take_fd(control, "control pipe");
+      r.ready = flags[0] == '1';
+      r.retiring = flags[1] == '1';
+      r.quit_sent = flags[2] == '1';
+      r.term_sent = flags[3] == '1';
+      r.killed = flags[4] == '1';
+      r.spawned = now - std::chrono::milliseconds(age);
+      r.drain_deadline = now + std::chrono::milliseconds(drain_left);
+      s.workers.push_back(std::move(r));
+    } else {
+      bad("unknown line");
+    }
+    if (f.fail()) bad("bad number");
+  }
+  if (!complete) bad("cut short");
+  if ((!s.board && (!refused || refused->empty())) || !s.wake_read || !s.wake_write)
+    bad("no scoreboard or wake-up pipe");
+  for (const worker_record& r : s.workers)
+    if (s.board && r.slot >= s.board->size()) bad("slot out of range");
+  return upgrades;
 }
 
 // The courier: a child that writes `text` into `out` and exits, so the new

@@ -20,6 +20,7 @@
 #include <sstream>
 #include <thread>
 
+#include "held_child.hpp"
 #include "helpers.hpp"
 #include "leak_check.hpp"
 #include "proc.hpp"
@@ -213,61 +214,43 @@ TEST_CASE("fork: SIGKILL and SIGABRT deaths, without a core file", "[fork]") {
 
 TEST_CASE("fork: wait_for times out while the child runs, without spinning, then reaps it", "[fork]") {
   prefork::test::leak_check leaks;
-  auto hold = prefork::pipe();
-  auto c = prefork::fork();
-  if (!c) {
-    hold.write.reset();
-    char ch;
-    while (::read(hold.read.get(), &ch, 1) > 0) {
-    }
-    ::_exit(7);
-  }
-  hold.read.reset();
+  auto [c, release] = prefork::test::fork_held(7);
   auto start = std::chrono::steady_clock::now();
   double cpu_before = cpu_seconds();
-  CHECK_FALSE(c->wait_for(300ms));
+  CHECK_FALSE(c.wait_for(300ms));
   double cpu = cpu_seconds() - cpu_before;
   auto waited = std::chrono::steady_clock::now() - start;
   INFO("waited " << std::chrono::duration_cast<std::chrono::microseconds>(waited).count() << " us");
   CHECK(waited >= 300ms);
   CHECK(waited < 5s);
   CHECK(cpu < 0.05);  // slept in poll, did not poll in a loop
-  CHECK_FALSE(c->wait_for(0ms));
-  hold.write.reset();  // the child sees end of file and exits
-  auto s = c->wait_for(20s);
+  CHECK_FALSE(c.wait_for(0ms));
+  release.reset();  // the child sees end of file and exits
+  auto s = c.wait_for(20s);
   REQUIRE(s);
   CHECK(s->code() == 7);
-  CHECK_THROWS_AS(c->wait_for(1ms), std::logic_error);
-  CHECK_THROWS_WITH(c->wait_for(1ms), Catch::Contains(std::to_string(c->pid())));
+  CHECK_THROWS_AS(c.wait_for(1ms), std::logic_error);
+  CHECK_THROWS_WITH(c.wait_for(1ms), Catch::Contains(std::to_string(c.pid())));
   REQUIRE(leaks.problems() == "");
 }
 
 TEST_CASE("fork: try_wait, and waiting twice is a logic error naming the PID", "[fork]") {
   prefork::test::leak_check leaks;
-  auto hold = prefork::pipe();
-  auto c = prefork::fork();
-  if (!c) {
-    hold.write.reset();
-    char ch;
-    while (::read(hold.read.get(), &ch, 1) > 0) {
-    }
-    ::_exit(0);
-  }
-  hold.read.reset();
-  CHECK_FALSE(c->try_wait());
-  hold.write.reset();
-  pollfd p{c->pidfd(), POLLIN, 0};
+  auto [c, release] = prefork::test::fork_held(0);
+  CHECK_FALSE(c.try_wait());
+  release.reset();
+  pollfd p{c.pidfd(), POLLIN, 0};
   REQUIRE(::poll(&p, 1, 20000) == 1);  // the pidfd turns readable on exit
-  CHECK_NOTHROW(c->kill(SIGTERM));     // ended but not reaped: nothing to signal, no error
+  CHECK_NOTHROW(c.kill(SIGTERM));      // ended but not reaped: nothing to signal, no error
   std::error_code ec;
-  c->kill(SIGTERM, ec);
+  c.kill(SIGTERM, ec);
   CHECK_FALSE(ec);
-  auto s = c->try_wait();
+  auto s = c.try_wait();
   REQUIRE(s);
   CHECK(s->success());
-  std::string pid = std::to_string(c->pid());
-  CHECK_THROWS_WITH(c->wait(), Catch::Contains("child " + pid + " was already reaped"));
-  CHECK_THROWS_AS(c->try_wait(), std::logic_error);
+  std::string pid = std::to_string(c.pid());
+  CHECK_THROWS_WITH(c.wait(), Catch::Contains("child " + pid + " was already reaped"));
+  CHECK_THROWS_AS(c.try_wait(), std::logic_error);
   REQUIRE(leaks.problems() == "");
 }
 
@@ -316,23 +299,16 @@ TEST_CASE("child: move assignment kills and reaps the child it replaces", "[fork
 
 TEST_CASE("child: detach hands the PID over; the object no longer kills it", "[fork]") {
   prefork::test::leak_check leaks;
-  auto hold = prefork::pipe();
   pid_t pid;
+  prefork::fd release;
   {
-    auto c = prefork::fork();
-    if (!c) {
-      hold.write.reset();
-      char ch;
-      while (::read(hold.read.get(), &ch, 1) > 0) {
-      }
-      ::_exit(5);
-    }
-    pid = c->detach();
-    CHECK(c->pid() == 0);
+    prefork::test::held_child c = prefork::test::fork_held(5);
+    release = std::move(c.release);
+    pid = c.process.detach();
+    CHECK(c.process.pid() == 0);
   }
-  hold.read.reset();
   CHECK(::kill(pid, 0) == 0);  // still alive after the object died
-  hold.write.reset();
+  release.reset();
   int status = 0;
   REQUIRE(::waitpid(pid, &status, 0) == pid);
   CHECK(prefork::exit_status(status).code() == 5);

@@ -9,37 +9,14 @@
 #include <poll.h>
 #include <sys/socket.h>
 
-#include <fstream>
 #include <map>
-#include <sstream>
 
-#include "pool_harness.hpp"
-#include "reuseport_support.hpp"
+#include "reuseport_harness.hpp"
 
 using namespace pool_test;
-using reuseport_test::collect;
-using reuseport_test::conn;
-using reuseport_test::listening_on;
-using reuseport_test::port_of;
+using namespace reuseport_test;
 
 namespace {
-
-// Per connection: "<index> <pid>\n", then close.
-void report_index(prefork::worker& w) {
-  while (prefork::fd conn = w.accept()) {
-    std::string line = std::to_string(w.index()) + " " + std::to_string(::getpid()) + "\n";
-    std::error_code ec;
-    prefork::write_all(conn.get(), line.data(), line.size(), ec);
-    w.request_done();
-  }
-}
-
-char process_state(pid_t pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string all((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-  auto close = all.rfind(')');
-  return close == std::string::npos || close + 2 >= all.size() ? '?' : all[close + 2];
-}
 
 std::size_t settled_unanswered(std::vector<conn>& conns, unsigned short port, clock::time_point deadline) {
   for (;;) {
@@ -49,29 +26,6 @@ std::size_t settled_unanswered(std::vector<conn>& conns, unsigned short port, cl
     for (const conn& c : conns) open += !c.done;
     if (open == listening_on(port).queued) return open;
   }
-}
-
-std::map<unsigned, pid_t> spawned(pool& p, unsigned n) {
-  std::map<unsigned, pid_t> by_index;
-  for (unsigned i = 0; i < n; ++i) {
-    std::string line = p.ev.wait_for("spawn ");
-    std::istringstream in(line.substr(line.find("spawn ") + 6));
-    unsigned index = 0, generation = 0;
-    pid_t pid = 0;
-    in >> index >> generation >> pid;
-    by_index[index] = pid;
-  }
-  p.wait_ready(n);
-  return by_index;
-}
-
-void reuseport_config(prefork::pool_config& c, unsigned short& port) {
-  prefork::listen_options opts;
-  opts.reuseport = true;
-  c.reuseport = true;
-  c.listeners.clear();
-  c.listeners.push_back(prefork::listen("127.0.0.1:0", opts));
-  port = port_of(prefork::local_address(c.listeners[0].get()));
 }
 
 // Connections to `address` until answers came from each of `want`.
@@ -94,10 +48,8 @@ TEST_CASE("reuseport: TTOU retires the last slot after its worker drained its qu
     const std::string address = "127.0.0.1:" + std::to_string(port);
     REQUIRE(listening_on(port).inodes.size() == 2);
     const pid_t last = by_index.at(1);
-    ::kill(last, SIGSTOP);
     auto deadline = clock::now() + 20s;
-    while (process_state(last) != 'T' && clock::now() < deadline) std::this_thread::yield();
-    REQUIRE(process_state(last) == 'T');
+    stop_process(last, deadline);
 
     // Connections until some wait on the stopped worker's slot.
     std::vector<conn> conns;

@@ -7,29 +7,14 @@
 #include <poll.h>
 #include <sys/socket.h>
 
-#include <fstream>
 #include <map>
-#include <sstream>
 
-#include "pool_harness.hpp"
-#include "reuseport_support.hpp"
+#include "reuseport_harness.hpp"
 
 using namespace pool_test;
-using reuseport_test::collect;
-using reuseport_test::conn;
-using reuseport_test::port_of;
+using namespace reuseport_test;
 
 namespace {
-
-// Per connection: "<index> <pid>\n", then close.
-void report_index(prefork::worker& w) {
-  while (prefork::fd conn = w.accept()) {
-    std::string line = std::to_string(w.index()) + " " + std::to_string(::getpid()) + "\n";
-    std::error_code ec;
-    prefork::write_all(conn.get(), line.data(), line.size(), ec);
-    w.request_done();
-  }
-}
 
 // Plain SO_REUSEPORT, as elsewhere: each worker opens its own socket on
 // `naive_port` and closes it when it dies.
@@ -51,14 +36,7 @@ void report_index_own_socket(prefork::worker& w) {
   }
 }
 
-std::size_t queued_on(unsigned short port) { return reuseport_test::listening_on(port).queued; }
-
-char process_state(pid_t pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string all((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-  auto close = all.rfind(')');
-  return close == std::string::npos || close + 2 >= all.size() ? '?' : all[close + 2];
-}
+std::size_t queued_on(unsigned short port) { return listening_on(port).queued; }
 
 struct outcome {
   std::size_t opened = 0, queued = 0, by_replacement = 0;
@@ -71,10 +49,8 @@ struct outcome {
 outcome stop_fill_kill(pool& p, unsigned short port, const std::map<unsigned, pid_t>& by_index) {
   outcome out;
   const pid_t victim = by_index.at(1);
-  ::kill(victim, SIGSTOP);
   auto deadline = clock::now() + 20s;
-  while (process_state(victim) != 'T' && clock::now() < deadline) std::this_thread::yield();
-  REQUIRE(process_state(victim) == 'T');
+  stop_process(victim, deadline);
   std::vector<conn> conns;
   const std::string address = "127.0.0.1:" + std::to_string(port);
   for (;;) {
@@ -110,42 +86,16 @@ outcome stop_fill_kill(pool& p, unsigned short port, const std::map<unsigned, pi
   return out;
 }
 
-std::map<unsigned, pid_t> spawned(pool& p, unsigned n) {
-  std::map<unsigned, pid_t> by_index;
-  for (unsigned i = 0; i < n; ++i) {
-    std::string line = p.ev.wait_for("spawn ");
-    std::istringstream in(line.substr(line.find("spawn ") + 6));
-    unsigned index = 0, generation = 0;
-    pid_t pid = 0;
-    in >> index >> generation >> pid;
-    by_index[index] = pid;
-  }
-  p.wait_ready(n);
-  return by_index;
-}
-
-prefork::fd reuseport_listener(const std::string& address) {
-  prefork::listen_options opts;
-  opts.reuseport = true;
-  return prefork::listen(address, opts);
-}
-
 }  // namespace
 
 TEST_CASE("reuseport: the kernel spreads connections over the slots", "[pool][reuseport]") {
   prefork::test::leak_check leaks;
   {
-    std::string address;
+    unsigned short port = 0;
     pool p(
-        2,
-        [&](prefork::pool_config& c) {
-          c.reuseport = true;
-          c.listeners.clear();
-          c.listeners.push_back(reuseport_listener("127.0.0.1:0"));
-          address = prefork::local_address(c.listeners[0].get());
-        },
-        report_index);
+        2, [&](prefork::pool_config& c) { reuseport_config(c, port); }, report_index);
     std::map<unsigned, pid_t> by_index = spawned(p, 2);
+    const std::string address = "127.0.0.1:" + std::to_string(port);
     std::set<std::string> answers;
     for (int i = 0; i < 64 && answers.size() < 2; ++i) answers.insert(client(address).receive());
     CHECK(answers ==
@@ -167,14 +117,7 @@ TEST_CASE("reuseport: a SIGKILLed worker's queue is served by its replacement", 
   {
     unsigned short port = 0;
     pool p(
-        2,
-        [&](prefork::pool_config& c) {
-          c.reuseport = true;
-          c.listeners.clear();
-          c.listeners.push_back(reuseport_listener("127.0.0.1:0"));
-          port = port_of(prefork::local_address(c.listeners[0].get()));
-        },
-        report_index);
+        2, [&](prefork::pool_config& c) { reuseport_config(c, port); }, report_index);
     std::map<unsigned, pid_t> by_index = spawned(p, 2);
     // The master holds one socket per slot: two listeners on the port.
     outcome out = stop_fill_kill(p, port, by_index);

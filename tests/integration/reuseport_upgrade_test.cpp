@@ -67,16 +67,7 @@ prefork::child start_master(const std::string& mode, const std::string& workers,
   opts.reuseport = true;
   prefork::fd listener = prefork::listen("127.0.0.1:0", opts);
   address = prefork::local_address(listener.get());
-  prefork::spawn_options options;
-  options.fds = {{0, 0}, {1, 1}, {log.write_fd(), 2}, {listener.get(), 3}};
-  std::vector<std::string> env;
-  for (char** e = environ; *e; ++e) env.emplace_back(*e);
-  env.push_back("PREFORK_FDS=3");
-  options.env = env;
-  prefork::child master =
-      prefork::spawn(prefork::test::helper_argv("reuseport_master", {mode, workers}), options);
-  log.close_write();
-  return master;
+  return spawn_master(prefork::test::helper_argv("reuseport_master", {mode, workers}), listener, log);
 }
 
 // USR2 in `mode`; the master to talk to afterwards.

@@ -32,6 +32,7 @@
 #include "helpers.hpp"
 #include "httpd_support.hpp"
 #include "leak_check.hpp"
+#include "notify_support.hpp"
 
 namespace {
 
@@ -76,17 +77,8 @@ class notify_socket {
     pid_t pid = 0;
   };
 
-  explicit notify_socket(std::filesystem::path path) : path_(std::move(path)) {
-    sock_.reset(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-    REQUIRE(sock_);
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    REQUIRE(path_.native().size() < sizeof addr.sun_path);
-    std::memcpy(addr.sun_path, path_.c_str(), path_.native().size());
-    REQUIRE(::bind(sock_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-    int on = 1;
-    REQUIRE(::setsockopt(sock_.get(), SOL_SOCKET, SO_PASSCRED, &on, sizeof on) == 0);
-  }
+  explicit notify_socket(std::filesystem::path path)
+      : path_(std::move(path)), sock_(notify_test::bind_notify_socket(path_.native())) {}
 
   const std::filesystem::path& path() const { return path_; }
 
@@ -135,26 +127,9 @@ class notify_socket {
   bool receive(steady::time_point deadline) {
     pollfd p{sock_.get(), POLLIN, 0};
     if (::poll(&p, 1, ms_left(deadline)) <= 0) return false;
-    char text[4096];
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(ucred))];
-    iovec iov{text, sizeof text};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
-    ssize_t n = ::recvmsg(sock_.get(), &msg, MSG_CMSG_CLOEXEC);
-    if (n < 0) return false;
-    message m;
-    m.text.assign(text, static_cast<std::size_t>(n));
-    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS) {
-        ucred cred{};
-        std::memcpy(&cred, CMSG_DATA(c), sizeof cred);
-        m.pid = cred.pid;
-      }
-    }
-    received_.push_back(std::move(m));
+    std::optional<notify_test::notification> got = notify_test::read_notification(sock_.get());
+    if (!got) return false;
+    received_.push_back(message{std::move(got->text), got->sender});
     return true;
   }
 

@@ -20,6 +20,7 @@
 #include "env_var.hpp"
 #include "helpers.hpp"
 #include "leak_check.hpp"
+#include "notify_support.hpp"
 
 namespace {
 
@@ -27,44 +28,13 @@ using prefork::test::env_var;
 
 using namespace std::chrono_literals;
 
-// A datagram socket at `name`: a path, or "@..." for the abstract namespace.
-prefork::fd bind_datagram(const std::string& name) {
-  prefork::fd s(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-  REQUIRE(s);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  REQUIRE(name.size() < sizeof addr.sun_path);
-  std::memcpy(addr.sun_path, name.data(), name.size());
-  socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size());
-  if (name[0] == '@') addr.sun_path[0] = '\0';
-  REQUIRE(::bind(s.get(), reinterpret_cast<sockaddr*>(&addr), len) == 0);
-  int on = 1;
-  REQUIRE(::setsockopt(s.get(), SOL_SOCKET, SO_PASSCRED, &on, sizeof on) == 0);
-  return s;
-}
-
 // One datagram and the PID the kernel vouches for, as systemd reads it.
 std::pair<std::string, pid_t> receive(int sock) {
   pollfd p{sock, POLLIN, 0};
   REQUIRE(::poll(&p, 1, 20000) == 1);
-  char data[4096];
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(ucred))];
-  iovec iov{data, sizeof data};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  ssize_t n = ::recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
-  REQUIRE(n >= 0);
-  pid_t pid = 0;
-  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
-    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS) {
-      ucred cred;
-      std::memcpy(&cred, CMSG_DATA(c), sizeof cred);
-      pid = cred.pid;
-    }
-  return {std::string(data, static_cast<std::size_t>(n)), pid};
+  std::optional<notify_test::notification> got = notify_test::read_notification(sock);
+  REQUIRE(got);
+  return {got->text, got->sender};
 }
 
 std::string unique(const char* what) {
@@ -90,7 +60,7 @@ TEST_CASE("notify sends one datagram to a NOTIFY_SOCKET path", "[systemd]") {
     auto dir = std::filesystem::temp_directory_path() / unique("notify");
     std::filesystem::create_directory(dir);
     std::string path = (dir / "notify.sock").string();
-    prefork::fd sock = bind_datagram(path);
+    prefork::fd sock = notify_test::bind_notify_socket(path);
     env_var e("NOTIFY_SOCKET", path);
     CHECK(prefork::notify("READY=1\nSTATUS=2 workers"));
     auto [text, pid] = receive(sock.get());
@@ -107,7 +77,7 @@ TEST_CASE("notify reaches an abstract NOTIFY_SOCKET ('@name')", "[systemd]") {
   prefork::test::leak_check leaks;
   {
     std::string name = "@" + unique("abstract");
-    prefork::fd sock = bind_datagram(name);
+    prefork::fd sock = notify_test::bind_notify_socket(name);
     env_var e("NOTIFY_SOCKET", name);
     std::error_code ec;
     CHECK(prefork::notify("RELOADING=1", ec));
@@ -121,7 +91,7 @@ TEST_CASE("notify from a child process carries the child's PID", "[systemd][fork
   prefork::test::leak_check leaks;
   {
     std::string name = "@" + unique("child");
-    prefork::fd sock = bind_datagram(name);
+    prefork::fd sock = notify_test::bind_notify_socket(name);
     env_var e("NOTIFY_SOCKET", name);
     pid_t child = ::fork();
     REQUIRE(child != -1);
@@ -217,7 +187,7 @@ TEST_CASE("notify with patience gives up with EAGAIN on a manager that stopped r
   prefork::test::leak_check leaks;
   {
     std::string name = "@" + unique("notify-full");
-    prefork::fd sock = bind_datagram(name);  // never read from
+    prefork::fd sock = notify_test::bind_notify_socket(name);  // never read from
     env_var e("NOTIFY_SOCKET", name);
     std::error_code ec;
     int sent = 0;

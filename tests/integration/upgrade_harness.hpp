@@ -10,11 +10,20 @@
 // read to end of file, compare. A refused connect, a reset, an early end of
 // file or a wrong answer is a failure, with its description kept for the
 // report; "every connection succeeds" is then a check that the list is empty.
+//
+// upgrade_test and upgrade_signals_test run their master as a helper of the
+// test binary (so its startup_argv() runs the helper again) in a directory
+// of its own: helper_master starts it, helper_pool_config builds its pool
+// from its arguments, and boot_switch says how a boot is to go. spawn_master
+// starts any master with its listener, as reuseport_upgrade_test's too.
 #pragma once
 
 #include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -22,6 +31,8 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <mutex>
 #include <optional>
@@ -30,7 +41,10 @@
 #include <vector>
 
 #include <prefork/fd.hpp>
+#include <prefork/pool_config.hpp>
+#include <prefork/process.hpp>
 #include <prefork/socket.hpp>
+#include <prefork/spawn.hpp>
 #include <prefork/worker.hpp>
 
 #include "catch.hpp"
@@ -190,6 +204,107 @@ class client_loop {
   std::uint64_t done_ = 0;
   std::vector<std::string> failures_;
   std::thread thread_;  // last: starts once everything above exists
+};
+
+// In the master helper: the first line of the file UPGRADE_TEST_SWITCH
+// names ("hang": the workers never become ready; "" when there is none).
+inline std::string boot_switch() {
+  std::string word;
+  if (const char* path = std::getenv("UPGRADE_TEST_SWITCH")) {
+    std::ifstream in(path);
+    std::getline(in, word);
+  }
+  return word;
+}
+
+// In the master helper: its pool, from its first arguments MODE WORKERS
+// GRACEFUL_MS UPGRADE_TIMEOUT_MS PID_FILE. Each worker says "spawn INDEX
+// GENERATION PID"; with `hang` it then never becomes ready.
+inline prefork::pool_config helper_pool_config(char** argv, bool hang) {
+  prefork::pool_config config;
+  config.upgrade =
+      std::string(argv[0]) == "in_place" ? prefork::upgrade_mode::in_place : prefork::upgrade_mode::fork_exec;
+  config.workers = static_cast<unsigned>(std::stoul(argv[1]));
+  config.graceful_timeout = std::chrono::milliseconds(std::stol(argv[2]));
+  config.upgrade_timeout = std::chrono::milliseconds(std::stol(argv[3]));
+  config.timeout = 10s;
+  config.pid_file = argv[4];
+  config.after_fork = [hang](prefork::worker& w) {
+    say("spawn " + std::to_string(w.index()) + " " + std::to_string(w.generation()) + " " +
+        std::to_string(::getpid()));
+    while (hang) ::pause();
+  };
+  return config;
+}
+
+// Spawns a master: `listener` as its descriptor 3 (PREFORK_FDS=3), its
+// stderr into `log`, our environment plus `env_extra`.
+inline prefork::child spawn_master(const std::vector<std::string>& argv, const prefork::fd& listener,
+                                   prefork::test::line_reader& log, std::vector<std::string> env_extra = {}) {
+  prefork::spawn_options options;
+  options.fds = {{0, 0}, {1, 1}, {log.write_fd(), 2}, {listener.get(), 3}};
+  std::vector<std::string> env;
+  for (char** e = environ; *e; ++e) env.emplace_back(*e);
+  env.push_back("PREFORK_FDS=3");
+  for (std::string& x : env_extra) env.push_back(std::move(x));
+  options.env = env;
+  prefork::child master = prefork::spawn(argv, options);
+  log.close_write();
+  return master;
+}
+
+// A master helper under test, in a directory of its own: /tmp/NAME-XXXXXX
+// with its pid file, the .oldbin name a fork_exec upgrade gives it, and the
+// switch file. Its log (stderr) is read from `log`.
+class helper_master {
+ public:
+  explicit helper_master(const std::string& name) {
+    std::string dir_template = "/tmp/" + name + "-XXXXXX";
+    REQUIRE(::mkdtemp(dir_template.data()) != nullptr);
+    dir = dir_template;
+    pid_path = dir / "master.pid";
+    oldbin_path = dir / "master.pid.oldbin";
+    switch_path = dir / "switch";
+  }
+
+  // SIGKILL to a master still running and to any child left to us (only
+  // after a failed test); the directory goes.
+  ~helper_master() {
+    if (master.pid() != 0 && !master.status()) master.kill(SIGKILL);
+    master = prefork::child();
+    for (pid_t orphan : children_of(::getpid(), kids::all)) {
+      ::kill(orphan, SIGKILL);
+      ::waitpid(orphan, nullptr, 0);
+    }
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
+
+  helper_master(const helper_master&) = delete;
+  helper_master& operator=(const helper_master&) = delete;
+
+  // Spawns `argv` with a new listener on 127.0.0.1:0 (spawn_master), with
+  // UPGRADE_TEST_SWITCH and `env_extra` in its environment, and waits until
+  // `workers` workers are ready. Ours is closed: if the master lost its
+  // socket, clients are refused.
+  void start(const std::vector<std::string>& argv, unsigned workers,
+             std::vector<std::string> env_extra = {}) {
+    prefork::fd listener = prefork::listen("127.0.0.1:0");
+    address = prefork::local_address(listener.get());
+    env_extra.insert(env_extra.begin(), "UPGRADE_TEST_SWITCH=" + switch_path.string());
+    master = spawn_master(argv, listener, log, std::move(env_extra));
+    listener.reset();
+    for (unsigned i = 0; i < workers; ++i) log.wait_for(") ready");
+  }
+
+  pid_t pid() const { return master.pid(); }
+  void signal(int sig) const { ::kill(master.pid(), sig); }
+  void set_switch(const std::string& how) const { std::ofstream(switch_path) << how << "\n"; }
+
+  prefork::test::line_reader log;
+  std::filesystem::path dir, pid_path, oldbin_path, switch_path;
+  std::string address;
+  prefork::child master;
 };
 
 }  // namespace upgrade_test

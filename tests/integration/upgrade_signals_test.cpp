@@ -23,7 +23,6 @@
 #include <unistd.h>
 
 #include <filesystem>
-#include <fstream>
 #include <string>
 
 #include <prefork/file.hpp>
@@ -39,13 +38,6 @@ using namespace upgrade_test;
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string first_line(const fs::path& path) {
-  std::ifstream in(path);
-  std::string text;
-  std::getline(in, text);
-  return text;
-}
 
 // The master's USR1 hook: "gate closed", then wait for a byte on the FIFO.
 // It waits in poll(2), which ThreadSanitizer's runtime counts as blocking:
@@ -72,28 +64,14 @@ void hold_at_gate(const std::string& gate) {
 // "hang" makes the next boot's workers hang in after_fork (never ready).
 PREFORK_HELPER(upgrade_signals_master) {
   if (argc != 6) return 2;
-  std::string sw;
-  if (const char* path = std::getenv("UPGRADE_TEST_SWITCH")) sw = first_line(path);
+  const std::string sw = boot_switch();
   say("boot " + std::to_string(::getpid()));
   try {
-    prefork::pool_config config;
-    config.upgrade = std::string(argv[0]) == "in_place" ? prefork::upgrade_mode::in_place
-                                                        : prefork::upgrade_mode::fork_exec;
-    config.workers = static_cast<unsigned>(std::stoul(argv[1]));
-    config.graceful_timeout = std::chrono::milliseconds(std::stol(argv[2]));
-    config.upgrade_timeout = std::chrono::milliseconds(std::stol(argv[3]));
-    config.timeout = 10s;
-    config.pid_file = argv[4];
+    prefork::pool_config config = helper_pool_config(argv, sw == "hang");
     const std::string gate = argv[5];
     const pid_t master = ::getpid();
     config.on_reopen_logs = [gate, master] {
       if (::getpid() == master) hold_at_gate(gate);
-    };
-    const bool hang = sw == "hang";
-    config.after_fork = [hang](prefork::worker& w) {
-      say("spawn " + std::to_string(w.index()) + " " + std::to_string(w.generation()) + " " +
-          std::to_string(::getpid()));
-      while (hang) ::pause();
     };
     prefork::master m(std::move(config));
     return m.run(echo);
@@ -122,53 +100,23 @@ void wait_delivered(pid_t pid, int sig) {
   }
 }
 
-// A master under test in a directory of its own (pid file, switch, gate).
-class master_under_test {
+// A master under test (helper_master), with a FIFO in its directory, the
+// gate its USR1 hook waits on.
+class master_under_test : public helper_master {
  public:
   master_under_test(const std::string& mode, unsigned workers, long graceful_ms = 2000,
-                    long upgrade_timeout_ms = 20000) {
-    char dir_template[] = "/tmp/prefork-upgrade-signals-XXXXXX";
-    REQUIRE(::mkdtemp(dir_template) != nullptr);
-    dir = dir_template;
-    pid_path = dir / "master.pid";
-    oldbin_path = dir / "master.pid.oldbin";
-    switch_path = dir / "switch";
+                    long upgrade_timeout_ms = 20000)
+      : helper_master("prefork-upgrade-signals") {
     gate_path = dir / "gate";
     REQUIRE(::mkfifo(gate_path.c_str(), 0600) == 0);
-    prefork::fd listener = prefork::listen("127.0.0.1:0");
-    address = prefork::local_address(listener.get());
-    std::vector<std::string> argv = prefork::test::helper_argv(
-        "upgrade_signals_master",
-        {mode, std::to_string(workers), std::to_string(graceful_ms), std::to_string(upgrade_timeout_ms),
-         pid_path.string(), gate_path.string()});
-    prefork::spawn_options options;
-    options.fds = {{0, 0}, {1, 1}, {log.write_fd(), 2}, {listener.get(), 3}};
-    std::vector<std::string> env;
-    for (char** e = environ; *e; ++e) env.emplace_back(*e);
-    env.push_back("PREFORK_FDS=3");
-    env.push_back("UPGRADE_TEST_SWITCH=" + switch_path.string());
-    options.env = env;
-    master = prefork::spawn(argv, options);
-    log.close_write();
-    listener.reset();
-    for (unsigned i = 0; i < workers; ++i) log.wait_for(") ready");
+    start(prefork::test::helper_argv(
+              "upgrade_signals_master",
+              {mode, std::to_string(workers), std::to_string(graceful_ms), std::to_string(upgrade_timeout_ms),
+               pid_path.string(), gate_path.string()}),
+          workers);
   }
 
-  ~master_under_test() {
-    if (master.pid() != 0 && !master.status()) master.kill(SIGKILL);
-    master = prefork::child();
-    for (pid_t orphan : children_of(::getpid(), kids::all)) {  // only after a failed test
-      ::kill(orphan, SIGKILL);
-      ::waitpid(orphan, nullptr, 0);
-    }
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-
-  pid_t pid() const { return master.pid(); }
   std::string prefix() const { return "prefork[" + std::to_string(master.pid()) + "]: "; }
-  void signal(int sig) const { ::kill(master.pid(), sig); }
-  void set_switch(const std::string& how) { std::ofstream(switch_path) << how << "\n"; }
 
   // USR1 makes the master wait in its hook; returns once it does.
   void close_gate() {
@@ -201,10 +149,7 @@ class master_under_test {
     CHECK(!fs::exists(oldbin_path));
   }
 
-  prefork::test::line_reader log;
-  fs::path dir, pid_path, oldbin_path, switch_path, gate_path;
-  std::string address;
-  prefork::child master;
+  fs::path gate_path;
 };
 
 // Waits until `pid` is stopped (SIGSTOP taken).

@@ -11,7 +11,6 @@
 #include <unistd.h>
 
 #include <filesystem>
-#include <fstream>
 #include <string>
 
 #include <prefork/file.hpp>
@@ -21,21 +20,11 @@
 #include "catch.hpp"
 #include "helpers.hpp"
 #include "leak_check.hpp"
+#include "notify_support.hpp"
 #include "upgrade_harness.hpp"
 
 using namespace upgrade_test;
 namespace fs = std::filesystem;
-
-namespace {
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path);
-  std::string text;
-  std::getline(in, text);
-  return text;
-}
-
-}  // namespace
 
 // The master: MODE WORKERS GRACEFUL_MS UPGRADE_TIMEOUT_MS PID_FILE. Its
 // listener comes in PREFORK_FDS; UPGRADE_TEST_SWITCH names a file that, when
@@ -43,8 +32,7 @@ std::string read_file(const fs::path& path) {
 // "hang" (workers never become ready).
 PREFORK_HELPER(upgrade_master) {
   if (argc != 5) return 2;
-  std::string sw;
-  if (const char* path = std::getenv("UPGRADE_TEST_SWITCH")) sw = read_file(path);
+  const std::string sw = boot_switch();
   if (sw == "exit1") {
     say("boot " + std::to_string(::getpid()) + ": failing on purpose");
     return 1;
@@ -54,21 +42,7 @@ PREFORK_HELPER(upgrade_master) {
   const char* names = std::getenv("PREFORK_FDNAMES");
   say("boot " + std::to_string(::getpid()) + ": listener names \"" + (names ? names : "") + "\"");
   try {
-    prefork::pool_config config;
-    config.upgrade = std::string(argv[0]) == "in_place" ? prefork::upgrade_mode::in_place
-                                                        : prefork::upgrade_mode::fork_exec;
-    config.workers = static_cast<unsigned>(std::stoul(argv[1]));
-    config.graceful_timeout = std::chrono::milliseconds(std::stol(argv[2]));
-    config.upgrade_timeout = std::chrono::milliseconds(std::stol(argv[3]));
-    config.timeout = 10s;
-    config.pid_file = argv[4];
-    const bool hang = sw == "hang";
-    config.after_fork = [hang](prefork::worker& w) {
-      say("spawn " + std::to_string(w.index()) + " " + std::to_string(w.generation()) + " " +
-          std::to_string(::getpid()));
-      while (hang) ::pause();
-    };
-    prefork::master master(std::move(config));
+    prefork::master master(helper_pool_config(argv, sw == "hang"));
     return master.run(echo);
   } catch (const std::exception& e) {
     say(std::string("master failed: ") + e.what());
@@ -78,58 +52,23 @@ PREFORK_HELPER(upgrade_master) {
 
 namespace {
 
-// A master under test, in a directory of its own: pid file, switch file,
-// and optionally a symbolic link to this binary to start it through.
-class pool_master {
+// A master under test (helper_master), with a symbolic link to this binary
+// in its directory to start it through, optionally.
+class pool_master : public helper_master {
  public:
   pool_master(const std::string& mode, unsigned workers, bool through_link = false,
               std::vector<std::string> env_extra = {}, long graceful_ms = 2000,
               long upgrade_timeout_ms = 20000)
-      : workers_(workers) {
-    char dir_template[] = "/tmp/prefork-upgrade-XXXXXX";
-    REQUIRE(::mkdtemp(dir_template) != nullptr);
-    dir = dir_template;
-    pid_path = dir / "master.pid";
-    oldbin_path = dir / "master.pid.oldbin";
-    switch_path = dir / "switch";
+      : helper_master("prefork-upgrade"), workers_(workers) {
     link_path = dir / "server";
     fs::create_symlink(prefork::test::self_exe(), link_path);
-
-    prefork::fd listener = prefork::listen("127.0.0.1:0");
-    address = prefork::local_address(listener.get());
     std::vector<std::string> argv = prefork::test::helper_argv(
         "upgrade_master", {mode, std::to_string(workers), std::to_string(graceful_ms),
                            std::to_string(upgrade_timeout_ms), pid_path.string()});
     if (through_link) argv[0] = link_path.string();
-    prefork::spawn_options options;
-    options.fds = {{0, 0}, {1, 1}, {log.write_fd(), 2}, {listener.get(), 3}};
-    std::vector<std::string> env;
-    for (char** e = environ; *e; ++e) env.emplace_back(*e);
-    env.push_back("PREFORK_FDS=3");
-    env.push_back("UPGRADE_TEST_SWITCH=" + switch_path.string());
-    for (std::string& x : env_extra) env.push_back(std::move(x));
-    options.env = env;
-    master = prefork::spawn(argv, options);
-    log.close_write();
-    // Ours is closed: if the master lost its socket, clients are refused.
-    listener.reset();
-    for (unsigned i = 0; i < workers; ++i) log.wait_for(") ready");
+    start(argv, workers, std::move(env_extra));
   }
 
-  ~pool_master() {
-    if (master.pid() != 0 && !master.status()) master.kill(SIGKILL);
-    master = prefork::child();
-    for (pid_t orphan : children_of(::getpid())) {  // only after a failed test
-      ::kill(orphan, SIGKILL);
-      ::waitpid(orphan, nullptr, 0);
-    }
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-
-  pid_t pid() const { return master.pid(); }
-  void signal(int sig) const { ::kill(master.pid(), sig); }
-  void set_switch(const std::string& how) { std::ofstream(switch_path) << how << "\n"; }
   void clear_switch() { fs::remove(switch_path); }
 
   // fork_exec: USR2, the new master takes over, the old one exits; the new
@@ -195,10 +134,7 @@ class pool_master {
 
   std::optional<pid_t> pid_in_file() const { return prefork::pid_file::read(pid_path); }
 
-  prefork::test::line_reader log;
-  fs::path dir, pid_path, oldbin_path, switch_path, link_path;
-  std::string address;
-  prefork::child master;
+  fs::path link_path;
 
  private:
   unsigned workers_;
@@ -435,16 +371,7 @@ class notify_socket {
     bool taken = false;
   };
 
-  explicit notify_socket(const fs::path& path) {
-    sock_.reset(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-    REQUIRE(sock_);
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    REQUIRE(path.string().size() < sizeof addr.sun_path);
-    std::memcpy(addr.sun_path, path.c_str(), path.string().size());
-    REQUIRE(::bind(sock_.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0);
-    int on = 1;
-    REQUIRE(::setsockopt(sock_.get(), SOL_SOCKET, SO_PASSCRED, &on, sizeof on) == 0);
+  explicit notify_socket(const fs::path& path) : sock_(notify_test::bind_notify_socket(path, SOCK_NONBLOCK)) {
     prefork::pipe_ends stop = prefork::pipe();
     stop_read_ = std::move(stop.read);
     stop_write_ = std::move(stop.write);
@@ -507,26 +434,11 @@ class notify_socket {
       pollfd p[2] = {{sock_.get(), POLLIN, 0}, {stop_read_.get(), POLLIN, 0}};
       if (::poll(p, 2, -1) == -1 && errno != EINTR) return;
       if (p[1].revents != 0) return;
-      for (;;) {
-        char buf[4096];
-        alignas(cmsghdr) char control[CMSG_SPACE(sizeof(ucred))];
-        iovec iov{buf, sizeof buf};
-        msghdr msg{};
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control;
-        msg.msg_controllen = sizeof control;
-        ssize_t n = ::recvmsg(sock_.get(), &msg, MSG_CMSG_CLOEXEC);
-        if (n < 0) break;
+      while (std::optional<notify_test::notification> got = notify_test::read_notification(sock_.get())) {
         message m;
-        m.text.assign(buf, static_cast<std::size_t>(n));
+        m.text = std::move(got->text);
+        m.sender = got->sender;
         m.at = clock::now();
-        for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
-          if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS) {
-            ucred cred{};
-            std::memcpy(&cred, CMSG_DATA(c), sizeof cred);
-            m.sender = cred.pid;
-          }
         std::lock_guard<std::mutex> lock(mutex_);
         seen_.push_back(std::move(m));
         arrived_.notify_all();

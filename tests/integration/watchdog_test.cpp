@@ -18,6 +18,7 @@
 #include <prefork/shm.hpp>
 
 #include "env_var.hpp"
+#include "notify_support.hpp"
 #include "pool_harness.hpp"
 
 using namespace pool_test;
@@ -27,15 +28,9 @@ namespace {
 // systemd's end of NOTIFY_SOCKET, in the abstract namespace ("@name").
 class notify_receiver {
  public:
-  notify_receiver() : name_("@prefork-watchdog-test-" + std::to_string(::getpid())) {
-    sock_.reset(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-    REQUIRE(sock_);
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::memcpy(addr.sun_path + 1, name_.data() + 1, name_.size() - 1);
-    auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name_.size());
-    REQUIRE(::bind(sock_.get(), reinterpret_cast<sockaddr*>(&addr), len) == 0);
-  }
+  notify_receiver()
+      : name_("@prefork-watchdog-test-" + std::to_string(::getpid())),
+        sock_(notify_test::bind_notify_socket(name_, SOCK_NONBLOCK)) {}
 
   const std::string& name() const { return name_; }
 

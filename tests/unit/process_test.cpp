@@ -34,6 +34,7 @@ inline ssize_t write(int fd, const void* buf, size_t n) { return ::write(fd, buf
 #include <chrono>
 #include <cstring>
 
+#include "held_child.hpp"
 #include "leak_check.hpp"
 
 namespace {
@@ -203,30 +204,21 @@ TEST_CASE("daemon_launch reports once; a second report is a logic error") {
 TEST_CASE("wait_for carries on through EINTR, keeping its deadline") {
   prefork::test::leak_check leaks;
   {
-    auto hold = prefork::pipe();
-    auto c = prefork::fork();
-    if (!c) {
-      hold.write.reset();
-      char ch;
-      while (::read(hold.read.get(), &ch, 1) > 0) {
-      }
-      ::_exit(6);
-    }
-    hold.read.reset();
+    auto [c, release] = prefork::test::fork_held(6);
     // Without a pidfd (kernels before 5.3, or valgrind, which does not know
     // pidfd_open) wait_for has no poll to be interrupted in; the deadline
     // and the status must hold all the same.
-    const bool sleeps_in_poll = c->pidfd() >= 0;
+    const bool sleeps_in_poll = c.pidfd() >= 0;
     if (!sleeps_in_poll) MESSAGE("no pidfd here: the EINTR seam of poll is not exercised");
     mock::eintr_left = 3;
     mock::poll_calls = 0;
     auto start = std::chrono::steady_clock::now();
-    CHECK_FALSE(c->wait_for(std::chrono::milliseconds(100)));
+    CHECK_FALSE(c.wait_for(std::chrono::milliseconds(100)));
     CHECK(std::chrono::steady_clock::now() - start >= std::chrono::milliseconds(100));
     if (sleeps_in_poll) CHECK(mock::poll_calls >= 4);  // three interrupted, then the real wait
-    hold.write.reset();
+    release.reset();
     mock::eintr_left = 2;
-    auto s = c->wait_for(std::chrono::seconds(20));
+    auto s = c.wait_for(std::chrono::seconds(20));
     REQUIRE(s);
     CHECK(s->code() == 6);
     if (sleeps_in_poll) CHECK(mock::eintr_left == 0);
