@@ -207,9 +207,11 @@ TEST_CASE("chaos: a SIGSTOPped worker is replaced by the heartbeat, the others a
           "[chaos][stop]") {
   prefork::test::leak_check leaks;
   {
-    std::string mode = GENERATE(as<std::string>{}, "evented", "blocking");
+    std::string mode = GENERATE(as<std::string>{}, "evented", "blocking", "uring");
     INFO("mode " << mode);
+    if (!mode_runs_here(mode)) return;
     server s({"-m", mode, "-w", "3", "-t", "1"});
+    check_mode(s, mode);
     std::vector<pid_t> workers = wait_workers(s.pid(), 3);
     pid_t stopped = workers[1];
     REQUIRE(::kill(stopped, SIGSTOP) == 0);
@@ -246,12 +248,16 @@ TEST_CASE("chaos: a SIGSTOPped worker is replaced by the heartbeat, the others a
 
 TEST_CASE("chaos: out of descriptors, a worker says EMFILE once, idles, and serves again",
           "[chaos][emfile]") {
+  const std::string mode = GENERATE(as<std::string>{}, "evented", "uring");
+  if (!mode_runs_here(mode)) return;
+  INFO("mode " << mode);
   prefork::test::leak_check leaks;
   {
     // One worker, RLIMIT_NOFILE 40 (hard, so the server cannot raise it):
     // the worker's own dozen descriptors plus its connection cap (32 at
     // this limit) do not fit, so accept4 fails before the cap is reached.
-    server s({"-m", "evented", "-w", "1"}, true, prefork::test::helper_argv("with_nofile", {"40"}));
+    server s({"-m", mode, "-w", "1"}, true, prefork::test::helper_argv("with_nofile", {"40"}));
+    check_mode(s, mode);
     pid_t worker = wait_workers(s.pid(), 1)[0];
     std::vector<prefork::fd> conns;
     for (int i = 0; i < 40; ++i) {
