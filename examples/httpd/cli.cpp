@@ -61,6 +61,15 @@ unsigned online_cpus() {
 
 }  // namespace
 
+const char* mode_name(worker_mode m) {
+  switch (m) {
+    case worker_mode::evented: return "evented";
+    case worker_mode::blocking: return "blocking";
+    case worker_mode::uring: return "uring";
+  }
+  return "evented";
+}
+
 const char* usage_line() { return "usage: prefork-httpd [options] [ROOT]   (prefork-httpd --help for the options)"; }
 
 std::string help_text() {
@@ -85,8 +94,11 @@ Unicorn-style preforking pool: one master binds the sockets, workers accept.
                             "draining" and serving goes on (a balancer's cue)
   -w, --workers N           worker processes (default: online CPUs)
   -m, --mode MODE           evented (default: one epoll loop per worker with
-                            keep-alive and pipelining) or blocking (one
-                            connection, one request at a time, like Unicorn)
+                            keep-alive and pipelining), uring (the same with
+                            io_uring: fewer system calls per request; where
+                            the kernel cannot, it says why and runs evented)
+                            or blocking (one connection, one request at a
+                            time, like Unicorn)
   -t, --timeout SEC         a worker silent this long is killed (default 30)
       --graceful-timeout SEC  QUIT: how long workers may finish (default 30)
       --graceful-term       TERM stops gracefully too, like QUIT (what
@@ -214,7 +226,8 @@ options parse_command_line(int argc, char** argv) {
       std::string m = take();
       if (m == "evented") o.mode = worker_mode::evented;
       else if (m == "blocking") o.mode = worker_mode::blocking;
-      else bad(name, "expected evented or blocking, got '" + m + "'");
+      else if (m == "uring") o.mode = worker_mode::uring;
+      else bad(name, "expected evented, uring or blocking, got '" + m + "'");
       mode_set = true;
     } else if (is("-t", "--timeout")) o.timeout = parse_seconds(name, take(), false);
     else if (is(nullptr, "--graceful-timeout")) o.graceful_timeout = parse_seconds(name, take(), true);

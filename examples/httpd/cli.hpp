@@ -16,7 +16,10 @@
 
 namespace httpd {
 
-enum class worker_mode { evented, blocking };
+enum class worker_mode { evented, blocking, uring };
+
+// "evented", "blocking" or "uring": the --mode word, and what the logs say.
+const char* mode_name(worker_mode m);
 enum class upgrade_kind { fork_exec, in_place };
 
 struct options {

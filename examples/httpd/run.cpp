@@ -4,8 +4,8 @@
 //
 // run() is the assembly: parse the command line, check ROOT and the user,
 // detach if asked, open the logs, bind (or inherit) the listening sockets,
-// and hand everything to prefork::master, whose workers run the blocking or
-// the evented loop. Startup failures print one line naming the cause and
+// and hand everything to prefork::master, whose workers run the blocking,
+// the evented or the io_uring loop. Startup failures print one line naming the cause and
 // exit 1; bad options print the option, the usage line, and exit 2.
 #include <grp.h>
 #include <pwd.h>
@@ -34,6 +34,7 @@
 #include "cli.hpp"
 #include "evented_worker.hpp"
 #include "routes.hpp"
+#include "uring_worker.hpp"
 
 namespace httpd {
 namespace {
@@ -200,13 +201,25 @@ int httpd::run(int argc, char** argv, const app& a) {
   }
 
   std::optional<prefork::daemon_launch> launch;
+  std::string uring_missing;  // -m uring, and why it runs the evented loop instead
   try {
     check_root(opts, a.operand_name());
     check_addresses(opts);
     check_user(opts);
+    // Once, in the master: the workers inherit the answer, and the mode
+    // the lines below name is the one that runs.
+    if (opts.mode == httpd::worker_mode::uring) {
+#if PREFORK_HTTPD_URING
+      uring_missing = httpd::uring_unavailable();
+      if (!uring_missing.empty()) opts.mode = httpd::worker_mode::evented;
+#else
+      throw startup_error("-m uring: this " + a.name() + " was built without liburing");
+#endif
+    }
     if (opts.check) {
-      std::printf("%s: configuration OK (%s %s, %u workers, %s mode)\n", name, a.operand_name().c_str(),
-                  opts.root.c_str(), opts.workers, opts.mode == httpd::worker_mode::evented ? "evented" : "blocking");
+      std::printf("%s: configuration OK (%s %s, %u workers, %s mode%s)\n", name, a.operand_name().c_str(),
+                  opts.root.c_str(), opts.workers, httpd::mode_name(opts.mode),
+                  uring_missing.empty() ? "" : ("; io_uring unavailable: " + uring_missing).c_str());
       return 0;
     }
   } catch (const std::exception& e) {
@@ -252,6 +265,8 @@ int httpd::run(int argc, char** argv, const app& a) {
     }
     if (!opts.error_log.empty()) error_log.open(opts.error_log, STDERR_FILENO);
     if (!opts.access_log.empty()) srv.log.file().open(opts.access_log);
+    if (!uring_missing.empty())
+      log_line("-m uring: io_uring unavailable (" + uring_missing + "): running the evented loop instead");
     srv.log.with_microseconds(opts.access_log_us);
 
     a.start(opts);  // before the workers: what it opens, they share
@@ -282,7 +297,7 @@ int httpd::run(int argc, char** argv, const app& a) {
     bool announced = false;
     config.on_ready = [&] {
       if (std::exchange(announced, true)) return;
-      log_line("ready: " + std::to_string(opts.workers) + " workers serving");
+      log_line("ready: " + std::to_string(opts.workers) + " workers serving (" + httpd::mode_name(opts.mode) + " mode)");
       if (launch) launch->ready();
     };
     config.on_reopen_logs = [&] {
@@ -328,10 +343,15 @@ int httpd::run(int argc, char** argv, const app& a) {
                (srv.proxy_listeners[i] ? " (PROXY protocol)" : ""));
     }
     return m.run([&](prefork::worker& w) {
-      if (opts.mode == httpd::worker_mode::evented)
-        httpd::run_evented(srv, w);
-      else
-        httpd::run_blocking(srv, w);
+      switch (opts.mode) {
+        case httpd::worker_mode::evented: httpd::run_evented(srv, w); break;
+        case httpd::worker_mode::blocking: httpd::run_blocking(srv, w); break;
+        case httpd::worker_mode::uring:
+#if PREFORK_HTTPD_URING
+          httpd::run_uring(srv, w);
+#endif
+          break;
+      }
     });
   } catch (const std::exception& e) {
     log_line(std::string("cannot start: ") + e.what());
