@@ -15,6 +15,7 @@
 
 #include "catch.hpp"
 #include "chaos_support.hpp"
+#include "httpd_modes.hpp"
 #include "leak_check.hpp"
 
 using namespace chaos;
