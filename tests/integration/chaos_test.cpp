@@ -269,7 +269,8 @@ TEST_CASE("chaos: out of descriptors, a worker says EMFILE once, idles, and serv
     INFO(line);
     // The episode: the queued connections get nothing for a second, and the
     // worker must not spin meanwhile (level-triggered epoll on a listener it
-    // cannot accept from would burn the CPU).
+    // cannot accept from, or a multishot accept rearmed at once, would burn
+    // the CPU).
     long cpu0 = cpu_ticks(worker);
     pollfd last{conns.back().get(), POLLIN, 0};
     CHECK(::poll(&last, 1, 1000) == 0);

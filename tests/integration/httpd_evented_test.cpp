@@ -249,8 +249,10 @@ TEST_CASE("evented and uring: a large file, then pipelined requests behind it",
       server s({"-m", mode, root});
       check_mode(s, mode);
       prefork::fd c = connect_to(s.port());
-      // The file is far larger than the socket buffer: sendfile stops at
-      // EAGAIN and the loop resumes it on EPOLLOUT while the client reads.
+      // The file is far larger than the socket buffer: the loop sends it in
+      // parts as the client reads (evented: sendfile to EAGAIN, resumed on
+      // EPOLLOUT; uring: short sends resubmitted), the pipelined requests
+      // waiting behind it.
       send_text(c.get(), "GET /big.txt HTTP/1.1\r\nHost: t\r\n\r\n" + hello_request +
                              "GET /big.txt HTTP/1.1\r\nHost: t\r\nRange: bytes=-6\r\n\r\n" + hello_request);
       std::string pending;
