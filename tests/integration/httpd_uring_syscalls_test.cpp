@@ -1,0 +1,236 @@
+// prefork-httpd's io_uring mode against the kernel: where io_uring_setup is
+// refused by a real seccomp filter (EPERM, as a container runtime's profile
+// does it), and the system calls a keep-alive request costs, counted by
+// perf. The loop's own seams and the PREFORK_HTTPD_NO_URING switch are in
+// httpd_uring_test.cpp; the behaviour both loops share is tested once for
+// both (httpd_evented_test.cpp and the others that use httpd_modes.hpp).
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <poll.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstddef>
+#include <cstdio>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "catch.hpp"
+#include "helpers.hpp"
+#include "httpd_modes.hpp"
+#include "httpd_support.hpp"
+#include "leak_check.hpp"
+#include "proc.hpp"
+#include "temp_dir.hpp"
+
+using namespace httpd_test;
+
+#ifndef __NR_io_uring_setup
+#define __NR_io_uring_setup 425  // the same on every architecture (added after the tables were unified)
+#endif
+
+// Runs argv[0..] with io_uring_setup failing with EPERM, as a container
+// runtime's seccomp profile does it: a filter on the system call number
+// alone (the test only needs this machine's native calls refused).
+PREFORK_HELPER(without_io_uring) {
+  sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  sock_fprog program{static_cast<unsigned short>(sizeof filter / sizeof filter[0]), filter};
+  if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+      ::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program) != 0) {
+    std::perror("without_io_uring: prctl");
+    return 125;
+  }
+  ::execv(argv[0], argv);
+  std::perror("without_io_uring: execv");
+  return 127;
+}
+
+namespace {
+
+const std::string hello_request = "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n";
+
+// The log lines before the ready line: where a start-up decision is said.
+std::string start_log(const server& s) { return s.log().substr(0, s.log().find("ready: ")); }
+
+}  // namespace
+
+TEST_CASE(
+    "uring: where a seccomp filter refuses io_uring_setup, -m uring says why and serves in evented mode",
+    "[httpd][uring][fallback]") {
+  if (uring_missing().find("built without liburing") != std::string::npos) {
+    // Nothing to fall back from: such a binary refuses -m uring at start.
+    WARN("SKIP the fallback: " << uring_missing());
+    return;
+  }
+  prefork::test::leak_check leaks;
+  {
+    server s({"-m", "uring", "-l", "127.0.0.1:0"}, true, prefork::test::helper_argv("without_io_uring"));
+    check_mode(s, "evented");
+    std::string said = start_log(s);
+    INFO("the start of the log:\n" << said);
+    CHECK(said.find("-m uring: io_uring unavailable (") != std::string::npos);
+    CHECK(said.find("running the evented loop instead") != std::string::npos);
+    // Where io_uring works, the reason is the one this test created.
+    if (uring_missing().empty()) CHECK(said.find("Operation not permitted") != std::string::npos);
+    // And it serves, keep-alive and all.
+    prefork::fd c = connect_to(s.port());
+    std::string pending;
+    for (int i = 0; i < 20; ++i) {
+      send_text(c.get(), hello_request);
+      response r = read_response(c.get(), pending);
+      CHECK(r.status == 200);
+      CHECK(r.body == "Hello, World!");
+    }
+    check_clean_stop(s);
+  }
+  CHECK(leaks.problems() == "");
+}
+
+namespace {
+
+// GET /hello on every connection, each sending its next request when the
+// previous answer is whole (no pipelining), until `total` were answered.
+void keep_busy(std::vector<prefork::fd>& conns, int total) {
+  std::vector<std::string> pending(conns.size());
+  std::vector<pollfd> polled;
+  int sent = 0, answered = 0;
+  for (auto& c : conns) {
+    polled.push_back({c.get(), POLLIN, 0});
+    if (sent < total) {
+      send_text(c.get(), hello_request);
+      ++sent;
+    }
+  }
+  auto deadline = steady::now() + patience;
+  while (answered < total) {
+    REQUIRE(::poll(polled.data(), polled.size(), ms_left(deadline)) > 0);
+    for (std::size_t i = 0; i < polled.size(); ++i) {
+      if (!polled[i].revents) continue;
+      REQUIRE(read_some_until(polled[i].fd, pending[i], deadline));
+      while (auto r = parse_response(pending[i])) {
+        pending[i].erase(0, r->size);
+        REQUIRE(r->status == 200);
+        ++answered;
+        if (sent < total) {
+          send_text(polled[i].fd, hello_request);
+          ++sent;
+        }
+      }
+    }
+  }
+}
+
+// Reads perf's answer to a control command ("ack\n").
+void wait_ack(int fd) {
+  std::string ack;
+  auto deadline = steady::now() + patience;
+  while (ack.find("ack") == std::string::npos) REQUIRE(read_some_until(fd, ack, deadline));
+}
+
+// System calls entered by `pids` (summed) while `load` runs, counted by
+// perf's raw_syscalls:sys_enter tracepoint; -1, with a WARN, when perf is
+// missing or may not count here. perf starts with the counter off and turns
+// it on and off on command (--control), so only the load is counted, not
+// perf's own start-up nor the time it takes to attach.
+template <typename Load>
+long syscalls_during(const std::set<pid_t>& pids, Load load) {
+  const char* perf = "/usr/bin/perf";
+  if (::access(perf, X_OK) != 0) {
+    WARN("SKIP the count: " << perf << " is missing (Debian: apt-get install linux-perf)");
+    return -1;
+  }
+  std::string list;
+  for (pid_t p : pids) list += (list.empty() ? "" : ",") + std::to_string(p);
+  prefork::test::temp_dir dir;
+  std::string out = (dir / "perf.csv").string();
+  auto control = prefork::pipe(), ack = prefork::pipe(), err = prefork::pipe();
+  prefork::spawn_options options;
+  options.fds = {{control.read.get(), 3}, {ack.write.get(), 4}, {err.write.get(), 2}};
+  prefork::child counter = prefork::spawn({perf, "stat", "-e", "raw_syscalls:sys_enter", "-x", ",", "-o", out,
+                                           "-D", "-1", "--control", "fd:3,4", "-p", list},
+                                          options);
+  control.read.reset();
+  ack.write.reset();
+  err.write.reset();
+  send_text(control.write.get(), "enable\n");
+  std::string ack_text;
+  auto deadline = steady::now() + patience;
+  while (ack_text.find("ack") == std::string::npos && read_some_until(ack.read.get(), ack_text, deadline)) {
+  }
+  if (ack_text.find("ack") == std::string::npos) {
+    std::string said;
+    while (read_some_until(err.read.get(), said, steady::now() + 2s)) {
+    }
+    counter.kill(SIGKILL);
+    counter.wait();
+    WARN("SKIP the count: perf stat could not count here: " << said);
+    return -1;
+  }
+  load();
+  send_text(control.write.get(), "disable\n");
+  wait_ack(ack.read.get());
+  counter.kill(SIGINT);  // perf writes its summary and exits
+  auto status = counter.wait_for(std::chrono::duration_cast<std::chrono::milliseconds>(patience));
+  if (!status) {
+    counter.kill(SIGKILL);
+    counter.wait();
+  }
+  std::string text = prefork::test::slurp(out);
+  INFO("perf stat's output:\n" << text);
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);)
+    if (line.find("raw_syscalls:sys_enter") != std::string::npos) {
+      REQUIRE(std::isdigit(static_cast<unsigned char>(line[0])));
+      return std::stol(line);
+    }
+  FAIL("no raw_syscalls:sys_enter count in perf's output");
+  return -1;
+}
+
+}  // namespace
+
+// The figure the io_uring mode exists for (docs/uring.md): with many
+// connections busy, one io_uring_enter submits the answers of a loop turn
+// and collects the next requests, so a request costs well under one call.
+// The evented loop is counted the same way for comparison (about two: a
+// read and a write each, plus a share of epoll_wait). Concurrency matters:
+// one connection at a time would give one io_uring_enter per request.
+TEST_CASE("uring: a keep-alive request costs well under one system call, with 32 busy connections",
+          "[httpd][uring][syscalls]") {
+  const std::string mode = GENERATE(as<std::string>{}, "uring", "evented");
+  if (!mode_runs_here(mode)) return;
+  INFO("-m " << mode);
+  prefork::test::leak_check leaks;
+  {
+    server s({"-m", mode, "-w", "2"});
+    check_mode(s, mode);
+    std::set<pid_t> workers = prefork::test::children_of(s.pid());
+    REQUIRE(workers.size() == 2);
+    std::vector<prefork::fd> conns;
+    for (int i = 0; i < 32; ++i) conns.push_back(connect_to(s.port()));
+    keep_busy(conns, 64);  // every connection accepted and idle in a loop
+    const int requests = 4000;
+    long calls = syscalls_during(workers, [&] { keep_busy(conns, requests); });
+    if (calls >= 0) {
+      double per_request = static_cast<double>(calls) / requests;
+      WARN("-m " << mode << ": " << calls << " system calls by the 2 workers for " << requests
+                 << " keep-alive requests over 32 connections: " << per_request << " per request");
+      if (mode == "uring")
+        CHECK(per_request < 0.5);
+      else
+        CHECK(per_request > 1.5);  // one read and one write each: the measure sees them
+    }
+    conns.clear();
+    check_clean_stop(s);
+  }
+  CHECK(leaks.problems() == "");
+}
