@@ -99,10 +99,14 @@ namespace {
 
 // GET /hello on every connection, each sending its next request when the
 // previous answer is whole (no pipelining), until `total` were answered.
+// Each poll's answers are all read before the next requests go out, so
+// they leave together, as from many clients at once; lean (no assertion
+// per request), so the client is not what keeps the server waiting.
 void keep_busy(std::vector<prefork::fd>& conns, int total) {
   std::vector<std::string> pending(conns.size());
   std::vector<pollfd> polled;
-  int sent = 0, answered = 0;
+  std::vector<int> next;
+  int sent = 0, answered = 0, bad = 0;
   for (auto& c : conns) {
     polled.push_back({c.get(), POLLIN, 0});
     if (sent < total) {
@@ -111,22 +115,28 @@ void keep_busy(std::vector<prefork::fd>& conns, int total) {
     }
   }
   auto deadline = steady::now() + patience;
+  char buf[65536];
   while (answered < total) {
     REQUIRE(::poll(polled.data(), polled.size(), ms_left(deadline)) > 0);
+    next.clear();
     for (std::size_t i = 0; i < polled.size(); ++i) {
       if (!polled[i].revents) continue;
-      REQUIRE(read_some_until(polled[i].fd, pending[i], deadline));
+      ssize_t n = ::read(polled[i].fd, buf, sizeof buf);
+      REQUIRE(n > 0);
+      pending[i].append(buf, static_cast<std::size_t>(n));
       while (auto r = parse_response(pending[i])) {
         pending[i].erase(0, r->size);
-        REQUIRE(r->status == 200);
+        if (r->status != 200) ++bad;
         ++answered;
         if (sent < total) {
-          send_text(polled[i].fd, hello_request);
+          next.push_back(polled[i].fd);
           ++sent;
         }
       }
     }
+    for (int fd : next) send_text(fd, hello_request);
   }
+  CHECK(bad == 0);
 }
 
 // Reads perf's answer to a control command ("ack\n").
@@ -204,6 +214,8 @@ long syscalls_during(const std::set<pid_t>& pids, Load load) {
 // The evented loop is counted the same way for comparison (about two: a
 // read and a write each, plus a share of epoll_wait). Concurrency matters:
 // one connection at a time would give one io_uring_enter per request.
+// Measured here (2 workers, 2 cores shared with this client): uring 0.13 to
+// 0.32 per request, evented 2.0 to 2.3.
 TEST_CASE("uring: a keep-alive request costs well under one system call, with 32 busy connections",
           "[httpd][uring][syscalls]") {
   const std::string mode = GENERATE(as<std::string>{}, "uring", "evented");
