@@ -201,26 +201,32 @@ def modes_verdict(summary):
             continue
         cheapest = min(ran, key=lambda r: r[2]["cpu_us"])
         fastest = max(ran, key=lambda r: r[2]["rps"] or 0)
+        counted = [r for r in ran if r[2].get("syscalls") is not None]
+        fewest = min(counted, key=lambda r: r[2]["syscalls"]) if counted else None
         figures = "; ".join(
             f"{m} {fmt(x['cpu_us'], 1, ' µs')}, {fmt(x['rps'])} req/s, "
             f"{fmt(x.get('syscalls'), 2)} syscalls/req" for _, m, x in ran)
         line = f"- **{label}**: {cheapest[1]} costs the least CPU per request"
         line += (" and serves the most" if fastest is cheapest else f", {fastest[1]} serves the most")
         line += f" ({figures})."
+        if fewest is not None and fewest is not cheapest:
+            line += (f" The fewest system calls ({fewest[1]}) did not make the cheapest requests on this "
+                     "run: what a mode does in the kernel in their place is CPU time too.")
+        elif fewest is not None:
+            line += " It also makes the fewest system calls."
         out.append(line)
     if not out:
         return ""
     text = ("\n### Which prefork-httpd mode wins which workload\n\n" + "\n".join(out) + "\n\n"
-            "Why: on this kind of machine a system call's entry and exit alone cost about a "
-            "microsecond, so on kept-alive connections the calls per request decide: the uring "
-            "loop submits the answers of a whole loop turn and collects the next requests with "
-            "one io_uring_enter, where the evented loop makes a read, a write and a share of an "
-            "epoll_wait per request (docs/uring.md). With a new connection per request the "
-            "connection's own work dominates, the same in every mode (the kernel's TCP set-up "
-            "and tear-down, accept, close), and what is left to win is the bookkeeping around "
-            "it: the blocking worker registers nothing with epoll or a ring (accept, read, "
-            "write, close), the evented one adds its epoll calls, the uring one its ring "
-            "entries. The syscalls/req figures above show how much each mode pays.\n")
+            "How the modes differ: the evented loop makes a read, a write and a share of an "
+            "epoll_wait per kept-alive request; the uring loop submits the answers of a loop turn "
+            "and collects the next requests with one io_uring_enter (docs/uring.md); the blocking "
+            "worker closes after each answer, so every request costs it a connection (accept, "
+            "read, write, close), with nothing registered with epoll or a ring. On this kind of "
+            "machine a system call's entry and exit alone cost about a microsecond: that is what "
+            "the uring loop saves, and the CPU per request shows whether the ring's own work "
+            "costs less. With a new connection per request the connection's set-up and tear-down "
+            "in the kernel dominate in every mode, and only the bookkeeping around them differs.\n")
     ka_u = summary.get(("prefork-httpd-uring", "keepalive"), {})
     ka_n = summary.get(("nginx", "keepalive"), {})
     targets = []
