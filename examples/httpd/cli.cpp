@@ -111,7 +111,7 @@ Unicorn-style preforking pool: one master binds the sockets, workers accept.
       --refork-after N,N,.. when a worker has served N requests, it becomes the
                             mold the next workers are forked from, sharing its
                             warm memory (one promotion per count; docs/refork.md)
-      --max-connections N   connections one evented worker holds at once; more
+      --max-connections N   connections one evented (or uring) worker holds; more
                             wait in the kernel's queue (default and ceiling:
                             what the descriptor limit allows, at most 10000)
   -P, --pid FILE            write the master's PID there

@@ -8,7 +8,6 @@
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -124,8 +123,7 @@ std::string uring_unavailable() {
   struct {
     int op;
     const char* name;
-  } const needed[] = {{IORING_OP_ACCEPT, "IORING_OP_ACCEPT"},
-                      {IORING_OP_RECV, "IORING_OP_RECV"},
+  } const needed[] = {{IORING_OP_RECV, "IORING_OP_RECV"},
                       {IORING_OP_SEND, "IORING_OP_SEND"},
                       {IORING_OP_POLL_ADD, "IORING_OP_POLL_ADD"},
                       {IORING_OP_ASYNC_CANCEL, "IORING_OP_ASYNC_CANCEL"},
@@ -142,23 +140,14 @@ std::string uring_unavailable() {
   if ((r = buffers.setup(&ring, 1, 64, 0)) < 0)
     return describe("io_uring_register_buf_ring", r) + " (provided buffer rings; Linux 5.19)";
 
-  // Multishot accept and multishot receive, tried for real: the opcodes
-  // exist long before their multishot flags do.
-  prefork::fd listener(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  socklen_t len = sizeof(sa_family_t);  // autobind: an abstract name of the kernel's choosing
-  if (!listener || ::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), len) == -1 ||
-      ::listen(listener.get(), 4) == -1 ||
-      (len = sizeof addr, ::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &len)) == -1)
-    return std::string("a unix socket to try io_uring on: ") + std::strerror(errno);
+  // Multishot poll and multishot receive, tried for real: the opcodes exist
+  // long before their multishot flags do.
   int pair[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, pair) == -1)
     return std::string("socketpair: ") + std::strerror(errno);
   prefork::fd mine(pair[0]), theirs(pair[1]);
-
   io_uring_sqe* sqe = io_uring_get_sqe(&ring);
-  io_uring_prep_multishot_accept(sqe, listener.get(), nullptr, nullptr, SOCK_CLOEXEC);
+  io_uring_prep_poll_multishot(sqe, mine.get(), POLLIN);
   sqe->user_data = 1;
   sqe = io_uring_get_sqe(&ring);
   io_uring_prep_recv_multishot(sqe, mine.get(), nullptr, 0, 0);
@@ -166,14 +155,11 @@ std::string uring_unavailable() {
   sqe->buf_group = buffers.group();
   sqe->user_data = 2;
   if ((r = io_uring_submit(&ring)) < 0) return describe("io_uring_enter", r);
-  prefork::fd client(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!client || ::connect(client.get(), reinterpret_cast<sockaddr*>(&addr), len) == -1)
-    return std::string("connect to a unix socket to try io_uring on: ") + std::strerror(errno);
   if (::write(theirs.get(), "x", 1) != 1)
     return std::string("write to a socket pair: ") + std::strerror(errno);
 
-  bool accepted = false, received = false;
-  for (int turn = 0; turn < 4 && !(accepted && received); ++turn) {
+  bool polled = false, received = false;
+  for (int turn = 0; turn < 4 && !(polled && received); ++turn) {
     __kernel_timespec wait{1, 0};
     io_uring_cqe* cqe = nullptr;
     r = io_uring_submit_and_wait_timeout(&ring, &cqe, 1, &wait, nullptr);
@@ -184,10 +170,9 @@ std::string uring_unavailable() {
       ++seen;
       const bool more = cqe->flags & IORING_CQE_F_MORE;
       if (cqe->user_data == 1) {
-        if (cqe->res < 0) return describe("multishot accept", cqe->res) + " (Linux 5.19)";
-        ::close(cqe->res);
-        if (!more) return "multishot accept ended after one connection (Linux 5.19)";
-        accepted = true;
+        if (cqe->res < 0) return describe("multishot poll", cqe->res) + " (Linux 5.13)";
+        if (!more) return "multishot poll ended after one event (Linux 5.13)";
+        polled = true;
       } else if (cqe->user_data == 2) {
         if (cqe->res < 0) return describe("multishot recv", cqe->res) + " (Linux 6.0)";
         if (!(cqe->flags & IORING_CQE_F_BUFFER))
@@ -198,7 +183,7 @@ std::string uring_unavailable() {
     }
     io_uring_cq_advance(&ring, seen);
   }
-  if (!accepted) return "multishot accept did not complete (Linux 5.19)";
+  if (!polled) return "multishot poll did not complete (Linux 5.13)";
   if (!received) return "multishot recv did not complete (Linux 6.0)";
   return "";
 }
@@ -217,8 +202,8 @@ std::uint64_t tag(op o, std::uint32_t index, std::uint32_t generation = 0) {
 
 constexpr unsigned default_buffers = 256;  // provided receive buffers per worker
 constexpr unsigned buffer_size = 8192;     // bytes each
-constexpr std::size_t pile_limit = 1u
-                                   << 20;  // input kept while an answer waits to leave, then reading pauses
+// Input kept while an answer waits to leave; beyond it, reading pauses.
+constexpr std::size_t pile_limit = std::size_t(1) << 20;
 constexpr std::size_t accepts_per_wakeup = 32;   // then let the sibling workers have some
 constexpr unsigned feat_min_timeout = 1u << 15;  // IORING_FEAT_MIN_TIMEOUT (Linux 6.12; not in liburing 2.3)
 constexpr unsigned min_wait_us = 50;             // how long a turn waits for more than its sends' completions
@@ -294,6 +279,9 @@ class loop final : public http_engine {
       if (stop_asked_) begin_stop();
       for (std::uint32_t i = 0; i < accept_more_.size(); ++i) {
         if (accept_more_[i] && listening_) accept_from(i);
+        // Not accepting (the cap, EMFILE, the stop): the poll, armed again
+        // when accepting resumes, reports what waits.
+        if (!listening_) accept_more_[i] = false;
         // The multishot poll ended (cancelled, or the kernel ended it):
         // again, while we accept.
         if (!accept_armed_[i] && listening_) arm_accept(i);
@@ -438,7 +426,9 @@ class loop final : public http_engine {
     } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
       return close(c);
     }
-    if (c.sock && !c.read_eof) arm_recv(c);
+    // Answered with "Connection: close" already (and nothing to drain):
+    // no receive to arm, and none to cancel at the close.
+    if (c.sock && !c.read_eof && !(c.close_after && !c.linger)) arm_recv(c);
   }
 
   void on_recv(ring_connection& c, int res, bool last) {
@@ -589,8 +579,13 @@ class loop final : public http_engine {
     arg.sigmask_sz = _NSIG / 8;
     arg.pad = min_wait_us;  // min_wait_usec in kernels that have it
     arg.ts = reinterpret_cast<std::uint64_t>(&ts);
-    long r = ::syscall(__NR_io_uring_enter, ring_.ring_fd, to_submit, sends + 1,
-                       IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg, sizeof arg);
+    // The ring's descriptor registered (io_uring_register_ring_fd): no file
+    // lookup per call. liburing 2.3 marks it with bit 0 of int_flags.
+    const bool registered = ring_.int_flags & 1;
+    long r = ::syscall(
+        __NR_io_uring_enter, registered ? ring_.enter_ring_fd : ring_.ring_fd, to_submit, sends + 1,
+        IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG | (registered ? IORING_ENTER_REGISTERED_RING : 0), &arg,
+        sizeof arg);
     return r < 0 ? -errno : static_cast<int>(r);
   }
 
@@ -764,6 +759,7 @@ void run_uring(server& srv, prefork::worker& w) {
     return run_evented(srv, w);
   }
   ring_guard guard{&ring};
+  io_uring_register_ring_fd(&ring);  // where the kernel can (5.18): a lookup less per io_uring_enter
   loop l(srv, w, ring, buffers_wanted());
   l.run();
 }

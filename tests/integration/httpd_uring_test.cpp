@@ -5,8 +5,16 @@
 // not read. The behaviour it shares with the epoll loop is tested by the
 // evented tests run in every mode. Where the kernel cannot run the loop,
 // the uring-only cases say so and pass (the fallback case still runs).
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <poll.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstddef>
 
 #include <chrono>
 #include <fstream>
@@ -16,6 +24,7 @@
 #include "catch.hpp"
 #include "chaos_support.hpp"
 #include "env_var.hpp"
+#include "helpers.hpp"
 #include "httpd_support.hpp"
 #include "leak_check.hpp"
 #include "proc.hpp"
@@ -34,6 +43,26 @@ bool uring_runs() {
   command_result r = run({prefork::test::bin_path("prefork-httpd"), "--check", "-m", "uring"}, true);
   return r.code == 0 && r.out.find(", uring mode)") != std::string::npos;
 }
+
+}  // namespace
+
+// Runs argv[0..] with io_uring_setup refused (EPERM) by a seccomp filter, as
+// a container runtime's default profile does.
+PREFORK_HELPER(without_io_uring) {
+  sock_filter code[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  sock_fprog prog{static_cast<unsigned short>(sizeof code / sizeof code[0]), code};
+  if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == -1) return 126;
+  if (::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == -1) return 126;
+  ::execv(argv[0], argv);
+  return 127;
+}
+
+namespace {
 
 #define REQUIRE_URING()                                                        \
   do {                                                                         \
@@ -64,6 +93,31 @@ TEST_CASE("uring: PREFORK_HTTPD_NO_URING falls back to the evented loop and says
     CHECK(s.log().find(
               "-m uring: io_uring unavailable (disabled by PREFORK_HTTPD_NO_URING): running the evented "
               "loop instead") != std::string::npos);
+    CHECK(s.log().find("ready: 2 workers serving (evented mode)") != std::string::npos);
+    CHECK(get(s.port(), "/hello").body == "Hello, World!");
+    check_clean_stop(s);
+  }
+  CHECK(leaks.problems() == "");
+}
+
+TEST_CASE("uring: io_uring_setup refused by seccomp (EPERM): the probe says so and the evented loop serves",
+          "[httpd][uring][seccomp]") {
+  REQUIRE_URING();
+  prefork::test::leak_check leaks;
+  {
+    const std::string httpd = prefork::test::bin_path("prefork-httpd");
+    command_result check =
+        run(prefork::test::helper_argv("without_io_uring", {httpd, "--check", "-m", "uring"}), true);
+    INFO(check.out);
+    CHECK(check.code == 0);
+    CHECK(check.out.find("evented mode; io_uring unavailable: io_uring_setup: Operation not permitted") !=
+          std::string::npos);
+    server s({"-l", "127.0.0.1:0", "-w", "2", "-m", "uring"}, true,
+             prefork::test::helper_argv("without_io_uring"));
+    INFO(s.log());
+    CHECK(s.log().find("-m uring: io_uring unavailable (io_uring_setup: Operation not permitted") !=
+          std::string::npos);
+    CHECK(count_of(s.log(), "io_uring unavailable") == 1);  // once, by the master
     CHECK(s.log().find("ready: 2 workers serving (evented mode)") != std::string::npos);
     CHECK(get(s.port(), "/hello").body == "Hello, World!");
     check_clean_stop(s);
