@@ -1,26 +1,19 @@
-// prefork-httpd's io_uring mode against the kernel: where io_uring_setup is
-// refused by a real seccomp filter (EPERM, as a container runtime's profile
-// does it), and the system calls a keep-alive request costs, counted by
-// perf. The loop's own seams and the PREFORK_HTTPD_NO_URING switch are in
-// httpd_uring_test.cpp; the behaviour both loops share is tested once for
-// both (httpd_evented_test.cpp and the others that use httpd_modes.hpp).
-#include <linux/filter.h>
-#include <linux/seccomp.h>
+// prefork-httpd's io_uring mode, counted: the system calls a keep-alive
+// request costs with many connections busy, by perf, beside the evented
+// loop's. The loop's own seams, the PREFORK_HTTPD_NO_URING switch and the
+// seccomp fallback are in httpd_uring_test.cpp; the behaviour both loops
+// share is tested once for both (httpd_evented_test.cpp and the others that
+// use httpd_modes.hpp).
 #include <poll.h>
-#include <sys/prctl.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
-#include <cerrno>
-#include <cstddef>
-#include <cstdio>
+#include <cctype>
 #include <set>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "catch.hpp"
-#include "helpers.hpp"
 #include "httpd_modes.hpp"
 #include "httpd_support.hpp"
 #include "leak_check.hpp"
@@ -28,31 +21,6 @@
 #include "temp_dir.hpp"
 
 using namespace httpd_test;
-
-#ifndef __NR_io_uring_setup
-#define __NR_io_uring_setup 425  // the same on every architecture (added after the tables were unified)
-#endif
-
-// Runs argv[0..] with io_uring_setup failing with EPERM, as a container
-// runtime's seccomp profile does it: a filter on the system call number
-// alone (the test only needs this machine's native calls refused).
-PREFORK_HELPER(without_io_uring) {
-  sock_filter filter[] = {
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-  };
-  sock_fprog program{static_cast<unsigned short>(sizeof filter / sizeof filter[0]), filter};
-  if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
-      ::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program) != 0) {
-    std::perror("without_io_uring: prctl");
-    return 125;
-  }
-  ::execv(argv[0], argv);
-  std::perror("without_io_uring: execv");
-  return 127;
-}
 
 namespace {
 
@@ -69,45 +37,6 @@ constexpr bool sanitized = false;
 #endif
 
 const std::string hello_request = "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n";
-
-// The log lines before the ready line: where a start-up decision is said.
-std::string start_log(const server& s) { return s.log().substr(0, s.log().find("ready: ")); }
-
-}  // namespace
-
-TEST_CASE(
-    "uring: where a seccomp filter refuses io_uring_setup, -m uring says why and serves in evented mode",
-    "[httpd][uring][fallback]") {
-  if (uring_missing().find("built without liburing") != std::string::npos) {
-    // Nothing to fall back from: such a binary refuses -m uring at start.
-    WARN("SKIP the fallback: " << uring_missing());
-    return;
-  }
-  prefork::test::leak_check leaks;
-  {
-    server s({"-m", "uring", "-l", "127.0.0.1:0"}, true, prefork::test::helper_argv("without_io_uring"));
-    check_mode(s, "evented");
-    std::string said = start_log(s);
-    INFO("the start of the log:\n" << said);
-    CHECK(said.find("-m uring: io_uring unavailable (") != std::string::npos);
-    CHECK(said.find("running the evented loop instead") != std::string::npos);
-    // Where io_uring works, the reason is the one this test created.
-    if (uring_missing().empty()) CHECK(said.find("Operation not permitted") != std::string::npos);
-    // And it serves, keep-alive and all.
-    prefork::fd c = connect_to(s.port());
-    std::string pending;
-    for (int i = 0; i < 20; ++i) {
-      send_text(c.get(), hello_request);
-      response r = read_response(c.get(), pending);
-      CHECK(r.status == 200);
-      CHECK(r.body == "Hello, World!");
-    }
-    check_clean_stop(s);
-  }
-  CHECK(leaks.problems() == "");
-}
-
-namespace {
 
 // GET /hello on every connection, each sending its next request when the
 // previous answer is whole (no pipelining), until `total` were answered.
