@@ -2,15 +2,17 @@
 # wrote. usage: gnuplot -e "datadir='DIR'; out='FILE.png'" bench/plot.gp
 # Left: process creation cost against the parent's RSS, one line per method
 # (log scale: fork at 2 GiB is orders of magnitude above a thread).
-# Right: HTTP req/s per server, keep-alive and new connection per request.
+# Middle: HTTP req/s per server, keep-alive and new connection per request.
+# Right: the server's CPU time per request, the same bars: req/s alone hides
+# a server that is fast only because it burns both cores.
 # A half whose data this run did not produce says so instead of a plot.
 if (!exists("datadir")) datadir = "build/bench/plot"
 if (!exists("out")) out = "docs/benchmarks.png"
 has(f) = system("test -s '".f."' && echo 1 || echo 0") + 0
 
-set terminal pngcairo size 1500,620 font "DejaVu Sans,10" noenhanced
+set terminal pngcairo size 2100,620 font "DejaVu Sans,10" noenhanced
 set output out
-set multiplot layout 1,2
+set multiplot layout 1,3
 # Dark, distinct colours: the default cycle's yellow is unreadable on white.
 set linetype 1 lc rgb "#1b62a5" lw 2 pt 7
 set linetype 2 lc rgb "#6baed6" lw 2 pt 5
@@ -60,6 +62,20 @@ if (has(http)) {
   set key outside bottom center horizontal  # never over a bar
   plot http using 2:xtic(1) title "keep-alive (-c64)", \
        "" using 3 title "new connection per request (-c16)"
+} else {
+  unset border; unset xtics; unset ytics
+  set label 1 "no HTTP server measured in this run" at graph 0.5, graph 0.5 center
+  plot [0:1] [0:1] NaN notitle
+  unset label 1
+  set border; set xtics; set ytics
+}
+
+set title "HTTP servers, 2 workers: server CPU time per request (median, lower is better)"
+if (has(http)) {
+  set ylabel "microseconds of server CPU (user + system) per request"
+  set datafile missing "-"
+  plot http using 4:xtic(1) title "keep-alive (-c64)", \
+       "" using 5 title "new connection per request (-c16)"
 } else {
   unset border; unset xtics; unset ytics
   set label 1 "no HTTP server measured in this run" at graph 0.5, graph 0.5 center

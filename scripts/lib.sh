@@ -28,5 +28,7 @@ ensure_packages() {
   }
 }
 
-# The packages every build needs.
-BUILD_PACKAGES=(g++ cmake ninja-build meson pkg-config catch2 doctest-dev)
+# The packages every build needs. liburing-dev gives prefork-httpd its
+# io_uring mode (-m uring); without it the binary still builds and that mode
+# falls back to evented at start.
+BUILD_PACKAGES=(g++ cmake ninja-build meson pkg-config catch2 doctest-dev liburing-dev)

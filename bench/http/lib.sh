@@ -127,6 +127,51 @@ wrk_round() {
     cpu_before="$before" cpu_after="$after" tick="$TICK" wrk_cpu_s="${wrk_cpu:-0}"
 }
 
+# syscall_round NAME MODE: the system calls the server makes per request,
+# in a window of its own (SYSCALL_SECONDS, default 2) apart from the timed
+# rounds, so the counting cannot slow those: perf stat counts
+# raw_syscalls:sys_enter in every process (and thread) of the server while
+# wrk runs MODE as wrk_round does. perf starts with the counter off and
+# turns it on and off on command (--control), so its own start-up and the
+# time it takes to attach are not counted. Recorded in syscalls.jsonl
+# (record.py adds syscalls_per_req); a "skipped:" note without perf.
+syscall_round() {
+  local name=$1 mode=$2 port=${SRV_PORT[$1]} pid=${SRV_PID[$1]} pids perf_pid out line ctl ack
+  command -v perf >/dev/null || { note "skipped: syscalls per request for $name (perf missing: apt-get install linux-perf)"; return 0; }
+  pids=$({ echo "$pid"; $PROC tree "$pid"; } | sort -un | paste -sd,)
+  local args=(-t1 -c64)
+  [ "$mode" = close ] && args=(-t1 -c16 -H "Connection: close")
+  rm -f "$WORK/perf.ctl" "$WORK/perf.ack" && mkfifo "$WORK/perf.ctl" "$WORK/perf.ack"
+  perf stat -e raw_syscalls:sys_enter -x, -o "$WORK/perf-$name-$mode.txt" -D -1 \
+    --control "fifo:$WORK/perf.ctl,$WORK/perf.ack" -p "$pids" 2>"$WORK/perf-$name-$mode.err" &
+  perf_pid=$!
+  # Read-write opens: neither blocks, whether perf opened its ends yet or not.
+  exec {ctl}<>"$WORK/perf.ctl" {ack}<>"$WORK/perf.ack"
+  echo enable >&"$ctl"
+  if ! read -r -t 10 -u "$ack" line; then
+    note "skipped: syscalls per request for $name $mode (perf stat did not start: $(tail -n 1 "$WORK/perf-$name-$mode.err"))"
+    kill -KILL "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" 2>/dev/null || true
+    exec {ctl}>&- {ack}>&-
+    return 0
+  fi
+  out=$(timeout -k 5 $((SYSCALL_SECONDS + 30)) wrk "${args[@]}" -d"${SYSCALL_SECONDS}s" --timeout 2s \
+        -s "$HTTP_DIR/wrk.lua" "http://127.0.0.1:$port${SRV_PATH[$name]:-/hello}" 2>&1) || true
+  echo disable >&"$ctl"
+  read -r -t 10 -u "$ack" line || true
+  kill -INT "$perf_pid" 2>/dev/null || true
+  wait "$perf_pid" 2>/dev/null || true
+  exec {ctl}>&- {ack}>&-
+  local calls
+  calls=$(awk -F, '/raw_syscalls:sys_enter/ { print $1 }' "$WORK/perf-$name-$mode.txt" 2>/dev/null | head -n 1)
+  case $calls in
+    ''|*[!0-9]*) note "skipped: syscalls per request for $name $mode (perf counted nothing: ${calls:-no output})"; return 0 ;;
+  esac
+  printf '  %-22s %-9s syscalls:' "$name" "$mode"
+  printf '%s\n' "$out" | python3 "$HTTP_DIR/record.py" "$RESULTS/syscalls.jsonl" \
+    section=syscalls server="$name" mode="$mode" round=1 syscalls="$calls"
+}
+
 warm_up() {
   timeout -k 5 30 wrk -t1 -c16 -d1s "http://127.0.0.1:${SRV_PORT[$1]}${SRV_PATH[$1]:-/hello}" >/dev/null 2>&1 || true
 }

@@ -4,11 +4,12 @@
 usage: record.py RESULTS.jsonl key=value... < wrk-output
 
 Reads the WRKJSON line that bench/http/wrk.lua printed, adds the key=value
-pairs given (server, mode, round, workers, cpu_before, cpu_after, tick) and
-appends the merged record to RESULTS.jsonl. Derived figures (req/s, bytes/s,
-server CPU microseconds per request) are computed here once, so the report
-only takes medians. A round whose wrk printed no summary is recorded with
-"failed": true and wrk's last line, and never aborts the run.
+pairs given (server, mode, round, workers, cpu_before, cpu_after, tick,
+syscalls) and appends the merged record to RESULTS.jsonl. Derived figures
+(req/s, bytes/s, server CPU microseconds per request, system calls per
+request) are computed here once, so the report only takes medians. A round
+whose wrk printed no summary is recorded with "failed": true and wrk's last
+line, and never aborts the run.
 """
 import json
 import sys
@@ -50,12 +51,16 @@ def main(argv):
             ticks = rec["cpu_after"] - rec["cpu_before"]
             rec["cpu_us_per_req"] = ticks * 1e6 / rec.get("tick", 100) / summary["requests"]
             rec["cpu_share"] = ticks / rec.get("tick", 100) / secs if secs > 0 else 0.0
+        if "syscalls" in rec and summary["requests"] > 0:
+            rec["syscalls_per_req"] = rec["syscalls"] / summary["requests"]
         if "wrk_cpu_s" in rec and secs > 0:
             rec["wrk_cpu_share"] = rec["wrk_cpu_s"] / secs
     with open(out_path, "a") as f:
         f.write(json.dumps(rec) + "\n")
     if rec.get("failed"):
         print(f"    failed: {rec['why']}")
+    elif "syscalls_per_req" in rec:
+        print(f"    {rec['syscalls_per_req']:6.2f} per request ({rec['syscalls']} over {rec['requests']} requests)")
     else:
         print(f"    {rec['rps']:10.0f} req/s  p50 {rec['p50_us'] / 1000:.2f} ms  "
               f"p99 {rec['p99_us'] / 1000:.2f} ms  errors {rec['errors']}  "

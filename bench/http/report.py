@@ -20,11 +20,12 @@ import re
 import statistics
 import sys
 
-SERVER_ORDER = ["prefork-httpd", "prefork-httpd-evented", "prefork-kv-evented", "prefork-httpd-blocking",
+SERVER_ORDER = ["prefork-httpd", "prefork-httpd-evented", "prefork-httpd-uring", "prefork-kv-evented", "prefork-httpd-blocking",
                 "prefork-kv-blocking", "nginx", "h2o",
                 "unicorn", "gunicorn", "apache"]
 SERVER_LABEL = {
     "prefork-httpd-evented": "prefork-httpd (evented)",
+    "prefork-httpd-uring": "prefork-httpd (uring)",
     "prefork-httpd-blocking": "prefork-httpd (blocking)",
     "prefork-kv-evented": "prefork-kv GET /k/hello (evented)",
     "prefork-kv-blocking": "prefork-kv GET /k/hello (blocking)",
@@ -101,14 +102,31 @@ def summarise(records):
     return out
 
 
+def add_syscalls(summary, records):
+    """Puts each server's system calls per request (syscalls.jsonl: perf's
+    count over a window of its own) beside its timed figures."""
+    for (server, mode), x in summarise_syscalls(records).items():
+        summary.setdefault((server, mode), {"rps": None, "rps_all": [], "p50_ms": None, "p99_ms": None,
+                                            "errors": 0, "failed": 0, "cpu_us": None, "cpu_share": None,
+                                            "wrk_share": None, "rounds": 0})["syscalls"] = x
+
+
+def summarise_syscalls(records):
+    groups = {}
+    for r in records:
+        if not r.get("failed") and r.get("syscalls_per_req") is not None:
+            groups.setdefault((r["server"], r["mode"]), []).append(r["syscalls_per_req"])
+    return {k: med(v) for k, v in groups.items()}
+
+
 def http_table(summary, mode, kept=None):
     servers = ordered({s for (s, m) in summary if m == mode})
     if not servers:
         return "Not measured in this run.\n"
     base = summary.get(("nginx", mode), {}).get("rps")
     head = ("| server | req/s (median) | vs nginx | p50 | p99 | errors | server CPU per request | "
-            "server CPU load | wrk CPU load |\n")
-    head += "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+            "syscalls/req | server CPU load | wrk CPU load |\n")
+    head += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     rows = []
     for s in servers:
         x = summary[(s, mode)]
@@ -117,6 +135,7 @@ def http_table(summary, mode, kept=None):
         mark = " ¹" if kept and kept.get(s) == "no" else ""
         rows.append(f"| {SERVER_LABEL.get(s, s)}{mark} | {fmt(x['rps'])} | {ratio} | {fmt(x['p50_ms'], 2, ' ms')} | "
                     f"{fmt(x['p99_ms'], 2, ' ms')} | {err} | {fmt(x['cpu_us'], 1, ' µs')} | "
+                    f"{fmt(x.get('syscalls'), 2)} | "
                     f"{fmt(x['cpu_share'] and x['cpu_share'] * 100, 0, '%')} | "
                     f"{fmt(x['wrk_share'] and x['wrk_share'] * 100, 0, '%')} |")
     return head + "\n".join(rows) + "\n"
@@ -146,9 +165,9 @@ def headline(summary, kept=None):
         return "No HTTP server was measured in this run.\n"
     ka = summary.get(("nginx", "keepalive"), {}).get("rps")
     cl = summary.get(("nginx", "close"), {}).get("rps")
-    out = ("| server (2 workers) | keep-alive req/s | vs nginx | p99 | CPU/req | "
-           "new connection per request req/s | vs nginx | p99 | CPU/req |\n")
-    out += "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    out = ("| server (2 workers) | keep-alive req/s | vs nginx | p99 | CPU/req | syscalls/req | "
+           "new connection per request req/s | vs nginx | p99 | CPU/req | syscalls/req |\n")
+    out += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     for s in servers:
         a = summary.get((s, "keepalive"), {})
         b = summary.get((s, "close"), {})
@@ -156,9 +175,78 @@ def headline(summary, kept=None):
         rb = f"{b['rps'] / cl:.2f}×" if cl and b.get("rps") else "–"
         mark = " ¹" if kept and kept.get(s) == "no" else ""
         out += (f"| {SERVER_LABEL.get(s, s)}{mark} | {fmt(a.get('rps'))} | {ra} | {fmt(a.get('p99_ms'), 2, ' ms')} | "
-                f"{fmt(a.get('cpu_us'), 1, ' µs')} | {fmt(b.get('rps'))} | {rb} | "
-                f"{fmt(b.get('p99_ms'), 2, ' ms')} | {fmt(b.get('cpu_us'), 1, ' µs')} |\n")
+                f"{fmt(a.get('cpu_us'), 1, ' µs')} | {fmt(a.get('syscalls'), 2)} | {fmt(b.get('rps'))} | {rb} | "
+                f"{fmt(b.get('p99_ms'), 2, ' ms')} | {fmt(b.get('cpu_us'), 1, ' µs')} | "
+                f"{fmt(b.get('syscalls'), 2)} |\n")
     return out
+
+
+HTTPD_MODES = (("prefork-httpd-evented", "evented"), ("prefork-httpd-uring", "uring"),
+               ("prefork-httpd-blocking", "blocking"))
+WORKLOADS = (("keepalive", "keep-alive (`-c64`)"), ("close", "a new connection per request (`-c16`)"))
+
+
+def ratio_text(a, b):
+    return f"{a / b:.2f}×" if a and b else "not measured"
+
+
+def modes_verdict(summary):
+    """Which of prefork-httpd's worker modes wins which workload, with the
+    figures that say why, and issue 17's targets against the peers."""
+    out = []
+    for mode, label in WORKLOADS:
+        ran = [(name, m, summary[(name, mode)]) for name, m in HTTPD_MODES
+               if (name, mode) in summary and summary[(name, mode)].get("cpu_us")]
+        if not ran:
+            continue
+        cheapest = min(ran, key=lambda r: r[2]["cpu_us"])
+        fastest = max(ran, key=lambda r: r[2]["rps"] or 0)
+        counted = [r for r in ran if r[2].get("syscalls") is not None]
+        fewest = min(counted, key=lambda r: r[2]["syscalls"]) if counted else None
+        figures = "; ".join(
+            f"{m} {fmt(x['cpu_us'], 1, ' µs')}, {fmt(x['rps'])} req/s, "
+            f"{fmt(x.get('syscalls'), 2)} syscalls/req" for _, m, x in ran)
+        line = f"- **{label}**: {cheapest[1]} costs the least CPU per request"
+        line += (" and serves the most" if fastest is cheapest else f", {fastest[1]} serves the most")
+        line += f" ({figures})."
+        if fewest is not None and fewest is not cheapest:
+            line += (f" The fewest system calls ({fewest[1]}) did not make the cheapest requests on this "
+                     "run: what a mode does in the kernel in their place is CPU time too.")
+        elif fewest is not None:
+            line += " It also makes the fewest system calls."
+        out.append(line)
+    if not out:
+        return ""
+    text = ("\n### Which prefork-httpd mode wins which workload\n\n" + "\n".join(out) + "\n\n"
+            "How the modes differ: the evented loop makes a read, a write and a share of an "
+            "epoll_wait per kept-alive request; the uring loop submits the answers of a loop turn "
+            "and collects the next requests with one io_uring_enter (docs/uring.md); the blocking "
+            "worker closes after each answer, so every request costs it a connection (accept, "
+            "read, write, close), with nothing registered with epoll or a ring. On this kind of "
+            "machine a system call's entry and exit alone cost about a microsecond: that is what "
+            "the uring loop saves, and the CPU per request shows whether the ring's own work "
+            "costs less. With a new connection per request the connection's set-up and tear-down "
+            "in the kernel dominate in every mode, and only the bookkeeping around them differs.\n")
+    ka_u = summary.get(("prefork-httpd-uring", "keepalive"), {})
+    ka_n = summary.get(("nginx", "keepalive"), {})
+    targets = []
+    if ka_u.get("cpu_us") and ka_n.get("cpu_us"):
+        r = ka_u["cpu_us"] / ka_n["cpu_us"]
+        targets.append(f"keep-alive, uring against nginx: {r:.2f}× nginx's CPU per request "
+                       f"(target at most 0.75×: {'met' if r <= 0.75 else 'not met'}), "
+                       f"{ratio_text(ka_u.get('rps'), ka_n.get('rps'))} its req/s "
+                       f"(target at least 1.0×: {'met' if (ka_u.get('rps') or 0) >= (ka_n.get('rps') or 0) else 'not met'})")
+    best = [(m, summary[(name, "close")]) for name, m in HTTPD_MODES
+            if (name, "close") in summary and summary[(name, "close")].get("cpu_us")]
+    cl_h = summary.get(("h2o", "close"), {})
+    if best and cl_h.get("cpu_us"):
+        m, x = min(best, key=lambda b: b[1]["cpu_us"])
+        r = x["cpu_us"] / cl_h["cpu_us"]
+        targets.append(f"new connection per request, the best mode ({m}) against h2o: {r:.2f}× h2o's CPU "
+                       f"per request (target at most 0.8×: {'met' if r <= 0.8 else 'not met'})")
+    if targets:
+        text += "\nIssue 17's targets on this run: " + "; ".join(targets) + ".\n"
+    return text
 
 
 def rounds_table(records):
@@ -464,6 +552,7 @@ def main(argv):
     scaling = load_jsonl(os.path.join(results, "scaling.jsonl"))
     dyn = load_jsonl(os.path.join(results, "dynamics.jsonl"))
     summary = summarise(http)
+    add_syscalls(summary, load_jsonl(os.path.join(results, "syscalls.jsonl")))
     scale = summarise(scaling)
     kept = load_kept(results)
 
@@ -472,7 +561,11 @@ def main(argv):
         for s in servers:
             a = summary.get((s, "keepalive"), {}).get("rps") or 0
             b = summary.get((s, "close"), {}).get("rps") or 0
-            f.write(f'"{SERVER_LABEL.get(s, s)}" {a:.0f} {b:.0f}\n')
+            # CPU per request: "-" (missing, gnuplot draws no bar) when not measured.
+            ca = summary.get((s, "keepalive"), {}).get("cpu_us")
+            cb = summary.get((s, "close"), {}).get("cpu_us")
+            f.write(f'"{SERVER_LABEL.get(s, s)}" {a:.0f} {b:.0f} '
+                    f'{f"{ca:.2f}" if ca else "-"} {f"{cb:.2f}" if cb else "-"}\n')
 
     v = meta.get("versions", {})
     secs, rounds = meta.get("seconds", "?"), meta.get("rounds", "?")
@@ -491,9 +584,11 @@ def main(argv):
               f"same machine, {rounds} interleaved round(s) of {secs} s, medians. Keep-alive: "
               "`wrk -t1 -c64`; new connection per request: `wrk -t1 -c16 -H 'Connection: close'`. "
               "CPU/req is the server's own CPU time (utime+stime of master and workers, from "
-              "/proc/PID/stat) per request served.\n")
+              "/proc/PID/stat) per request served; syscalls/req the system calls its processes "
+              "entered per request, counted by `perf stat -e raw_syscalls:sys_enter` in a short "
+              "window of their own after the timed rounds.\n")
     md.append(headline(summary, kept) + closer_note(kept))
-    md.append("\n![process creation cost against RSS, and HTTP throughput](benchmarks.png)\n")
+    md.append("\n![process creation cost against RSS, HTTP throughput and server CPU per request](benchmarks.png)\n")
 
     md.append("## The machine\n")
     t = "| | |\n|---|---|\n"
@@ -545,10 +640,16 @@ def main(argv):
     md.append(closer_note(kept))
     md.append("\n### New connection per request (`wrk -t1 -c16 -H 'Connection: close'`)\n")
     md.append(http_table(summary, "close"))
+    md.append(modes_verdict(summary))
     md.append("\n*Server CPU per request*: the server's utime+stime (master and all workers, "
               "/proc/PID/stat, before and after the round) divided by the requests served. "
               "*Server CPU load*: the same time over the round's length (200% is both cores). "
-              "*wrk CPU load*: wrk's own; near 100% the client, not the server, was the limit.\n\n"
+              "*wrk CPU load*: wrk's own; near 100% the client, not the server, was the limit. "
+              "*syscalls/req*: the system calls entered by the server's processes and threads "
+              "(perf stat's raw_syscalls:sys_enter on their PIDs, turned on once wrk is about to "
+              "start and off when it ends) over the requests wrk counted, in a separate "
+              "window per server and mode after the timed rounds, so the counting does not slow "
+              "those.\n\n"
               "Apache's prefork MPM serves one connection per process at a time and keeps it as "
               "long as the client sends: with 64 keep-alive clients and 2 processes, 2 clients are "
               "served and 62 wait in the listen queue. wrk times and counts only answered "
@@ -608,8 +709,10 @@ def main(argv):
         "bench/run in the foreground and stopped by its PID (TERM, then KILL for anything of its "
         "process group left after 10 s). The configurations are written by bench/http/lib.sh; "
         "the choices:\n\n"
-        "- **prefork-httpd**: `prefork-httpd -l 127.0.0.1:PORT -w 2 -m evented|blocking`, "
-        "defaults otherwise (keep-alive timeout 5 s, no access log).\n"
+        "- **prefork-httpd**: `prefork-httpd -l 127.0.0.1:PORT -w 2 -m evented|uring|blocking`, "
+        "defaults otherwise (keep-alive timeout 5 s, no access log). The uring row is left out, "
+        "with a note, where prefork-httpd falls back to evented (no liburing in the build, or "
+        "io_uring refused by the kernel).\n"
         "- **nginx**: `worker_processes 2; access_log off; keepalive_timeout 5s; "
         "keepalive_requests 1000000;` and `location / { default_type text/plain; return 200 "
         "\"Hello, World!\"; }`, run with `daemon off`. keepalive_requests is raised from 1000 "

@@ -1,6 +1,9 @@
-// prefork-httpd's evented mode end to end: keep-alive, pipelining, many
-// connections, its timeouts, and a graceful stop with connections open; and
-// the system calls a keep-alive request costs, counted by strace.
+// prefork-httpd's event loops end to end, the epoll one (-m evented) and
+// the io_uring one (-m uring), the same test body for each
+// (httpd_modes.hpp): keep-alive, pipelining, many connections, the
+// timeouts, and a graceful stop with connections open. And the system calls
+// an evented keep-alive request costs, counted by strace (the uring count
+// is in httpd_uring_test.cpp).
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -14,6 +17,7 @@
 #include <string>
 
 #include "catch.hpp"
+#include "httpd_modes.hpp"
 #include "httpd_support.hpp"
 #include "leak_check.hpp"
 #include "proc.hpp"
@@ -27,10 +31,15 @@ const std::string hello_request = "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n";
 
 }  // namespace
 
-TEST_CASE("evented: 1000 requests on one keep-alive connection", "[httpd][evented][keepalive]") {
+TEST_CASE("evented and uring: 1000 requests on one keep-alive connection",
+          "[httpd][evented][uring][keepalive]") {
+  const std::string mode = GENERATE(as<std::string>{}, "evented", "uring");
+  if (!mode_runs_here(mode)) return;
+  INFO("-m " << mode);
   prefork::test::leak_check leaks;
   {
-    server s({"-m", "evented"});
+    server s({"-m", mode});
+    check_mode(s, mode);
     prefork::fd c = connect_to(s.port());
     std::string pending;
     int ok = 0;
@@ -144,10 +153,14 @@ TEST_CASE("evented: a keep-alive request costs one read and one write",
   CHECK(leaks.problems() == "");
 }
 
-TEST_CASE("evented: HTTP/1.0 keep-alive when asked for", "[httpd][evented][keepalive]") {
+TEST_CASE("evented and uring: HTTP/1.0 keep-alive when asked for", "[httpd][evented][uring][keepalive]") {
+  const std::string mode = GENERATE(as<std::string>{}, "evented", "uring");
+  if (!mode_runs_here(mode)) return;
+  INFO("-m " << mode);
   prefork::test::leak_check leaks;
   {
-    server s({"-m", "evented"});
+    server s({"-m", mode});
+    check_mode(s, mode);
     prefork::fd c = connect_to(s.port());
     std::string pending;
     for (int i = 0; i < 3; ++i) {
@@ -166,11 +179,15 @@ TEST_CASE("evented: HTTP/1.0 keep-alive when asked for", "[httpd][evented][keepa
   CHECK(leaks.problems() == "");
 }
 
-TEST_CASE("evented: 20 pipelined requests are answered in order, in one write",
-          "[httpd][evented][pipelining]") {
+TEST_CASE("evented and uring: 20 pipelined requests are answered in order, in one write",
+          "[httpd][evented][uring][pipelining]") {
+  const std::string mode = GENERATE(as<std::string>{}, "evented", "uring");
+  if (!mode_runs_here(mode)) return;
+  INFO("-m " << mode);
   prefork::test::leak_check leaks;
   {
-    server s({"-m", "evented"});
+    server s({"-m", mode});
+    check_mode(s, mode);
     std::string batch;
     std::vector<std::pair<std::string, bool>> expected;  // body, HEAD
     for (int i = 0; i < 20; ++i) {
@@ -216,7 +233,11 @@ TEST_CASE("evented: 20 pipelined requests are answered in order, in one write",
   CHECK(leaks.problems() == "");
 }
 
-TEST_CASE("evented: a large file, then pipelined requests behind it", "[httpd][evented][sendfile]") {
+TEST_CASE("evented and uring: a large file, then pipelined requests behind it",
+          "[httpd][evented][uring][sendfile]") {
+  const std::string mode = GENERATE(as<std::string>{}, "evented", "uring");
+  if (!mode_runs_here(mode)) return;
+  INFO("-m " << mode);
   prefork::test::leak_check leaks;
   {
     char tmpl[] = "/tmp/prefork-httpd-big-XXXXXX";
@@ -225,10 +246,13 @@ TEST_CASE("evented: a large file, then pipelined requests behind it", "[httpd][e
     for (int i = 0; big.size() < (6u << 20); ++i) big += "line " + std::to_string(i) + "\n";
     std::ofstream(root + "/big.txt", std::ios::binary) << big;
     {
-      server s({"-m", "evented", root});
+      server s({"-m", mode, root});
+      check_mode(s, mode);
       prefork::fd c = connect_to(s.port());
-      // The file is far larger than the socket buffer: sendfile stops at
-      // EAGAIN and the loop resumes it on EPOLLOUT while the client reads.
+      // The file is far larger than the socket buffer: the loop sends it in
+      // parts as the client reads (evented: sendfile to EAGAIN, resumed on
+      // EPOLLOUT; uring: short sends resubmitted), the pipelined requests
+      // waiting behind it.
       send_text(c.get(), "GET /big.txt HTTP/1.1\r\nHost: t\r\n\r\n" + hello_request +
                              "GET /big.txt HTTP/1.1\r\nHost: t\r\nRange: bytes=-6\r\n\r\n" + hello_request);
       std::string pending;
@@ -248,10 +272,15 @@ TEST_CASE("evented: a large file, then pipelined requests behind it", "[httpd][e
   CHECK(leaks.problems() == "");
 }
 
-TEST_CASE("evented: 500 concurrent keep-alive connections are all served", "[httpd][evented][concurrency]") {
+TEST_CASE("evented and uring: 500 concurrent keep-alive connections are all served",
+          "[httpd][evented][uring][concurrency]") {
+  const std::string mode = GENERATE(as<std::string>{}, "evented", "uring");
+  if (!mode_runs_here(mode)) return;
+  INFO("-m " << mode);
   prefork::test::leak_check leaks;
   {
-    server s({"-m", "evented"});
+    server s({"-m", mode});
+    check_mode(s, mode);
     std::vector<prefork::fd> conns;
     for (int i = 0; i < 500; ++i) conns.push_back(connect_to(s.port()));
     int served = 0;
@@ -270,11 +299,15 @@ TEST_CASE("evented: 500 concurrent keep-alive connections are all served", "[htt
   CHECK(leaks.problems() == "");
 }
 
-TEST_CASE("evented: beyond --max-connections new connections wait in the kernel's queue",
-          "[httpd][evented][concurrency]") {
+TEST_CASE("evented and uring: beyond --max-connections new connections wait in the kernel's queue",
+          "[httpd][evented][uring][concurrency]") {
+  const std::string mode = GENERATE(as<std::string>{}, "evented", "uring");
+  if (!mode_runs_here(mode)) return;
+  INFO("-m " << mode);
   prefork::test::leak_check leaks;
   {
-    server s({"-m", "evented", "-w", "1", "--max-connections", "4"});
+    server s({"-m", mode, "-w", "1", "--max-connections", "4"});
+    check_mode(s, mode);
     // Six clients, one request each, one at a time so the worker takes them
     // in order: four are answered and kept open, two wait.
     std::vector<prefork::fd> conns;
@@ -302,10 +335,15 @@ TEST_CASE("evented: beyond --max-connections new connections wait in the kernel'
   CHECK(leaks.problems() == "");
 }
 
-TEST_CASE("evented: the keep-alive timeout closes an idle connection", "[httpd][evented][timeout]") {
+TEST_CASE("evented and uring: the keep-alive timeout closes an idle connection",
+          "[httpd][evented][uring][timeout]") {
+  const std::string mode = GENERATE(as<std::string>{}, "evented", "uring");
+  if (!mode_runs_here(mode)) return;
+  INFO("-m " << mode);
   prefork::test::leak_check leaks;
   {
-    server s({"-m", "evented", "--keepalive-timeout", "0.5"});
+    server s({"-m", mode, "--keepalive-timeout", "0.5"});
+    check_mode(s, mode);
     prefork::fd c = connect_to(s.port());
     std::string pending;
     send_text(c.get(), hello_request);
@@ -319,11 +357,16 @@ TEST_CASE("evented: the keep-alive timeout closes an idle connection", "[httpd][
   CHECK(leaks.problems() == "");
 }
 
-TEST_CASE("evented: a slow header is closed while a fast client is answered", "[httpd][evented][timeout]") {
+TEST_CASE("evented and uring: a slow header is closed while a fast client is answered",
+          "[httpd][evented][uring][timeout]") {
+  const std::string mode = GENERATE(as<std::string>{}, "evented", "uring");
+  if (!mode_runs_here(mode)) return;
+  INFO("-m " << mode);
   prefork::test::leak_check leaks;
   {
     // One worker, so both clients share its loop.
-    server s({"-m", "evented", "-w", "1", "--header-timeout", "1"});
+    server s({"-m", mode, "-w", "1", "--header-timeout", "1"});
+    check_mode(s, mode);
     prefork::fd slow = connect_to(s.port());
     send_text(slow.get(), "GET /hello HTTP/1.1\r\nHost: t\r\nX-Slow: ");  // and nothing more
     auto start = steady::now();
@@ -345,11 +388,15 @@ TEST_CASE("evented: a slow header is closed while a fast client is answered", "[
   CHECK(leaks.problems() == "");
 }
 
-TEST_CASE("evented: QUIT closes idle connections and finishes the request in flight",
-          "[httpd][evented][quit]") {
+TEST_CASE("evented and uring: QUIT closes idle connections and finishes the request in flight",
+          "[httpd][evented][uring][quit]") {
+  const std::string mode = GENERATE(as<std::string>{}, "evented", "uring");
+  if (!mode_runs_here(mode)) return;
+  INFO("-m " << mode);
   prefork::test::leak_check leaks;
   {
-    server s({"-m", "evented"});
+    server s({"-m", mode});
+    check_mode(s, mode);
     std::vector<prefork::fd> idle;
     for (int i = 0; i < 100; ++i) {
       idle.push_back(connect_to(s.port()));

@@ -16,6 +16,7 @@
 
 #include "catch.hpp"
 #include "helpers.hpp"
+#include "httpd_modes.hpp"
 #include "httpd_support.hpp"
 #include "leak_check.hpp"
 #include "temp_dir.hpp"
@@ -132,9 +133,11 @@ TEST_CASE("/_health: 503 from the moment QUIT begins a graceful stop; requests i
           "[httpd][health]") {
   prefork::test::leak_check leaks;
   {
-    std::string mode = GENERATE(as<std::string>{}, "evented", "blocking");
+    std::string mode = GENERATE(as<std::string>{}, "evented", "blocking", "uring");
     INFO(mode);
+    if (!mode_runs_here(mode)) return;
     server s({"-m", mode, "-w", workers_for(mode), "--graceful-timeout", "20"});
+    check_mode(s, mode);
     response before = get(s.port(), "/_health");
     CHECK(before.status == 200);
     CHECK(before.body == "ok\n");
@@ -158,9 +161,11 @@ TEST_CASE("/_health: 503 from the moment QUIT begins a graceful stop; requests i
 TEST_CASE("/_health: 200 while HUP replaces the workers (the service goes on)", "[httpd][health]") {
   prefork::test::leak_check leaks;
   {
-    std::string mode = GENERATE(as<std::string>{}, "evented", "blocking");
+    std::string mode = GENERATE(as<std::string>{}, "evented", "blocking", "uring");
     INFO(mode);
+    if (!mode_runs_here(mode)) return;
     server s({"-m", mode, "-w", workers_for(mode), "--graceful-timeout", "20"});
+    check_mode(s, mode);
     held_requests held(s.port(), mode);
     s.signal(SIGHUP);
     // Every old worker is asked to stop once its replacement is ready; the

@@ -19,6 +19,7 @@
 
 #include "catch.hpp"
 #include "helpers.hpp"
+#include "httpd_modes.hpp"
 #include "httpd_support.hpp"
 #include "leak_check.hpp"
 #include "proc.hpp"
@@ -92,9 +93,11 @@ void check_metrics_file(const std::string& path) {
 
 TEST_CASE("/_metrics: the names the issue lists, valid per promtool check metrics") {
   prefork::test::leak_check leaks;
-  for (std::string mode : {"evented", "blocking"}) {
+  for (std::string mode : {"evented", "blocking", "uring"}) {
+    if (!mode_runs_here(mode)) continue;
     DYNAMIC_SECTION(mode) {
       server s({"-m", mode});
+      check_mode(s, mode);
       for (int i = 0; i < 5; ++i) CHECK(get(s.port(), "/hello").status == 200);
       CHECK(get(s.port(), "/missing").status == 404);
       response m = get(s.port(), "/_metrics");

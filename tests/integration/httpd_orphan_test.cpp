@@ -1,5 +1,6 @@
-// prefork-httpd's evented workers when their master is SIGKILLed: end of
-// file on the control pipe is a graceful stop, so what a worker holds (a
+// prefork-httpd's event-loop workers (evented and uring, httpd_modes.hpp)
+// when their master is SIGKILLed: end of file on the control pipe is a
+// graceful stop, so what a worker holds (a
 // response half sent, a slow request) is finished before it exits.
 #include <sys/prctl.h>
 
@@ -8,6 +9,7 @@
 #include <string>
 
 #include "catch.hpp"
+#include "httpd_modes.hpp"
 #include "httpd_support.hpp"
 #include "leak_check.hpp"
 #include "proc.hpp"
@@ -22,21 +24,25 @@ const bool subreaper = ::prctl(PR_SET_CHILD_SUBREAPER, 1) == 0;
 
 }  // namespace
 
-TEST_CASE("evented: a SIGKILLed master's workers finish the responses in flight, then exit",
-          "[httpd][evented][orphan]") {
+TEST_CASE("evented and uring: a SIGKILLed master's workers finish the responses in flight, then exit",
+          "[httpd][evented][uring][orphan]") {
   REQUIRE(subreaper);
+  const std::string mode = GENERATE(as<std::string>{}, "evented", "uring");
+  if (!mode_runs_here(mode)) return;
+  INFO("-m " << mode);
   prefork::test::leak_check leaks;
   {
     prefork::test::temp_dir root;
     std::string big;
     for (int i = 0; big.size() < (6u << 20); ++i) big += "line " + std::to_string(i) + "\n";
     std::ofstream((root / "big.txt").string(), std::ios::binary) << big;
-    server s({"-m", "evented", root.path.string()});
+    server s({"-m", mode, root.path.string()});
+    check_mode(s, mode);
     std::set<pid_t> workers = prefork::test::children_of(s.pid());
     REQUIRE(workers.size() == 2);
 
     // A response far larger than the socket buffers, read only a little:
-    // the rest waits in its worker for EPOLLOUT.
+    // the rest waits in its worker until the socket has room.
     prefork::fd reader = connect_to(s.port());
     send_text(reader.get(), "GET /big.txt HTTP/1.1\r\nHost: t\r\n\r\n");
     std::string got;

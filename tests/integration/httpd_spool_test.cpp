@@ -1,5 +1,5 @@
 // Request bodies beyond the application's body_in_memory() are spooled to an
-// unlinked temporary file as they arrive, in both worker modes, whether sent
+// unlinked temporary file as they arrive, in every worker mode, whether sent
 // with a length or chunked; "Expect: 100-continue" is answered only when
 // the handler will read the body.
 #include <fcntl.h>
@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "catch.hpp"
+#include "httpd_modes.hpp"
 #include "httpd_support.hpp"
 #include "leak_check.hpp"
 
@@ -47,12 +48,14 @@ int deleted_files(pid_t pid) {
 
 }  // namespace
 
-TEST_CASE("prefork-httpd spools large request bodies to a file, both modes, length or chunked",
+TEST_CASE("prefork-httpd spools large request bodies to a file, every worker mode, length or chunked",
           "[httpd][spool]") {
   prefork::test::leak_check leaks;
-  for (const char* mode : {"evented", "blocking"}) {
+  for (const char* mode : {"evented", "blocking", "uring"}) {
+    if (!mode_runs_here(mode)) continue;
     DYNAMIC_SECTION("-m " << mode) {
       server s({"-m", mode, "-w", "1", "--max-body", "8M"});
+      check_mode(s, mode);
       std::string spawned = s.wait_log("worker 0 (pid ", 0);
       const pid_t worker = std::stoi(spawned.substr(spawned.find("(pid ") + 5));
       const std::string big = payload(3u << 20, 1), other = payload((1u << 20) + 17, 2);
@@ -84,9 +87,11 @@ TEST_CASE("prefork-httpd spools large request bodies to a file, both modes, leng
 TEST_CASE("prefork-httpd answers Expect: 100-continue only for a handler that reads the body",
           "[httpd][spool]") {
   prefork::test::leak_check leaks;
-  for (const char* mode : {"evented", "blocking"}) {
+  for (const char* mode : {"evented", "blocking", "uring"}) {
+    if (!mode_runs_here(mode)) continue;
     DYNAMIC_SECTION("-m " << mode) {
       server s({"-m", mode});
+      check_mode(s, mode);
       {
         prefork::fd c = connect_to(s.port());
         send_text(c.get(),

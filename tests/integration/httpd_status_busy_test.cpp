@@ -9,6 +9,7 @@
 #include <string>
 
 #include "catch.hpp"
+#include "httpd_modes.hpp"
 #include "httpd_support.hpp"
 #include "leak_check.hpp"
 
@@ -41,9 +42,11 @@ std::string state_of(const std::string& json, pid_t pid) {
 TEST_CASE("httpd: /_status shows the worker answering it as busy", "[httpd][status]") {
   prefork::test::leak_check leaks;
   {
-    std::string mode = GENERATE(as<std::string>{}, "blocking", "evented");
+    std::string mode = GENERATE(as<std::string>{}, "blocking", "evented", "uring");
     INFO("mode " << mode);
+    if (!mode_runs_here(mode)) return;
     server s({"-m", mode, "-w", "1"});
+    check_mode(s, mode);
 
     // A worker that waited in poll for the connection.
     response first = get(s.port(), "/_status?format=json");

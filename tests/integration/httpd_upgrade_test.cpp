@@ -1,5 +1,5 @@
-// prefork-httpd's USR2 upgrades under a client loop, both modes, both worker
-// modes: every request made while the binary is replaced gets its whole
+// prefork-httpd's USR2 upgrades under a client loop, both upgrade modes,
+// every worker mode: every request made while the binary is replaced gets its whole
 // answer. (The pool's own upgrade protocol, with its rollbacks, is tested
 // in upgrade_test.cpp; this proves the server built on it keeps the promise.)
 #include <sys/syscall.h>
@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "catch.hpp"
+#include "httpd_modes.hpp"
 #include "httpd_support.hpp"
 #include "leak_check.hpp"
 
@@ -40,11 +41,13 @@ bool gone_within(pid_t pid, std::chrono::milliseconds limit) {
 
 TEST_CASE("prefork-httpd in-place upgrades (USR2) under load: same PID, no request lost",
           "[httpd][upgrade]") {
-  for (const char* mode : {"evented", "blocking"}) {
+  for (const char* mode : {"evented", "blocking", "uring"}) {
+    if (!mode_runs_here(mode)) continue;
     DYNAMIC_SECTION("-m " << mode) {
       prefork::test::leak_check leaks;
       {
         server s({"-m", mode, "--upgrade", "in-place", "--graceful-timeout", "5"});
+        check_mode(s, mode);
         const pid_t master = s.pid();
         hello_loop load(s.port());
         load.wait_for_more(50);
@@ -68,7 +71,8 @@ TEST_CASE("prefork-httpd in-place upgrades (USR2) under load: same PID, no reque
 
 TEST_CASE("prefork-httpd fork_exec upgrade (USR2) under load: a new master takes over, no request lost",
           "[httpd][upgrade]") {
-  for (const char* mode : {"evented", "blocking"}) {
+  for (const char* mode : {"evented", "blocking", "uring"}) {
+    if (!mode_runs_here(mode)) continue;
     DYNAMIC_SECTION("-m " << mode) {
       prefork::test::leak_check leaks;
       fs::path dir = fs::temp_directory_path() / ("prefork-httpd-upgrade-" + std::to_string(::getpid()));
@@ -76,6 +80,7 @@ TEST_CASE("prefork-httpd fork_exec upgrade (USR2) under load: a new master takes
       const fs::path pid_path = dir / "httpd.pid";
       {
         server s({"-m", mode, "--upgrade", "fork-exec", "--graceful-timeout", "5", "-P", pid_path.string()});
+        check_mode(s, mode);
         const pid_t old_master = s.pid();
         REQUIRE(read_pid(pid_path) == old_master);
         hello_loop load(s.port());
