@@ -85,6 +85,7 @@ bool http_engine::take_proxy_header(connection& c) {
 
 void http_engine::begin_request(connection& c) {
   c.idle = false;
+  c.fresh = false;
   // The duration feeds /_metrics and /_status too, not only the access log.
   // Without the log the coarse clock is enough: its ticks quantize each
   // duration, but from a random phase, so sums and means stay true, and the
@@ -352,7 +353,7 @@ connection& http_engine::open(prefork::fd sock, const sockaddr_storage& peer, st
   c.parser.reset();
   c.stage = phase::head;
   c.close_after = c.linger = c.peer_done = false;
-  c.idle = true;
+  c.idle = c.fresh = true;
   c.admin = srv_.admin_listener && *srv_.admin_listener == listener;
   c.proxy = srv_.expects_proxy(listener);
   ++live_;
@@ -426,7 +427,7 @@ void http_engine::begin_stop() {
   stop_deadline_ = coarse_now() + srv_.opts.graceful_timeout;
   stop_accepting();
   for (auto& p : conns_)
-    if (p->sock && p->idle && !p->sending() && !input_pending(*p)) close(*p);
+    if (p->sock && p->idle && !p->fresh && !p->sending() && !input_pending(*p)) close(*p);
 }
 
 steady::time_point http_engine::wake_by(steady::time_point now) const {

@@ -84,6 +84,7 @@ struct connection {
   bool close_after = false;    // close once the output is sent
   bool linger = false;         // ... and drain input first (it was not all read)
   bool idle = true;            // no request in hand: between requests, nothing buffered
+  bool fresh = true;           // accepted, and no request begun yet (the stop keeps it)
   bool peer_done = false;      // the client shut down its sending side
   steady::time_point started;  // of the request in hand: its duration, for the log and /_metrics
 
@@ -145,6 +146,10 @@ class http_engine {
   // Closes what timed out and finds the next deadline.
   void sweep();
   // QUIT: stop accepting, close idle connections, let the others finish.
+  // A fresh connection is not idle: its client connected before the stop
+  // and is owed an answer to its first request (without TCP_DEFER_ACCEPT,
+  // on the admin socket, it is accepted before that request arrives). Its
+  // header timer, within the graceful timeout, bounds the wait.
   void begin_stop();
   // When the loop should wake at the latest: the nearest deadline, the
   // heartbeat, the graceful stop's end.

@@ -428,3 +428,47 @@ TEST_CASE("evented and uring: QUIT closes idle connections and finishes the requ
   }
   CHECK(leaks.problems() == "");
 }
+
+TEST_CASE("evented and uring: QUIT answers a connection accepted before its first request arrived",
+          "[httpd][evented][uring][quit]") {
+  const std::string mode = GENERATE(as<std::string>{}, "evented", "uring");
+  if (!mode_runs_here(mode)) return;
+  INFO("-m " << mode);
+  prefork::test::leak_check leaks;
+  {
+    // The admin socket has no TCP_DEFER_ACCEPT: a worker accepts a
+    // connection there before its request arrives. The client connected
+    // before the stop, so the stop owes it an answer; it must not be
+    // closed with the idle keep-alive connections (an upgrade's old worker
+    // did that, and a probe saw its connection closed unanswered).
+    server s({"-m", mode, "-w", "1", "--admin-listen", "127.0.0.1:0"});
+    check_mode(s, mode);
+    std::string line = s.wait_log("(admin)", 0);
+    const int admin = std::stoi(line.substr(line.find("127.0.0.1:") + 10));
+    std::set<pid_t> workers = prefork::test::children_of(s.pid());
+    REQUIRE(workers.size() == 1);
+    const pid_t worker = *workers.begin();
+
+    prefork::fd kept = connect_to(s.port());  // idle between requests: closed by the stop
+    std::string pending;
+    send_text(kept.get(), hello_request);
+    REQUIRE(read_response(kept.get(), pending).status == 200);
+    const std::size_t before = prefork::test::fd_count(worker);
+    prefork::fd fresh = connect_to(admin);
+    auto deadline = steady::now() + patience;
+    while (prefork::test::fd_count(worker) <= before) REQUIRE(steady::now() < deadline);  // accepted
+
+    s.signal(SIGQUIT);
+    REQUIRE(closed_within(kept.get(), 10s));  // the stop has begun in the worker
+    send_text(fresh.get(), "GET /_status HTTP/1.1\r\nHost: t\r\n\r\n");
+    std::string rest;
+    response r = read_response(fresh.get(), rest);
+    CHECK(r.status == 200);
+    CHECK(r.header("connection") == "close");
+    CHECK(closed_within(fresh.get(), 10s));
+    prefork::exit_status st = s.stop(0);
+    INFO(s.log());
+    CHECK(st.describe() == "exited 0");
+  }
+  CHECK(leaks.problems() == "");
+}
