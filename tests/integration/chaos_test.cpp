@@ -257,7 +257,10 @@ TEST_CASE("chaos: out of descriptors, a worker says EMFILE once, idles, and serv
     // One worker, RLIMIT_NOFILE 40 (hard, so the server cannot raise it):
     // the worker's own dozen descriptors plus its connection cap (32 at
     // this limit) do not fit, so accept4 fails before the cap is reached.
-    server s({"-m", mode, "-w", "1"}, true, prefork::test::helper_argv("with_nofile", {"40"}));
+    // Through a launcher the server adds no "-l 127.0.0.1:0": say it, or it
+    // takes 8080, which another program may hold.
+    server s({"-m", mode, "-w", "1", "-l", "127.0.0.1:0"}, true,
+             prefork::test::helper_argv("with_nofile", {"40"}));
     check_mode(s, mode);
     pid_t worker = wait_workers(s.pid(), 1)[0];
     std::vector<prefork::fd> conns;

@@ -100,6 +100,7 @@ TEST_CASE("/_metrics: the names the issue lists, valid per promtool check metric
       check_mode(s, mode);
       for (int i = 0; i < 5; ++i) CHECK(get(s.port(), "/hello").status == 200);
       CHECK(get(s.port(), "/missing").status == 404);
+      CHECK(get(s.port(), "/sleep?ms=200").status == 200);
       response m = get(s.port(), "/_metrics");
       CHECK(m.status == 200);
       CHECK(m.header("content-type").find("text/plain; version=0.0.4") == 0);
@@ -108,17 +109,26 @@ TEST_CASE("/_metrics: the names the issue lists, valid per promtool check metric
             "prefork_workers ", "prefork_workers_busy ", "prefork_worker_rss_bytes{",
             "prefork_worker_pss_bytes{", "prefork_worker_restarts_total{cause=\"crash\"} 0",
             "prefork_master_start_time_seconds ", "prefork_upgrades_total 0",
-            "prefork_http_request_duration_seconds_bucket{le=\"+Inf\"} 6",
-            "prefork_http_request_duration_seconds_count 6"})
+            "prefork_http_request_duration_seconds_bucket{le=\"+Inf\"} 7",
+            "prefork_http_request_duration_seconds_count 7"})
         CHECK(m.body.find(name) != std::string::npos);
-      // 5 hello and 1 not found across the two workers; /_metrics itself is not counted.
+      // The durations are measured with or without an access log: the
+      // sleep's 0.2 s, the rest next to nothing (unmeasured, they were
+      // whatever the clock read since boot).
+      std::smatch sum;
+      REQUIRE(std::regex_search(m.body, sum,
+                                std::regex(R"re(prefork_http_request_duration_seconds_sum ([0-9.e+-]+))re")));
+      CHECK(std::stod(sum[1]) >= 0.15);
+      CHECK(std::stod(sum[1]) < 30);
+      // 6 answered (5 hello, 1 sleep) and 1 not found across the two workers;
+      // /_metrics itself is not counted.
       std::regex counts(R"re(prefork_http_requests_total\{worker="\d+",code="(\dxx)"\} (\d+))re");
       unsigned ok = 0, missing = 0;
       for (std::sregex_iterator it(m.body.begin(), m.body.end(), counts), end; it != end; ++it) {
         if ((*it)[1] == "2xx") ok += static_cast<unsigned>(std::stoul((*it)[2]));
         if ((*it)[1] == "4xx") missing += static_cast<unsigned>(std::stoul((*it)[2]));
       }
-      CHECK(ok == 5);
+      CHECK(ok == 6);
       CHECK(missing == 1);
       if (have("/usr/bin/promtool")) {
         temp_dir dir;
