@@ -190,7 +190,7 @@ def ratio_text(a, b):
     return f"{a / b:.2f}×" if a and b else "not measured"
 
 
-def modes_verdict(summary):
+def modes_verdict(summary, syscall_us=None):
     """Which of prefork-httpd's worker modes wins which workload, with the
     figures that say why, and issue 17's targets against the peers."""
     out = []
@@ -222,10 +222,14 @@ def modes_verdict(summary):
             "epoll_wait per kept-alive request; the uring loop submits the answers of a loop turn "
             "and collects the next requests with one io_uring_enter (docs/uring.md); the blocking "
             "worker closes after each answer, so every request costs it a connection (accept, "
-            "read, write, close), with nothing registered with epoll or a ring. On this kind of "
-            "machine a system call's entry and exit alone cost about a microsecond: that is what "
-            "the uring loop saves, and the CPU per request shows whether the ring's own work "
-            "costs less. With a new connection per request the connection's set-up and tear-down "
+            "read, write, close), with nothing registered with epoll or a ring. "
+            + (f"A system call's entry and exit alone cost {syscall_us:.2f} µs on this machine "
+               "(`perf bench syscall basic`): that is what each system call the uring loop saves "
+               "is worth, and the CPU per request shows what the ring's own work costs in its "
+               "place. " if syscall_us else
+               "What a system call saves is the cost of its entry and exit (`perf bench syscall "
+               "basic` measures it; perf was missing on this run). ")
+            + "With a new connection per request the connection's set-up and tear-down "
             "in the kernel dominate in every mode, and only the bookkeeping around them differs.\n")
     ka_u = summary.get(("prefork-httpd-uring", "keepalive"), {})
     ka_n = summary.get(("nginx", "keepalive"), {})
@@ -579,8 +583,8 @@ def main(argv):
                   "harness. Its figures are indicative only; the published page comes from a full run.\n")
     md.append("## Headline\n")
     md.append(f"HTTP servers with 2 workers answering `GET /hello` with `Hello, World!` "
-              "(prefork-kv: `GET /k/hello`, the same 13 bytes from its store, through the application "
-              "seam and sendfile), wrk on the "
+              "(prefork-kv: `GET /k/hello`, the same 13 bytes from its store through the application "
+              "seam, served from the worker's cache of the store), wrk on the "
               f"same machine, {rounds} interleaved round(s) of {secs} s, medians. Keep-alive: "
               "`wrk -t1 -c64`; new connection per request: `wrk -t1 -c16 -H 'Connection: close'`. "
               "CPU/req is the server's own CPU time (utime+stime of master and workers, from "
@@ -640,7 +644,7 @@ def main(argv):
     md.append(closer_note(kept))
     md.append("\n### New connection per request (`wrk -t1 -c16 -H 'Connection: close'`)\n")
     md.append(http_table(summary, "close"))
-    md.append(modes_verdict(summary))
+    md.append(modes_verdict(summary, meta.get("syscall_us")))
     md.append("\n*Server CPU per request*: the server's utime+stime (master and all workers, "
               "/proc/PID/stat, before and after the round) divided by the requests served. "
               "*Server CPU load*: the same time over the round's length (200% is both cores). "
