@@ -70,23 +70,6 @@ struct held_requests {
 
 std::string workers_for(const std::string& mode) { return mode == "blocking" ? "3" : "1"; }
 
-pid_t read_pid(const std::string& p) {
-  std::ifstream in(p);
-  pid_t pid = 0;
-  in >> pid;
-  return pid;
-}
-
-// Waits for a process that is not our child to exit.
-bool gone_within(pid_t pid, std::chrono::milliseconds limit) {
-  int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-  if (pidfd == -1) return errno == ESRCH;
-  pollfd p{pidfd, POLLIN, 0};
-  int r = ::poll(&p, 1, static_cast<int>(limit.count()));
-  ::close(pidfd);
-  return r == 1;
-}
-
 // Listens on two sockets, "admin" at fd 3 and "http" at fd 4 (the admin one
 // first, unlike prefork-httpd's own order), and execs argv[0] with them as
 // systemd's socket activation hands them over, named.

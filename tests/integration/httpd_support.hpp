@@ -12,10 +12,14 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <optional>
 #include <stdexcept>
@@ -371,5 +375,24 @@ class hello_loop {
   std::atomic<int> served_{0}, failed_{0};
   std::thread thread_;
 };
+
+// The PID in a pid file (0 when there is none).
+inline pid_t read_pid(const std::filesystem::path& p) {
+  std::ifstream in(p);
+  pid_t pid = 0;
+  in >> pid;
+  return pid;
+}
+
+// Waits for a process that is not our child to exit (a pidfd polls
+// readable then): an upgrade's old master, say.
+inline bool gone_within(pid_t pid, std::chrono::milliseconds limit) {
+  int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (pidfd == -1) return errno == ESRCH;
+  pollfd p{pidfd, POLLIN, 0};
+  int r = ::poll(&p, 1, static_cast<int>(limit.count()));
+  ::close(pidfd);
+  return r == 1;
+}
 
 }  // namespace httpd_test

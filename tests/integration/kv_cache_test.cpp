@@ -117,23 +117,6 @@ std::string all_see(std::vector<conn*>& readers, const std::string& name,
   return etag;
 }
 
-pid_t read_pid(const fs::path& p) {
-  std::ifstream in(p);
-  pid_t pid = 0;
-  in >> pid;
-  return pid;
-}
-
-// Waits for a process that is not our child to exit.
-bool gone_within(pid_t pid, std::chrono::milliseconds limit) {
-  int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-  if (pidfd == -1) return errno == ESRCH;
-  pollfd p{pidfd, POLLIN, 0};
-  int r = ::poll(&p, 1, static_cast<int>(limit.count()));
-  ::close(pidfd);
-  return r == 1;
-}
-
 }  // namespace
 
 TEST_CASE("prefork-kv: once a PUT or DELETE is answered, every worker serves the new value", "[kv][cache]") {
