@@ -421,6 +421,14 @@ void http_engine::sweep() {
 
 // Stopping ----------------------------------------------------------------------
 
+void http_engine::out_of_descriptors(int err) {
+  cap_ = live_ > 0 ? live_ : 1;
+  stop_accepting();
+  error_line(std::string("accept4: ") + (err == EMFILE ? "EMFILE" : "ENFILE") + " (" + std::strerror(err) +
+             ") with " + std::to_string(live_) + " connections open: not accepting until one closes; " +
+             "connection cap lowered to " + std::to_string(cap_));
+}
+
 void http_engine::begin_stop() {
   if (stopping_) return;
   stopping_ = true;

@@ -151,6 +151,10 @@ class http_engine {
   // on the admin socket, it is accepted before that request arrives). Its
   // header timer, within the graceful timeout, bounds the wait.
   void begin_stop();
+  // accept4 failed with EMFILE or ENFILE (err): stop accepting until a
+  // connection closes, and hold no more connections than fit from now on,
+  // so this happens once, not at every close. Said once, in the error log.
+  void out_of_descriptors(int err);
   // When the loop should wake at the latest: the nearest deadline, the
   // heartbeat, the graceful stop's end.
   steady::time_point wake_by(steady::time_point now) const;

@@ -100,19 +100,8 @@ class loop final : public http_engine {
       int raw = ::accept4(listener, reinterpret_cast<sockaddr*>(&peer), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (raw == -1) {
         if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) continue;
-        if (errno == EMFILE || errno == ENFILE) {
-          // Out of descriptors: stop accepting until a connection closes
-          // (level-triggered epoll would spin otherwise), and hold no more
-          // connections than fit from now on, so this happens once, not at
-          // every close. Said once, in the error log.
-          int err = errno;
-          cap_ = live_ > 0 ? live_ : 1;
-          stop_accepting();
-          error_line(std::string("accept4: ") + (err == EMFILE ? "EMFILE" : "ENFILE") + " (" +
-                     std::strerror(err) + ") with " + std::to_string(live_) +
-                     " connections open: not accepting until one closes; " + "connection cap lowered to " +
-                     std::to_string(cap_));
-        }
+        // Level-triggered epoll would spin on a listener it cannot accept from.
+        if (errno == EMFILE || errno == ENFILE) out_of_descriptors(errno);
         return;
       }
       auto& c = static_cast<epoll_connection&>(open(prefork::fd(raw), peer, i));

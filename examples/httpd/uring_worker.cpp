@@ -399,18 +399,7 @@ class loop final : public http_engine {
           out_of_fds_ = true;
           return;
         }
-        if (errno == EMFILE || errno == ENFILE) {
-          // Out of descriptors: stop accepting until a connection closes,
-          // and hold no more connections than fit from now on, so this
-          // happens once, not at every close. Said once, in the error log.
-          int err = errno;
-          cap_ = live_ > 0 ? live_ : 1;
-          stop_accepting();
-          error_line(std::string("accept4: ") + (err == EMFILE ? "EMFILE" : "ENFILE") + " (" +
-                     std::strerror(err) + ") with " + std::to_string(live_) +
-                     " connections open: not accepting until one closes; " + "connection cap lowered to " +
-                     std::to_string(cap_));
-        }
+        if (errno == EMFILE || errno == ENFILE) out_of_descriptors(errno);
         return;
       }
       take(prefork::fd(raw), peer, i);
