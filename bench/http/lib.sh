@@ -172,6 +172,29 @@ syscall_round() {
     section=syscalls server="$name" mode="$mode" round=1 syscalls="$calls"
 }
 
+# profile_round NAME ROUND: a keep-alive round (wrk -t1 -c64, DURATION)
+# under a system-wide `perf record -g`, the samples of the server's
+# processes sorted by bench/http/profile.py into profile.jsonl with the
+# server's CPU ticks and wrk's request count over the same window.
+profile_round() {
+  local name=$1 round=$2 port=${SRV_PORT[$1]} pid=${SRV_PID[$1]} pids before after out requests
+  pids=$({ echo "$pid"; $PROC tree "$pid"; } | sort -un | paste -sd,)
+  before=$($PROC cpu "$pid")
+  # perf runs wrk as its workload: recording starts before and ends after it.
+  out=$(timeout -k 5 $((DURATION + 60)) perf record -q -a -g -o "$WORK/profile.data" -- \
+        wrk -t1 -c64 -d"${DURATION}s" --timeout 2s "http://127.0.0.1:$port${SRV_PATH[$name]:-/hello}" 2>&1) || true
+  after=$($PROC cpu "$pid")
+  requests=$(printf '%s\n' "$out" | awk '/requests in/ { print $1 }')
+  case $requests in
+    ''|*[!0-9]*) note "skipped: profile of $name round $round (wrk: $(printf '%s\n' "$out" | tail -n 1))"; return 0 ;;
+  esac
+  printf '  %-22s round %s:' "$name" "$round"
+  python3 "$HTTP_DIR/profile.py" classify "$WORK/profile.data" "$RESULTS/profile.jsonl" "$pids" \
+    server="$name" round="$round" requests="$requests" cpu_before="$before" cpu_after="$after" tick="$TICK" \
+    || note "warning: perf script failed for $name round $round"
+  rm -f "$WORK/profile.data"
+}
+
 warm_up() {
   timeout -k 5 30 wrk -t1 -c16 -d1s "http://127.0.0.1:${SRV_PORT[$1]}${SRV_PATH[$1]:-/hello}" >/dev/null 2>&1 || true
 }

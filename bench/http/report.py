@@ -20,6 +20,8 @@ import re
 import statistics
 import sys
 
+from markdown import replace_section
+
 SERVER_ORDER = ["prefork-httpd", "prefork-httpd-evented", "prefork-httpd-uring", "prefork-kv-evented", "prefork-httpd-blocking",
                 "prefork-kv-blocking", "nginx", "h2o",
                 "unicorn", "gunicorn", "apache"]
@@ -531,16 +533,7 @@ def parser_section(results):
 
 def parser_only(results, out_path):
     """Replaces the "## The HTTP parser" section of an existing report."""
-    old = read(out_path) or "# Benchmarks\n"
-    new = parser_section(results).lstrip("\n")
-    start = old.find("## The HTTP parser\n")
-    if start < 0:
-        text = old.rstrip("\n") + "\n\n" + new
-    else:
-        end = old.find("\n## ", start + 1)
-        text = old[:start] + new + ("\n" + old[end + 1:] if end >= 0 else "")
-    with open(out_path, "w") as f:
-        f.write(text)
+    replace_section(out_path, "## The HTTP parser\n", parser_section(results))
     return 0
 
 

@@ -23,6 +23,8 @@ import statistics
 import sys
 import urllib.request
 
+from markdown import replace_section
+
 SECTION = "## Reuseport: one socket shared, or one per worker\n"
 
 
@@ -139,16 +141,7 @@ def report(results, out_path):
     if text is None:
         print("  no reuseport figures: section left as it was")
         return 0
-    old = open(out_path).read() if os.path.exists(out_path) else "# Benchmarks\n"
-    start = old.find(SECTION)
-    if start == -1:
-        # Before the pool dynamics, or at the end.
-        at = old.find("\n## Pool dynamics\n")
-        new = old[:at + 1] + text + "\n" + old[at + 1:] if at != -1 else old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + 1)
-        new = old[:start] + text + (old[end + 1:] if end != -1 else "")
-    open(out_path, "w").write(new)
+    replace_section(out_path, SECTION, text, before="## Pool dynamics\n")
     return 0
 
 
