@@ -9,7 +9,10 @@ import os
 def replace_section(path, heading, text, before=None):
     """Puts text (starting with heading, a "## ..." line) in place of the
     section with that heading: where it was, else before the section
-    `before` names, else at the end."""
+    `before` names, else at the end. No text (no figures): the page stays."""
+    if text is None:
+        print(f"  no figures for {heading.strip()!r}: section left as it was")
+        return 0
     old = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
     body = text.strip("\n") + "\n"
     start = old.find(heading)
@@ -21,3 +24,4 @@ def replace_section(path, heading, text, before=None):
         new = old[:start] + body + ("\n" + old[end + 1:] if end != -1 else "")
     with open(path, "w") as f:
         f.write(new)
+    return 0

@@ -160,12 +160,7 @@ def section(results):
 
 
 def report(results, out_path):
-    text = section(results)
-    if text is None:
-        print("  no profile figures: section left as it was")
-        return 0
-    replace_section(out_path, SECTION, text, before="## Pool dynamics\n")
-    return 0
+    return replace_section(out_path, SECTION, section(results), before="## Pool dynamics\n")
 
 
 def main(argv):

@@ -137,12 +137,7 @@ socket and drain it before closing it.
 
 
 def report(results, out_path):
-    text = section(results)
-    if text is None:
-        print("  no reuseport figures: section left as it was")
-        return 0
-    replace_section(out_path, SECTION, text, before="## Pool dynamics\n")
-    return 0
+    return replace_section(out_path, SECTION, section(results), before="## Pool dynamics\n")
 
 
 def main(argv):
