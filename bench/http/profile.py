@@ -48,7 +48,9 @@ def category(frames):
     """frames: (symbol, in_kernel) from leaf to root."""
     if not frames or not frames[0][1]:
         return "user"
-    syms = [s for s, _ in frames]
+    # The kernel's frames only: without frame pointers a user-space stack
+    # is half guesses, and a guessed name must not decide the category.
+    syms = [s for s, in_kernel in frames if in_kernel]
     if any(s.startswith("tcp_sendmsg") for s in syms):
         return "tcp send"
     if any(s.startswith("tcp_recvmsg") for s in syms):
