@@ -17,6 +17,7 @@
 #include <prefork/signal_name.hpp>
 #include <prefork/signal.hpp>
 #include <prefork/process.hpp>
+#include <prefork/path_search.hpp>
 #include <prefork/spawn_setup.hpp>
 #include <prefork/spawn_child.hpp>
 #include <prefork/spawn.hpp>

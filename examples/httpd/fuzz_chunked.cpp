@@ -5,24 +5,16 @@
 // max_body; a finished body ends with CRLF exactly where the decoder stopped;
 // and, using the input as a body instead, encoding it in chunks of varied
 // sizes and decoding it gives it back.
+#include "httpd/fuzz_check.hpp"
 #include "httpd/http_chunked.hpp"
 
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace {
-
-#define FUZZ_CHECK(cond)                                                      \
-  do {                                                                        \
-    if (!(cond)) {                                                            \
-      std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                           \
-    }                                                                         \
-  } while (0)
 
 struct outcome {
   httpd::chunk_progress::status result = httpd::chunk_progress::incomplete;

@@ -6,26 +6,16 @@
 // an error carries a status the server knows and a reason; a done head ends
 // with CRLF CRLF exactly at header_length(). Each input runs under the default
 // limits and under tiny ones, so the limit paths are reached by short inputs.
+#include "httpd/fuzz_check.hpp"
 #include "httpd/http_parser.hpp"
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <string_view>
 
 namespace {
-
-// Not assert(): it must hold in any build the fuzzer is compiled in.
-#define FUZZ_CHECK(cond)                                                      \
-  do {                                                                        \
-    if (!(cond)) {                                                            \
-      std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                           \
-    }                                                                         \
-  } while (0)
 
 bool inside(std::string_view part, std::string_view whole) {
   if (part.empty()) return true;

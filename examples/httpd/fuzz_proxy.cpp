@@ -7,23 +7,14 @@
 // inside the input and within the version's bound; an error names a reason;
 // addresses are given only as INET or INET6, both of the same family; and a
 // valid v1 header re-parses the same with anything appended.
+#include "httpd/fuzz_check.hpp"
 #include "httpd/proxy_protocol.hpp"
 
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 #include <string>
 #include <string_view>
 
 namespace {
-
-#define FUZZ_CHECK(cond)                                                            \
-  do {                                                                              \
-    if (!(cond)) {                                                                  \
-      std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                                 \
-    }                                                                               \
-  } while (0)
 
 namespace pp = httpd::proxy_protocol;
 

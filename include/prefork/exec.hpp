@@ -49,6 +49,7 @@
 
 #include <prefork/error.hpp>
 #include <prefork/fd.hpp>
+#include <prefork/path_search.hpp>
 
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
@@ -162,20 +163,7 @@ inline void check_fd_names(const std::string& who, const std::vector<std::string
   }
 
   // Everything is built before the first descriptor flag changes.
-  std::vector<std::string> candidates;
-  if (program.find('/') != std::string::npos) {
-    candidates.push_back(program);
-  } else {
-    const char* path = std::getenv("PATH");
-    std::string_view dirs = path ? path : "/usr/local/bin:/usr/bin:/bin";
-    for (;;) {
-      std::size_t colon = dirs.find(':');
-      std::string_view dir = dirs.substr(0, colon);
-      candidates.push_back((dir.empty() ? std::string(".") : std::string(dir)) + "/" + program);
-      if (colon == std::string_view::npos) break;
-      dirs.remove_prefix(colon + 1);
-    }
-  }
+  const std::vector<std::string> candidates = path_candidates(program);
   std::vector<std::string> env;
   for (char** e = environ; e && *e; ++e)
     if (!is_protocol_variable(*e)) env.emplace_back(*e);

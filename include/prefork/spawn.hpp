@@ -42,6 +42,7 @@
 
 #include <prefork/error.hpp>
 #include <prefork/fd.hpp>
+#include <prefork/path_search.hpp>
 #include <prefork/process.hpp>
 #include <prefork/spawn_child.hpp>
 #include <prefork/spawn_setup.hpp>
@@ -164,20 +165,7 @@ inline std::string spawn_failure(const std::string& program, const spawn_report&
                                 " in the child is mapped from two different descriptors");
   std::vector<int> parked(moves.size(), -1);
 
-  std::vector<std::string> candidates;
-  if (program.find('/') != std::string::npos) {
-    candidates.push_back(program);
-  } else {
-    const char* path = std::getenv("PATH");
-    std::string_view dirs = path ? path : "/bin:/usr/bin";
-    for (;;) {
-      auto colon = dirs.find(':');
-      std::string_view dir = dirs.substr(0, colon);
-      candidates.push_back((dir.empty() ? std::string(".") : std::string(dir)) + "/" + program);
-      if (colon == std::string_view::npos) break;
-      dirs.remove_prefix(colon + 1);
-    }
-  }
+  const std::vector<std::string> candidates = detail::path_candidates(program);
   std::vector<const char*> paths;
   paths.reserve(candidates.size() + 1);
   for (const auto& c : candidates) paths.push_back(c.c_str());

@@ -36,6 +36,7 @@
 #include <prefork/error.hpp>
 #include <prefork/exec.hpp>
 #include <prefork/fd.hpp>
+#include <prefork/path_search.hpp>
 #include <prefork/pipe.hpp>
 #include <prefork/pool_detail.hpp>
 #include <prefork/process.hpp>
@@ -94,19 +95,14 @@ inline void exec_handing_over(const std::vector<int>& listeners, const std::vect
   if (program.find('/') == std::string::npos) {
     // Looked up in PATH again, so a binary installed elsewhere in PATH since
     // is what runs.
-    const char* path = std::getenv("PATH");
-    std::string_view dirs = path ? path : "/usr/local/bin:/usr/bin:/bin";
     std::string found;
-    while (found.empty()) {
-      std::size_t colon = dirs.find(':');
-      std::string dir(dirs.substr(0, colon));
-      std::string candidate = (dir.empty() ? "." : dir) + "/" + program;
+    for (const std::string& candidate : path_candidates(program)) {
       struct stat st {};
       if (::stat(candidate.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
-          ::access(candidate.c_str(), X_OK) == 0)
+          ::access(candidate.c_str(), X_OK) == 0) {
         found = candidate;
-      if (colon == std::string_view::npos) break;
-      dirs.remove_prefix(colon + 1);
+        break;
+      }
     }
     if (found.empty()) throw_system_error("exec " + program + " (searched in PATH)", ENOENT);
     program = found;

@@ -25,6 +25,7 @@
 #include "chaos_support.hpp"
 #include "env_var.hpp"
 #include "helpers.hpp"
+#include "httpd_modes.hpp"
 #include "httpd_support.hpp"
 #include "leak_check.hpp"
 #include "proc.hpp"
@@ -36,13 +37,6 @@ using chaos::wait_workers;
 namespace {
 
 const std::string hello_request = "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n";
-
-// Whether this prefork-httpd runs -m uring here: its --check line names the
-// mode that would run.
-bool uring_runs() {
-  command_result r = run({prefork::test::bin_path("prefork-httpd"), "--check", "-m", "uring"}, true);
-  return r.code == 0 && r.out.find(", uring mode)") != std::string::npos;
-}
 
 }  // namespace
 
@@ -61,18 +55,6 @@ PREFORK_HELPER(without_io_uring) {
   ::execv(argv[0], argv);
   return 127;
 }
-
-namespace {
-
-#define REQUIRE_URING()                                                        \
-  do {                                                                         \
-    if (!uring_runs()) {                                                       \
-      WARN("io_uring cannot run here (or no liburing in the build): skipped"); \
-      return;                                                                  \
-    }                                                                          \
-  } while (0)
-
-}  // namespace
 
 TEST_CASE("uring: PREFORK_HTTPD_NO_URING falls back to the evented loop and says so", "[httpd][uring]") {
   prefork::test::leak_check leaks;
@@ -102,7 +84,7 @@ TEST_CASE("uring: PREFORK_HTTPD_NO_URING falls back to the evented loop and says
 
 TEST_CASE("uring: io_uring_setup refused by seccomp (EPERM): the probe says so and the evented loop serves",
           "[httpd][uring][seccomp]") {
-  REQUIRE_URING();
+  if (!mode_runs_here("uring")) return;  // WARNs why
   prefork::test::leak_check leaks;
   {
     const std::string httpd = prefork::test::bin_path("prefork-httpd");
@@ -126,7 +108,7 @@ TEST_CASE("uring: io_uring_setup refused by seccomp (EPERM): the probe says so a
 }
 
 TEST_CASE("uring: the ready line names the mode that runs", "[httpd][uring]") {
-  REQUIRE_URING();
+  if (!mode_runs_here("uring")) return;  // WARNs why
   prefork::test::leak_check leaks;
   {
     server s({"-m", "uring"});
@@ -139,11 +121,12 @@ TEST_CASE("uring: the ready line names the mode that runs", "[httpd][uring]") {
 
 TEST_CASE("uring: two provided buffers for 200 connections: ENOBUFS is said once and every request answered",
           "[httpd][uring][enobufs]") {
-  REQUIRE_URING();
+  if (!mode_runs_here("uring")) return;  // WARNs why
   prefork::test::leak_check leaks;
   {
     prefork::test::env_var tiny("PREFORK_HTTPD_URING_BUFFERS", std::string("2"));
     server s({"-m", "uring", "-w", "1"});
+    check_mode(s, "uring");
     std::vector<prefork::fd> conns;
     for (int i = 0; i < 200; ++i) conns.push_back(connect_to(s.port()));
     int served = 0;
@@ -171,10 +154,11 @@ TEST_CASE("uring: two provided buffers for 200 connections: ENOBUFS is said once
 
 TEST_CASE("uring: connections closed with a receive in flight free their slots and descriptors",
           "[httpd][uring][lifetime]") {
-  REQUIRE_URING();
+  if (!mode_runs_here("uring")) return;  // WARNs why
   prefork::test::leak_check leaks;
   {
     server s({"-m", "uring", "-w", "1", "--keepalive-timeout", "0.2"});
+    check_mode(s, "uring");
     pid_t worker = wait_workers(s.pid(), 1)[0];
     CHECK(get(s.port(), "/hello").status == 200);
     const std::size_t fds_before = prefork::test::fd_count(worker);
@@ -219,7 +203,7 @@ TEST_CASE("uring: connections closed with a receive in flight free their slots a
 TEST_CASE(
     "uring: requests piled up behind a large answer the client does not read are all answered, in order",
     "[httpd][uring][pipelining]") {
-  REQUIRE_URING();
+  if (!mode_runs_here("uring")) return;  // WARNs why
   prefork::test::leak_check leaks;
   {
     char tmpl[] = "/tmp/prefork-httpd-uring-XXXXXX";
@@ -228,6 +212,7 @@ TEST_CASE(
     std::ofstream(root + "/big.txt", std::ios::binary) << big;
     {
       server s({"-m", "uring", "-w", "1", root});
+      check_mode(s, "uring");
       prefork::fd c = connect_to(s.port());
       // The file's answer fills the socket buffers and waits; behind it
       // come 2 MiB of requests (more than the loop keeps while an answer
