@@ -239,7 +239,7 @@ def modes_verdict(summary, syscall_us=None):
     if ka_u.get("cpu_us") and ka_n.get("cpu_us"):
         r = ka_u["cpu_us"] / ka_n["cpu_us"]
         targets.append(f"keep-alive, uring against nginx: {r:.2f}× nginx's CPU per request "
-                       f"(target at most 0.75×: {'met' if r <= 0.75 else 'not met'}), "
+                       f"(target at most 0.75×: {'met' if r <= 0.75 else 'not met; the profile section below and docs/uring.md say why'}), "
                        f"{ratio_text(ka_u.get('rps'), ka_n.get('rps'))} its req/s "
                        f"(target at least 1.0×: {'met' if (ka_u.get('rps') or 0) >= (ka_n.get('rps') or 0) else 'not met'})")
     best = [(m, summary[(name, "close")]) for name, m in HTTPD_MODES
