@@ -1,6 +1,7 @@
 // httpd/connection.cpp: the protocol both loops share (see connection.hpp).
 #include "connection.hpp"
 
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -300,6 +301,20 @@ bool http_engine::output_done(connection& c) {
     set_deadline(c, timer::keepalive, srv_.opts.keepalive_timeout);
   }
   return true;
+}
+
+http_engine::file_sent http_engine::send_file(connection& c) {
+  while (c.file_left > 0) {
+    ssize_t n = ::sendfile(c.sock.get(), c.file.get(), &c.file_offset, c.file_left);
+    if (n > 0) {
+      c.file_left -= static_cast<std::size_t>(n);
+      continue;
+    }
+    if (n == -1 && errno == EINTR) continue;
+    if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) return file_sent::socket_full;
+    return file_sent::broken;  // an error, or the file shrank (sendfile gave 0)
+  }
+  return file_sent::all;
 }
 
 bool http_engine::next_piece(connection& c) {

@@ -142,6 +142,11 @@ class http_engine {
   // Appends the next pieces of c's generated body to c.out (about 16 KiB).
   // False if the generator threw.
   bool next_piece(connection& c);
+  // Sends what is left of c's file body with sendfile(2), straight from the
+  // page cache, in either loop: all of it, until the socket is full, or
+  // until an error or a file that shrank breaks the framing.
+  enum class file_sent { all, socket_full, broken };
+  file_sent send_file(connection& c);
   void set_deadline(connection& c, timer kind, std::chrono::milliseconds span);
   // Closes what timed out and finds the next deadline.
   void sweep();

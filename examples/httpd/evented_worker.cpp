@@ -5,7 +5,6 @@
 #include <netinet/in.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
-#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -151,16 +150,10 @@ class loop final : public http_engine {
         close(c);
         return false;
       }
-      while (c.file_left > 0) {
-        ssize_t n = ::sendfile(c.sock.get(), c.file.get(), &c.file_offset, c.file_left);
-        if (n > 0) {
-          c.file_left -= static_cast<std::size_t>(n);
-          continue;
-        }
-        if (n == -1 && errno == EINTR) continue;
-        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) return wait_writable(c);
-        close(c);  // an error, or the file shrank: the framing is broken
-        return false;
+      switch (send_file(c)) {
+        case file_sent::all: break;
+        case file_sent::socket_full: return wait_writable(c);
+        case file_sent::broken: close(c); return false;  // the client sees the body cut short
       }
       if (!c.generate) break;
       // A generated body: the next piece once the last one is sent, so it

@@ -5,7 +5,6 @@
 #include <liburing.h>
 #include <poll.h>
 #include <sys/mman.h>
-#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -515,21 +514,12 @@ class loop final : public http_engine {
         queue_send(c);
         return false;
       }
-      while (c.file_left > 0) {
-        // Files: sendfile(2) straight away (the page cache does not block),
-        // and a poll through the ring when the socket is full.
-        ssize_t n = ::sendfile(c.sock.get(), c.file.get(), &c.file_offset, c.file_left);
-        if (n > 0) {
-          c.file_left -= static_cast<std::size_t>(n);
-          continue;
-        }
-        if (n == -1 && errno == EINTR) continue;
-        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-          queue_poll(c);
-          return false;
-        }
-        close(c);  // an error, or the file shrank: the framing is broken
-        return false;
+      // Files: sendfile(2) straight away (the page cache does not block),
+      // and a poll through the ring when the socket is full.
+      switch (send_file(c)) {
+        case file_sent::all: break;
+        case file_sent::socket_full: queue_poll(c); return false;
+        case file_sent::broken: close(c); return false;  // the client sees the body cut short
       }
       if (!c.generate) break;
       // A generated body: the next piece once the last one is sent, so it

@@ -272,6 +272,46 @@ TEST_CASE("evented and uring: a large file, then pipelined requests behind it",
   CHECK(leaks.problems() == "");
 }
 
+TEST_CASE("evented and uring: a file that shrinks while it is sent ends its connection, not the server",
+          "[httpd][evented][uring][sendfile]") {
+  const std::string mode = GENERATE(as<std::string>{}, "evented", "uring");
+  if (!mode_runs_here(mode)) return;
+  INFO("-m " << mode);
+  prefork::test::leak_check leaks;
+  {
+    prefork::test::temp_dir root;
+    const std::string path = (root.path / "big.bin").string();
+    // Far more than loopback's socket buffers hold: the server is still
+    // sending (waiting for room) when the file is cut.
+    const std::size_t size = std::size_t(32) << 20;
+    std::ofstream(path, std::ios::binary) << std::string(size, 'x');
+    {
+      // Idle timeouts far beyond the wait below: only the cut may close it.
+      server s({"-m", mode, "--keepalive-timeout", "60", "--header-timeout", "60", root.path.string()});
+      check_mode(s, mode);
+      prefork::fd c = connect_to(s.port());
+      send_text(c.get(), "GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n");
+      std::string got;
+      while (got.find("\r\n\r\n") == std::string::npos || got.size() < 100000)
+        REQUIRE(read_some_until(c.get(), got, steady::now() + patience));
+      REQUIRE(got.find("HTTP/1.1 200 ") == 0);
+      REQUIRE(::truncate(path.c_str(), 0) == 0);
+      // sendfile then finds nothing where the length promised more: the
+      // framing cannot be kept, so the connection is closed mid-body.
+      got += read_until_close(c.get());
+      CHECK(closed_within(c.get(), 1s));
+      CHECK(got.size() < size);
+      // The worker lives on and serves the next client.
+      prefork::fd d = connect_to(s.port());
+      send_text(d.get(), hello_request);
+      std::string pending;
+      CHECK(read_response(d.get(), pending).body == "Hello, World!");
+      check_clean_stop(s);
+    }
+  }
+  CHECK(leaks.problems() == "");
+}
+
 TEST_CASE("evented and uring: 500 concurrent keep-alive connections are all served",
           "[httpd][evented][uring][concurrency]") {
   const std::string mode = GENERATE(as<std::string>{}, "evented", "uring");
