@@ -39,17 +39,7 @@ using prefork::test::status_number;
 // it, so a worker's one step of warm-up growth reads as megabytes (2.6 MiB
 // once, in hostile_test). The figures are still printed; the RSS assertions
 // hold in the plain builds only.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool rss_meaningful = false;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-constexpr bool rss_meaningful = false;
-#else
-constexpr bool rss_meaningful = true;
-#endif
-#else
-constexpr bool rss_meaningful = true;
-#endif
+constexpr bool rss_meaningful = !sanitized;
 
 inline std::size_t count_of(const std::string& text, std::string_view needle) {
   std::size_t n = 0;

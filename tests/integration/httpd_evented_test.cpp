@@ -25,12 +25,6 @@
 
 using namespace httpd_test;
 
-namespace {
-
-const std::string hello_request = "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n";
-
-}  // namespace
-
 TEST_CASE("evented and uring: 1000 requests on one keep-alive connection",
           "[httpd][evented][uring][keepalive]") {
   const std::string mode = GENERATE(as<std::string>{}, "evented", "uring");

@@ -43,6 +43,24 @@ using steady = std::chrono::steady_clock;
 // How long a test waits for anything before it fails; only matters then.
 constexpr auto patience = 20s;
 
+// Built with AddressSanitizer or ThreadSanitizer: figures of memory and
+// system calls move (shadow pages, the sanitizer's own calls), so a test
+// loosens or skips what it asserts of them.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool sanitized = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+constexpr bool sanitized = true;
+#else
+constexpr bool sanitized = false;
+#endif
+#else
+constexpr bool sanitized = false;
+#endif
+
+// The request most tests send: keep-alive, answered "Hello, World!".
+inline const std::string hello_request = "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n";
+
 inline int ms_left(steady::time_point deadline) {
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - steady::now()).count();
   return ms <= 0 ? 0 : static_cast<int>(ms);

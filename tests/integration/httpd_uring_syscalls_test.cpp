@@ -24,20 +24,6 @@ using namespace httpd_test;
 
 namespace {
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool sanitized = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-constexpr bool sanitized = true;
-#else
-constexpr bool sanitized = false;
-#endif
-#else
-constexpr bool sanitized = false;
-#endif
-
-const std::string hello_request = "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n";
-
 // GET /hello on every connection, each sending its next request when the
 // previous answer is whole (no pipelining), until `total` were answered.
 // Each poll's answers are all read before the next requests go out, so

@@ -34,12 +34,6 @@ using namespace httpd_test;
 using chaos::count_of;
 using chaos::wait_workers;
 
-namespace {
-
-const std::string hello_request = "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n";
-
-}  // namespace
-
 // Runs argv[0..] with io_uring_setup refused (EPERM) by a seccomp filter, as
 // a container runtime's default profile does.
 PREFORK_HELPER(without_io_uring) {
